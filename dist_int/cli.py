@@ -1,0 +1,81 @@
+"""Command line: `python -m dist_int {train,ingest}`; launch/train.py calls `train_main`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .config import ConfigError, load_config
+
+USER_ERRORS = (ConfigError,)
+
+
+def _user_errors():
+    from .rundir import RunDirError
+    from .signal import SignalError
+
+    return (ConfigError, SignalError, RunDirError)
+
+
+def _fail(e: Exception) -> int:
+    if os.environ.get("RANK", "0") == "0":
+        print(f"error: {e}", file=sys.stderr, flush=True)
+    return 2
+
+
+def train_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="launch/train.py",
+        description="Fit a SIREN to a signal with Implicit Neural Teaching, on one or many ranks.",
+        epilog="Overrides are dotted keys, e.g. train.steps=2000 teacher.strategy=uniform run.dir=runs/x")
+    parser.add_argument("--config", help="TOML config file (configs/*.toml)")
+    parser.add_argument("overrides", nargs="*", help="section.key=value")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        from .engine.trainer import train
+
+        return train(cfg)
+    except _user_errors() as e:
+        return _fail(e)
+
+
+def ingest_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dist_int ingest",
+                                     description="Ingest an image (PNG/JPEG/TIFF/BigTIFF/OME-TIFF) into a Zarr v3 store.")
+    parser.add_argument("src", help="image file, or builtin:camera / builtin:astronaut")
+    parser.add_argument("dest", help="new Zarr store path (must not exist)")
+    parser.add_argument("--chunk", type=int, default=128, help="chunk edge in pixels (default 128)")
+    args = parser.parse_args(argv)
+    from .signal import SignalStore, ingest
+
+    try:
+        if args.chunk < 8:
+            raise ConfigError("--chunk must be >= 8")
+        tty = sys.stderr.isatty()
+
+        def progress(done, total):
+            if tty:
+                print(f"\ringest {done}/{total} rows", end="", file=sys.stderr, flush=True)
+
+        dest = ingest(args.src, args.dest, args.chunk, progress)
+        if tty:
+            print(file=sys.stderr)
+        store = SignalStore(dest)
+        print(f"wrote {dest}: shape {store.shape}, {store.num_chunks} chunks of {store.chunk_shape}, "
+              f"{store.meta['source_dtype']} range {store.meta['value_range']}")
+        return 0
+    except _user_errors() as e:
+        return _fail(e)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    commands = {"train": train_main, "ingest": ingest_main}
+    if not argv or argv[0] not in commands:
+        print("usage: python -m dist_int {train,ingest} ...\n"
+              "  train   fit a SIREN (one process; use torchrun launch/train.py for several)\n"
+              "  ingest  turn an image file into a Zarr store", file=sys.stderr)
+        return 2
+    return commands[argv[0]](argv[1:])

@@ -1,0 +1,263 @@
+"""Configuration: nested dataclasses, loaded from TOML, with dotted `key=value` overrides.
+
+Every field has a default and a docstring-style comment with its unit or reason. Unknown keys and
+out-of-range values raise `ConfigError` before any training starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A config file or override the user wrote is wrong; the message says what to change."""
+
+
+RATIO_SCHEDULES = ("constant", "step", "linear", "cosine", "reverse-cosine")
+INTERVAL_SCHEDULES = ("dense", "incremental", "step-incremental", "decremental")
+STRATEGIES = ("full", "uniform", "int")
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/default"
+    """Run folder: resolved config, metrics.jsonl, summary.json, reconstruction, checkpoints."""
+    resume: bool = True
+    """Resume from the latest checkpoint in `dir` when there is one."""
+    allow_config_change: bool = False
+    """Resume a run folder whose saved config differs from this one (otherwise refused)."""
+
+
+@dataclass
+class SignalConfig:
+    path: str = "builtin:camera"
+    """Zarr store, image file (PNG/JPEG/TIFF/BigTIFF/OME-TIFF), or builtin:camera / builtin:astronaut."""
+    chunk: int = 128
+    """Chunk edge in pixels when an image file is ingested; chunks are the unit of sharding."""
+
+
+@dataclass
+class ModelConfig:
+    hidden: int = 256
+    """Width of every hidden layer."""
+    layers: int = 6
+    """Linear layers in all, as the paper counts them: 6 = 5 sine layers + 1 linear output."""
+    w0: float = 30.0
+    """Frequency of the hidden sine layers (SIREN sec. 3.2)."""
+    w0_first: float = 30.0
+    """Frequency of the first sine layer."""
+
+
+@dataclass
+class TeacherConfig:
+    strategy: str = "int"
+    """full (every candidate), uniform (random subset, same schedules) or int (top-k error)."""
+    ratio: float = 0.2
+    """r0: fraction of the candidates selected at the start of training, in (0, 1]."""
+    ratio_schedule: str = "step"
+    """How the ratio grows from r0: constant, step, linear, cosine, reverse-cosine."""
+    interval_schedule: str = "incremental"
+    """How often selection reruns: dense, incremental, step-incremental, decremental."""
+    num_batches: int = 1
+    """Mini-batches per epoch; 1 = whole-signal INT. >1: each chunk is cut into this many groups."""
+    score_chunk: int = 65536
+    """Points per forward pass while scoring (no gradients); bounds scoring memory."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    """Peak learning rate of Adam (not AdamW)."""
+    lr_min: float = 1e-6
+    """Floor of the cosine annealing, reached at the last step."""
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    grad_clip: float = 0.0
+    """Gradient-norm clipping; 0 turns it off (the paper clips at 0.1 in the mini-batch run only)."""
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 5000
+    """Optimizer steps in all (mini-batch mode: epochs * teacher.num_batches)."""
+    log_every: int = 50
+    """Steps between metrics.jsonl lines and progress updates."""
+    eval_every: int = 500
+    """Steps between exact whole-signal PSNR evaluations (0: only at the end)."""
+    bf16: bool = False
+    """bf16 mixed precision through DeepSpeed (GPU)."""
+    torch_adam: bool = True
+    """Use torch.optim.Adam; false lets DeepSpeed build FusedAdam (needs a CUDA toolchain)."""
+    timeout_s: float = 600.0
+    """Collective timeout: a rank that dies ends the whole job after about this long."""
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 1000
+    """Steps between checkpoints (0: only when stopped by a signal and at the end)."""
+    keep: int = 2
+    """Checkpoints kept; older ones are deleted once a newer one is complete."""
+
+
+@dataclass
+class RenderConfig:
+    format: str = "auto"
+    """Exported reconstruction: png, tiff or auto (PNG up to 8192^2 pixels, tiled BigTIFF above)."""
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    """Seeds model init, shard assignment, mini-batches and uniform selection."""
+    run: RunConfig = field(default_factory=RunConfig)
+    signal: SignalConfig = field(default_factory=SignalConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> "Config":
+        checks = [
+            (self.model.hidden >= 1, "model.hidden must be >= 1"),
+            (self.model.layers >= 2, "model.layers must be >= 2 (at least one sine layer and the output)"),
+            (self.model.w0 > 0 and self.model.w0_first > 0, "model.w0 and model.w0_first must be > 0"),
+            (self.teacher.strategy in STRATEGIES, f"teacher.strategy must be one of {STRATEGIES}"),
+            (0.0 < self.teacher.ratio <= 1.0, "teacher.ratio must be in (0, 1]"),
+            (self.teacher.ratio_schedule in RATIO_SCHEDULES,
+             f"teacher.ratio_schedule must be one of {RATIO_SCHEDULES}"),
+            (self.teacher.interval_schedule in INTERVAL_SCHEDULES,
+             f"teacher.interval_schedule must be one of {INTERVAL_SCHEDULES}"),
+            (self.teacher.num_batches >= 1, "teacher.num_batches must be >= 1"),
+            (self.teacher.score_chunk >= 1, "teacher.score_chunk must be >= 1"),
+            (self.optim.lr > 0, "optim.lr must be > 0"),
+            (0 <= self.optim.lr_min <= self.optim.lr, "optim.lr_min must be in [0, optim.lr]"),
+            (0 <= self.optim.beta1 < 1 and 0 <= self.optim.beta2 < 1, "optim.beta1/beta2 must be in [0, 1)"),
+            (self.optim.eps > 0, "optim.eps must be > 0"),
+            (self.optim.grad_clip >= 0, "optim.grad_clip must be >= 0 (0 = off)"),
+            (self.train.steps >= 1, "train.steps must be >= 1"),
+            (self.train.log_every >= 1, "train.log_every must be >= 1"),
+            (self.train.eval_every >= 0, "train.eval_every must be >= 0"),
+            (self.train.timeout_s > 0, "train.timeout_s must be > 0"),
+            (self.checkpoint.every >= 0, "checkpoint.every must be >= 0"),
+            (self.checkpoint.keep >= 1, "checkpoint.keep must be >= 1"),
+            (self.signal.chunk >= 8, "signal.chunk must be >= 8 pixels"),
+            (self.render.format in ("auto", "png", "tiff"), "render.format must be auto, png or tiff"),
+            (bool(self.run.dir), "run.dir must not be empty"),
+            (bool(self.signal.path), "signal.path must not be empty"),
+        ]
+        errors = [msg for ok, msg in checks if not ok]
+        if errors:
+            raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+        return self
+
+
+def _valid_keys(cls, prefix: str = "") -> list[str]:
+    keys = []
+    for name, typ in typing.get_type_hints(cls).items():
+        if dataclasses.is_dataclass(typ):
+            keys += _valid_keys(typ, prefix + name + ".")
+        else:
+            keys.append(prefix + name)
+    return keys
+
+
+def _coerce(key: str, value, typ):
+    """Check a TOML/CLI value against the field's type; ints are accepted where floats are expected."""
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typ is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if typ is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if not isinstance(value, typ):
+        raise ConfigError(f"{key}: expected {typ.__name__}, got {value!r}")
+    return value
+
+
+def _apply(obj, data: dict, prefix: str, root_cls) -> None:
+    hints = typing.get_type_hints(type(obj))
+    for key, value in data.items():
+        full = prefix + key
+        if key not in hints:
+            raise ConfigError(
+                f"unknown config key '{full}'. Valid keys: {', '.join(_valid_keys(root_cls))}")
+        typ = hints[key]
+        if dataclasses.is_dataclass(typ):
+            if not isinstance(value, dict):
+                raise ConfigError(f"'{full}' is a section; set its keys, e.g. {full}.<key>=...")
+            _apply(getattr(obj, key), value, full + ".", root_cls)
+        else:
+            if isinstance(value, dict):
+                raise ConfigError(f"'{full}' is a value, not a section")
+            setattr(obj, key, _coerce(full, value, typ))
+
+
+def _parse_value(text: str):
+    """A CLI value is read as TOML (numbers, booleans, quoted strings); anything else is a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_overrides(items: list[str]) -> dict:
+    nested: dict = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip().lstrip("-")
+        if not sep or not key:
+            raise ConfigError(f"override '{item}' is not of the form section.key=value")
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}' conflicts with an earlier one")
+        node[parts[-1]] = _parse_value(text)
+    return nested
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the TOML file, then the dotted overrides; validated."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+        _apply(cfg, data, "", Config)
+    _apply(cfg, parse_overrides(overrides or []), "", Config)
+    return cfg.validate()
+
+
+def config_from_dict(data: dict) -> Config:
+    cfg = Config()
+    _apply(cfg, data, "", Config)
+    return cfg
+
+
+def diff_configs(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += diff_configs(va, vb, prefix + key + ".")
+        elif va != vb:
+            out.append(f"{prefix}{key}: {json.dumps(va)} -> {json.dumps(vb)}")
+    return out

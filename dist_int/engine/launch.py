@@ -1,0 +1,81 @@
+"""The one place that decides how this process was launched: torchrun, plain srun, or a single process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+
+from ..comm import Comm, DistComm
+
+
+@dataclass
+class Launch:
+    rank: int
+    local_rank: int
+    world_size: int
+    how: str  # "torchrun", "srun" or "single"
+
+    @property
+    def is_rank_zero(self) -> bool:
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def detect_launch() -> Launch:
+    """Read (and where needed fill in) RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        how = "torchrun"
+    elif "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        # Plain `srun` with one task per GPU sets no RANK for DeepSpeed (NOTES.md): derive it.
+        how = "srun"
+        env["RANK"], env["WORLD_SIZE"] = env["SLURM_PROCID"], env["SLURM_NTASKS"]
+        env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
+        if "MASTER_ADDR" not in env:
+            nodes = subprocess.run(["scontrol", "show", "hostnames", env["SLURM_JOB_NODELIST"]],
+                                   capture_output=True, text=True, check=True).stdout.split()
+            env["MASTER_ADDR"] = nodes[0]
+        env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
+    else:
+        how = "single"
+        env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        env.setdefault("MASTER_ADDR", "127.0.0.1")
+        env.setdefault("MASTER_PORT", str(_free_port()))
+    return Launch(int(env["RANK"]), int(env.get("LOCAL_RANK", "0")), int(env["WORLD_SIZE"]), how)
+
+
+def pick_device(launch: Launch) -> torch.device:
+    if torch.cuda.is_available():
+        torch.cuda.set_device(launch.local_rank)
+        return torch.device("cuda", launch.local_rank)
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")  # explicit, and it silences DeepSpeed's guess
+    return torch.device("cpu")
+
+
+def init_distributed(launch: Launch, device: torch.device, timeout_s: float) -> Comm:
+    """Start the process group (NCCL on GPU, gloo on CPU) through DeepSpeed; return our collectives."""
+    import deepspeed
+
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(seconds=timeout_s),
+                               verbose=False)
+    if launch.world_size == 1:
+        return Comm()
+    return DistComm(launch.rank, launch.world_size, device)
+
+
+def shutdown() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

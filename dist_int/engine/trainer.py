@@ -1,0 +1,268 @@
+"""The training loop: parse -> init -> build -> train -> close, teardown in `finally`.
+
+Each step: the teacher picks this rank's part of the global teaching set, the SIREN trains on it through
+DeepSpeed, and all ranks agree (one all-reduce) whether to stop. Evaluation, checkpoints and the final
+render happen at steps every rank knows in advance (DESIGN.md sec. 4).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import torch
+import zarr
+
+from .. import rundir
+from ..comm import Comm
+from ..config import Config
+from ..model import Siren
+from ..progress import Progress
+from ..render import export, psnr_db, render_shard, shard_sse, ssim_of
+from ..signal import Shard, SignalError, SignalStore, assign_chunks, prepare_signal, signal_store_path
+from ..teacher import BatchPlan, Teacher
+from . import checkpoint
+from .deepspeed_engine import build_engine
+from .launch import detect_launch, init_distributed, pick_device, shutdown
+
+EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: stopped by a signal after a checkpoint; rerun to resume
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
+class StopFlag:
+    """Signal handlers only set a flag; the ranks agree on the step to stop at through an all-reduce."""
+
+    def __init__(self):
+        self.signum = 0
+        self._previous = {}
+
+    def __enter__(self):
+        for s in STOP_SIGNALS:
+            self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C quits at once
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._previous.items():
+            signal.signal(s, h)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _agree_on_failure(comm: Comm, error: Exception | None, what: str) -> None:
+    """Rank 0 did some preparation alone; every rank fails together if it failed."""
+    failed = comm.all_reduce_max(torch.tensor([1.0 if error else 0.0], dtype=torch.float64))
+    if error is not None:
+        raise error
+    if failed.item() > 0:
+        raise SignalError(f"rank 0 failed to {what}; see its error message")
+
+
+def _prepare_run(cfg: Config, comm: Comm, run_dir: Path) -> Path:
+    """Rank 0 creates the run folder, saves the resolved config and ingests the signal."""
+    error = None
+    if comm.is_rank_zero:
+        created = not run_dir.exists()
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            prepare_signal(cfg.signal.path, run_dir, cfg.signal.chunk)
+            rundir.write_config(cfg)
+        except Exception as e:  # noqa: BLE001 - shared with the other ranks, then re-raised
+            error = e
+            if created:
+                shutil.rmtree(run_dir, ignore_errors=True)  # leave no half-made folder behind
+    _agree_on_failure(comm, error, "prepare the run folder and signal")
+    return signal_store_path(cfg.signal.path, run_dir)
+
+
+def train(cfg: Config) -> int:
+    """Run (or resume) the job described by `cfg`. Returns the process exit code."""
+    launch = detect_launch()
+    device = pick_device(launch)
+    resuming = rundir.check_run_dir(cfg)  # read-only, on every rank, before anything is written
+    comm = init_distributed(launch, device, cfg.train.timeout_s)
+    try:
+        return _train(cfg, comm, device, resuming)
+    finally:
+        shutdown()
+
+
+def _train(cfg: Config, comm: Comm, device: torch.device, resuming: bool) -> int:
+    run_dir = Path(cfg.run.dir)
+    log = Progress(cfg.train.steps, 0, enabled=comm.is_rank_zero)
+    store = SignalStore(_prepare_run(cfg, comm, run_dir))
+    owners = assign_chunks(store.num_chunks, comm.world_size, cfg.seed)
+    shard = Shard.load(store, owners[comm.rank]).to(device)
+
+    torch.manual_seed(cfg.seed)
+    model = Siren(len(store.spatial), store.channels, cfg.model.hidden, cfg.model.layers,
+                  cfg.model.w0, cfg.model.w0_first)
+    engine = build_engine(model.to(device), cfg)
+    dtype = torch.bfloat16 if cfg.train.bf16 else torch.float32
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        return engine.module(x.to(dtype))
+
+    plan = BatchPlan([store.chunk_size(c) for c in range(store.num_chunks)], shard.chunk_ids,
+                     shard.chunk_start, cfg.teacher.num_batches, cfg.seed)
+    teacher = Teacher(cfg.teacher, cfg.train.steps, cfg.seed, comm, plan)
+
+    ckpt_root = run_dir / "checkpoints"
+    metrics_path = run_dir / "metrics.jsonl"
+    step, train_time = 0, 0.0
+    tag = checkpoint.latest_tag(ckpt_root) if resuming else None
+    if tag is not None:
+        meta, states = checkpoint.load(engine, ckpt_root, tag)
+        teacher.load_state_dicts([s["teacher"] for s in states], shard.gids)
+        step, train_time = meta["step"], meta["train_time_s"]
+        log.message(f"resuming {run_dir} from step {step} ({ckpt_root / tag}, saved by "
+                    f"{meta['world_size']} rank(s); now {comm.world_size})")
+        if comm.is_rank_zero:
+            rundir.truncate_metrics(metrics_path, step)
+    log.message(f"{store.shape} signal, {store.num_chunks} chunks over {comm.world_size} rank(s); "
+                f"SIREN {cfg.model.layers}x{cfg.model.hidden} ({model.num_params:,} params); teacher "
+                f"{cfg.teacher.strategy}; {cfg.train.steps} steps on {device}")
+
+    def save(step: int, status: str) -> None:
+        meta = {"step": step, "train_time_s": train_time, "status": status}
+        checkpoint.save(engine, ckpt_root, step, meta, {"teacher": teacher.state_dict(shard.gids)},
+                        comm, cfg.checkpoint.keep)
+
+    def evaluate() -> float:
+        sse = comm.all_reduce_sum(torch.tensor([shard_sse(predict, shard.coords, shard.values,
+                                                          cfg.teacher.score_chunk)], dtype=torch.float64))
+        return psnr_db(float(sse), store.num_points * store.channels)
+
+    metrics = open(metrics_path, "a") if comm.is_rank_zero else None
+    num_channels, world = store.channels, comm.world_size
+    session_start_step, session_time = step, 0.0
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    interval_points, interval_steps, interval_time = 0, 0, 0.0
+    stopped_by = 0
+    with StopFlag() as stop:
+        _sync(device)
+        mark = time.perf_counter()
+        while step < cfg.train.steps:
+            flag = comm.all_reduce_max(torch.tensor([float(stop.signum)], dtype=torch.float64))
+            if flag.item() > 0:
+                stopped_by = int(flag.item())
+                break
+            rows, count, _ = teacher.teaching_set(step, shard.coords, shard.values, shard.gids, predict)
+            x = shard.coords if rows is None else shard.coords[rows]
+            y = shard.values if rows is None else shard.values[rows]
+            pred = engine(x.to(dtype)).float()
+            # The update is the gradient of the MSE over the *global* teaching set (DESIGN.md sec. 1):
+            # DeepSpeed averages gradients over ranks, so each rank's loss is its share of the global sum
+            # of squared errors divided by the global count, times world_size.
+            loss = (pred - y).square().sum() * (world / (count * num_channels))
+            engine.backward(loss)
+            engine.step()
+            step += 1
+            loss_sum += loss.detach().double()
+            interval_points += count
+            interval_steps += 1
+
+            do_log = step % cfg.train.log_every == 0 or step == cfg.train.steps
+            do_eval = cfg.train.eval_every > 0 and step % cfg.train.eval_every == 0
+            do_ckpt = cfg.checkpoint.every > 0 and step % cfg.checkpoint.every == 0
+            if not (do_log or do_eval or do_ckpt):
+                continue
+            _sync(device)
+            now = time.perf_counter()
+            train_time += now - mark
+            session_time += now - mark
+            interval_time += now - mark
+
+            psnr = evaluate() if do_eval else None
+            if do_log or do_eval:
+                # Mean of the ranks' losses / world = the global MSE (each loss is scaled by world).
+                mean_loss = float(comm.all_reduce_sum(loss_sum)) / world / interval_steps
+                counts = comm.all_gather_scalar(shard.num_points if rows is None else rows.numel())
+                pps = interval_points / max(interval_time, 1e-9)
+                record = {"step": step, "train_time_s": round(train_time, 4), "loss": mean_loss,
+                          "lr": engine.get_lr()[0], "selected": count, "points_per_s": round(pps, 1),
+                          "imbalance": round(float(counts.max() / counts.mean().clamp(min=1e-9)), 4)}
+                if psnr is not None:
+                    record["psnr_db"] = round(psnr, 4)
+                if metrics is not None:
+                    metrics.write(json.dumps(record) + "\n")
+                    metrics.flush()
+                done = step - session_start_step
+                eta = session_time / done * (cfg.train.steps - step)
+                log.update(step, mean_loss, psnr, pps, eta)
+                loss_sum.zero_()
+                interval_points, interval_steps, interval_time = 0, 0, 0.0
+            if do_ckpt and step < cfg.train.steps:
+                save(step, "running")
+            _sync(device)
+            mark = time.perf_counter()
+
+    if stopped_by:
+        save(step, "interrupted")
+        log.message(f"stopped by {signal.Signals(stopped_by).name} at step {step}; checkpoint saved in "
+                    f"{ckpt_root}. Run the same command again to resume.")
+        log.close()
+        return EXIT_INTERRUPTED
+    if not (ckpt_root / checkpoint.tag_of(step)).is_dir():
+        save(step, "complete")
+    log.close()
+    summary = _finish(cfg, comm, store, shard, predict, run_dir, step, train_time, model.num_params)
+    if metrics is not None:
+        metrics.close()
+    if comm.is_rank_zero:
+        log.message(f"PSNR {summary['psnr_db']:.2f} dB  SSIM {summary['ssim']}  train time "
+                f"{summary['train_time_s']:.1f} s  -> {summary['reconstruction']}")
+    return 0
+
+
+def _finish(cfg: Config, comm: Comm, store: SignalStore, shard: Shard, predict, run_dir: Path, step: int,
+            train_time: float, num_params: int) -> dict:
+    """Every rank renders its chunks into one Zarr store; rank 0 exports it and writes summary.json."""
+    final = run_dir / "reconstruction.zarr"
+    tmp = run_dir / ".reconstruction.zarr.tmp"
+    if comm.is_rank_zero:
+        shutil.rmtree(tmp, ignore_errors=True)
+        zarr.create_array(tmp, shape=store.shape, chunks=(*store.chunk_shape, store.channels),
+                          dtype="float32", fill_value=0.0)
+    comm.barrier()
+    out = zarr.open_array(tmp, mode="r+")
+    sse = render_shard(predict, shard, store, out, cfg.teacher.score_chunk)
+    sse = float(comm.all_reduce_sum(torch.tensor([sse], dtype=torch.float64)))
+    comm.barrier()
+    summary = {}
+    if comm.is_rank_zero:
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        image = export(final, run_dir / "reconstruction", cfg.render.format, store.meta["source_dtype"])
+        recon = zarr.open_array(final, mode="r")
+        ssim = None
+        if store.num_points <= 4096 * 4096:
+            target = ((store.array[...].astype("float64") - store.offset) * store.scale).astype("float32")
+            ssim = ssim_of(recon[...], target)
+        summary = {
+            "psnr_db": round(psnr_db(sse, store.num_points * store.channels), 4),
+            "psnr_is": "final (not the best seen during training)",
+            "ssim": None if ssim is None else round(ssim, 5),
+            "train_time_s": round(train_time, 3),
+            "steps": step,
+            "world_size": comm.world_size,
+            "num_params": num_params,
+            "strategy": cfg.teacher.strategy,
+            "signal": cfg.signal.path,
+            "shape": list(store.shape),
+            "reconstruction": str(image),
+            "status": "complete",
+        }
+        rundir.atomic_write(run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
+    comm.barrier()
+    return summary

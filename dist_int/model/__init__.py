@@ -1,0 +1,3 @@
+from .siren import Siren
+
+__all__ = ["Siren"]

@@ -1,0 +1,50 @@
+"""SIREN (Sitzmann et al., NeurIPS 2020): an MLP with sine activations. Knows nothing of distribution."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class SineLayer(nn.Module):
+    def __init__(self, d_in: int, d_out: int, w0: float, is_first: bool):
+        super().__init__()
+        self.w0 = w0
+        self.linear = nn.Linear(d_in, d_out)
+        # SIREN sec. 3.2 / supplement 1.5: the first layer spans [-1/d_in, 1/d_in] so that w0 * x covers
+        # several periods; later layers use sqrt(6/d_in)/w0 so pre-activations stay ~N(0, 1) through depth.
+        bound = 1.0 / d_in if is_first else math.sqrt(6.0 / d_in) / w0
+        with torch.no_grad():
+            self.linear.weight.uniform_(-bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sin(self.w0 * self.linear(x))
+
+
+class Siren(nn.Module):
+    """`layers` counts every linear layer, as the paper does: 6 = 5 sine layers + 1 linear output."""
+
+    def __init__(self, in_features: int, out_features: int, hidden: int = 256, layers: int = 6,
+                 w0: float = 30.0, w0_first: float = 30.0):
+        super().__init__()
+        if layers < 2:
+            raise ValueError("a SIREN needs at least 2 linear layers (one sine layer and the output)")
+        dims = [in_features] + [hidden] * (layers - 1)
+        self.net = nn.Sequential(*[
+            SineLayer(d_in, d_out, w0_first if i == 0 else w0, is_first=(i == 0))
+            for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:]))
+        ])
+        self.out = nn.Linear(hidden, out_features)
+        bound = math.sqrt(6.0 / hidden) / w0
+        with torch.no_grad():
+            self.out.weight.uniform_(-bound, bound)
+
+    def forward(self, coords: torch.Tensor) -> torch.Tensor:
+        # (N, D) -> (N, C)
+        return self.out(self.net(coords))
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,74 @@
+"""Render the field: each rank writes its own chunks into one Zarr store (different chunks, so writes
+never collide), then rank 0 exports an image file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+
+PNG_MAX_PIXELS = 8192 * 8192
+
+
+@torch.no_grad()
+def render_shard(predict, shard, store, out: zarr.Array, chunk: int) -> float:
+    """Write clamp(f(x), 0, 1) for every chunk of the shard into `out`; return the shard's SSE."""
+    sse = 0.0
+    for i, cid in enumerate(shard.chunk_ids):
+        lo, hi = int(shard.chunk_start[i]), int(shard.chunk_start[i + 1])
+        preds = []
+        for j in range(lo, hi, chunk):
+            preds.append(predict(shard.coords[j:min(j + chunk, hi)]).float().clamp(0, 1))
+        pred = torch.cat(preds)
+        sse += float((pred - shard.values[lo:hi]).double().square().sum())
+        slices = store.chunk_slices(cid)
+        out[slices] = pred.cpu().numpy().reshape(*(s.stop - s.start for s in slices), -1)
+    return sse
+
+
+def _to_dtype(band: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    if np.issubdtype(dtype, np.integer) and dtype.itemsize <= 2:
+        return np.round(band * np.iinfo(dtype).max).astype(dtype)
+    return band.astype(np.float32)
+
+
+def export(recon: Path, dest_stem: Path, fmt: str, source_dtype: str) -> Path:
+    """Write the reconstruction as PNG (small) or tiled BigTIFF (large), in the source's integer type
+    (8 or 16 bit) or float32. Returns the written path."""
+    arr = zarr.open_array(recon, mode="r")
+    h, w, c = arr.shape
+    dtype = np.dtype(source_dtype)
+    if fmt == "auto":
+        fmt = "png" if h * w <= PNG_MAX_PIXELS and dtype in (np.uint8, np.uint16) else "tiff"
+    if fmt == "png":
+        from PIL import Image
+
+        img = _to_dtype(arr[...], dtype if dtype in (np.uint8, np.uint16) else np.dtype(np.uint8))
+        img = img[..., 0] if c == 1 else img
+        path = dest_stem.with_suffix(".png")
+        tmp = path.with_name("." + path.name + ".tmp")
+        Image.fromarray(img).save(tmp, format="PNG")
+        tmp.replace(path)
+        return path
+    import tifffile
+
+    tile = 512
+    path = dest_stem.with_suffix(".tif")
+    tmp = path.with_name("." + path.name + ".tmp")
+
+    def tiles():  # row by row of tiles: memory holds one band of `tile` rows
+        for y in range(0, h, tile):
+            band = _to_dtype(arr[y:y + tile], dtype)
+            for x in range(0, w, tile):
+                t = np.zeros((tile, tile, c), band.dtype)
+                part = band[:, x:x + tile]
+                t[: part.shape[0], : part.shape[1]] = part
+                yield t
+
+    out_dtype = _to_dtype(np.zeros(1, np.float32), dtype).dtype
+    tifffile.imwrite(tmp, tiles(), shape=(h, w, c), dtype=out_dtype, tile=(tile, tile), bigtiff=True,
+                     photometric="rgb" if c == 3 else "minisblack", compression="zlib")
+    tmp.replace(path)
+    return path
