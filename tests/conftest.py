@@ -1,0 +1,107 @@
+"""Shared helpers: real multi-process runs on loopback (no mocks), tiny signals made on the fly."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch.multiprocessing as mp
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank, world_size, port, fn, args, errors):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), DS_ACCELERATOR="cpu",
+                      OMP_NUM_THREADS="1")
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    try:
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="gloo", verbose=False)
+        fn(rank, world_size, *args)
+    except BaseException:
+        errors.put((rank, traceback.format_exc()))
+        raise
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run_distributed(fn, world_size: int = 2, args: tuple = ()) -> None:
+    """Run fn(rank, world_size, *args) in `world_size` real processes over gloo (OLMo-core's pattern).
+    fn must be importable (module level); results come back through files in a tmp folder."""
+    ctx = mp.get_context("spawn")
+    errors = ctx.SimpleQueue()
+    port = free_port()
+    procs = [ctx.Process(target=_worker, args=(r, world_size, port, fn, args, errors))
+             for r in range(world_size)]
+    for p in procs:
+        p.start()
+    try:
+        for p in procs:
+            p.join(timeout=300)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+    if not errors.empty():
+        rank, tb = errors.get()
+        raise AssertionError(f"rank {rank} failed:\n{tb}")
+    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+
+
+def run_train(args: list[str], nproc: int = 0, timeout: float = 600, **popen) -> subprocess.CompletedProcess:
+    """launch/train.py through torchrun (nproc > 0) or as a single process (nproc = 0)."""
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1"}
+    if nproc:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+               "--master_port", str(free_port()), str(ROOT / "launch" / "train.py"), *args]
+    else:
+        cmd = [sys.executable, str(ROOT / "launch" / "train.py"), *args]
+    return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout, **popen)
+
+
+def smooth_image(h: int = 64, w: int = 64, channels: int = 3, seed: int = 0) -> np.ndarray:
+    """A smooth test image (a few low-frequency waves) as uint8, easy enough to fit in a few steps."""
+    rng = np.random.default_rng(seed)
+    y, x = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij")
+    out = []
+    for _ in range(channels):
+        fy, fx, ph = rng.uniform(0.5, 2.5, 3)
+        out.append(0.5 + 0.4 * np.sin(2 * np.pi * (fy * y + fx * x) + 3 * ph) * np.cos(2 * np.pi * fx * x))
+    return (np.stack(out, -1) * 255).round().astype(np.uint8)
+
+
+@pytest.fixture
+def png_image(tmp_path) -> Path:
+    from PIL import Image
+
+    path = tmp_path / "img.png"
+    Image.fromarray(smooth_image()).save(path)
+    return path
+
+
+def read_summary(run_dir: Path) -> dict:
+    return json.loads((Path(run_dir) / "summary.json").read_text())
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]

@@ -1,0 +1,143 @@
+"""Real 2-process gloo runs of every collective path, each checked against a single-process reference."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_distributed
+
+
+def _comm(rank, world):
+    from dist_int.comm import DistComm
+
+    return DistComm(rank, world, torch.device("cpu"))
+
+
+def _collectives(rank, world):
+    comm = _comm(rank, world)
+    x = torch.arange(3 + 4 * rank, dtype=torch.float64).reshape(-1, 1) + 100 * rank  # unequal lengths
+    gathered, lengths = comm.all_gather_varlen(x, fill=-1.0)
+    assert lengths.tolist() == [3 + 4 * r for r in range(world)]
+    for r in range(world):
+        expect = torch.arange(3 + 4 * r, dtype=torch.float64) + 100 * r
+        assert torch.equal(gathered[r, : lengths[r], 0], expect)
+        assert (gathered[r, lengths[r]:] == -1).all()
+    assert comm.all_reduce_sum(torch.tensor([rank + 1.0])).item() == world * (world + 1) / 2
+    assert comm.all_reduce_max(torch.tensor([float(rank)])).item() == world - 1
+    assert comm.all_gather_scalar(rank * 2).tolist() == [2.0 * r for r in range(world)]
+
+
+def test_collectives():
+    run_distributed(_collectives, 2)
+
+
+def _selection(rank, world, k, ties):
+    from dist_int.comm import Comm
+    from dist_int.teacher import global_topk
+
+    g = torch.Generator().manual_seed(7)
+    n = 3000
+    keys = (torch.randint(0, 9, (n,), generator=g).float() if ties else torch.rand(n, generator=g))
+    gids = torch.randperm(n, generator=g)
+    expected = set(gids[global_topk(keys, gids, k, Comm())].tolist())  # single-process reference
+    # Unequal ownership: rank 0 holds 2/3 of the points.
+    own = torch.arange(n) % 3 != 0 if rank == 0 else torch.arange(n) % 3 == 0
+    mine = global_topk(keys[own], gids[own], k, _comm(rank, world))
+    got = torch.tensor(sorted(gids[own][mine].tolist()))
+    from dist_int.comm import DistComm  # noqa: F401 (gather the union to compare)
+    union, lengths = _comm(rank, world).all_gather_varlen(got.double().unsqueeze(1), fill=-1)
+    union = set(int(v) for r in range(world) for v in union[r, : lengths[r], 0].tolist())
+    assert union == expected and len(union) == min(k, n)
+
+
+@pytest.mark.parametrize("k, ties", [(1, False), (900, False), (900, True), (2999, True), (5000, False)])
+def test_distributed_selection_equals_single_process_topk(k, ties):
+    run_distributed(_selection, 2, (k, ties))
+
+
+def _update(rank, world, out):
+    """One DeepSpeed step with 70 points on rank 0 and 30 on rank 1, loss scaled as the trainer does."""
+    from dist_int.config import Config
+    from dist_int.engine.deepspeed_engine import build_engine
+    from dist_int.model import Siren
+
+    cfg = Config()
+    cfg.optim.lr = 1e-3
+    cfg.train.steps = 10
+    g = torch.Generator().manual_seed(1)
+    coords, values = torch.rand(100, 2, generator=g) * 2 - 1, torch.rand(100, 3, generator=g)
+    torch.manual_seed(0)
+    engine = build_engine(Siren(2, 3, 32, 3), cfg)
+    part = slice(0, 70) if rank == 0 else slice(70, 100)
+    x, y = coords[part], values[part]
+    loss = (engine(x) - y).square().sum() * (world / (100 * 3))
+    engine.backward(loss)
+    grads = [p.grad.clone() for p in engine.module.parameters()]
+    engine.step()
+    if rank == 0:
+        torch.save({"grads": grads, "params": [p.detach().clone() for p in engine.module.parameters()]}, out)
+
+
+def test_distributed_update_equals_single_process_update(tmp_path):
+    from dist_int.config import Config
+    from dist_int.engine.deepspeed_engine import cosine_lr
+    from dist_int.model import Siren
+
+    out = tmp_path / "dist.pt"
+    run_distributed(_update, 2, (out,))
+    dist = torch.load(out)
+    # Single process: plain torch, the MSE over all 100 points, torch Adam with the same schedule.
+    g = torch.Generator().manual_seed(1)
+    coords, values = torch.rand(100, 2, generator=g) * 2 - 1, torch.rand(100, 3, generator=g)
+    torch.manual_seed(0)
+    model = Siren(2, 3, 32, 3)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lr(10, 1e-3, Config().optim.lr_min))
+    loss = (model(coords) - values).square().mean()
+    loss.backward()
+    for ref, got in zip(model.parameters(), dist["grads"]):
+        torch.testing.assert_close(got, ref.grad, rtol=1e-5, atol=1e-7)
+    opt.step()
+    sched.step()
+    for ref, got in zip(model.parameters(), dist["params"]):
+        torch.testing.assert_close(got, ref.detach(), rtol=1e-5, atol=1e-7)
+
+
+def _teacher_sets(rank, world, strategy, num_batches, out):
+    """The trainer's teacher on a real store: this rank's teaching-set gids for a few steps."""
+    from dist_int.config import TeacherConfig
+    from dist_int.model import Siren
+    from dist_int.signal import Shard, SignalStore, assign_chunks
+    from dist_int.teacher import BatchPlan, Teacher
+    from dist_int.comm import Comm
+
+    store = SignalStore(out.parent / "s.zarr")
+    owners = assign_chunks(store.num_chunks, world, 0)
+    shard = Shard.load(store, owners[rank])
+    comm = _comm(rank, world) if world > 1 else Comm()
+    plan = BatchPlan([store.chunk_size(c) for c in range(store.num_chunks)], shard.chunk_ids,
+                     shard.chunk_start, num_batches, 0)
+    cfg = TeacherConfig(strategy=strategy, ratio=0.3, num_batches=num_batches)
+    teacher = Teacher(cfg, 40, 0, comm, plan)
+    torch.manual_seed(0)
+    model = Siren(2, 3, 16, 3)
+    sets = []
+    for step in range(6):
+        rows, k, _ = teacher.teaching_set(step, shard.coords, shard.values, shard.gids, model)
+        sets.append((sorted(shard.gids[rows].tolist()), k))
+    torch.save(sets, out.with_name(f"{out.name}.{rank}"))
+
+
+@pytest.mark.parametrize("strategy, num_batches", [("int", 1), ("uniform", 1), ("int", 3)])
+def test_teaching_set_does_not_depend_on_world_size(tmp_path, png_image, strategy, num_batches):
+    from dist_int.signal import ingest
+
+    ingest(str(png_image), tmp_path / "s.zarr", 16)
+    out1, out2 = tmp_path / "w1", tmp_path / "w2"
+    _teacher_sets(0, 1, strategy, num_batches, out1)
+    run_distributed(_teacher_sets, 2, (strategy, num_batches, out2))
+    one = torch.load(out1.with_name("w1.0"))
+    two = [torch.load(out2.with_name(f"w2.{r}")) for r in range(2)]
+    for step, (gids, k) in enumerate(one):
+        union = sorted(two[0][step][0] + two[1][step][0])
+        assert union == gids and len(gids) == k == two[0][step][1] == two[1][step][1]

@@ -1,0 +1,133 @@
+"""Single-process checks of the selection pieces; the 2-process versions are in test_distributed.py."""
+
+import numpy as np
+import pytest
+import torch
+
+from dist_int.comm import Comm
+from dist_int.config import TeacherConfig
+from dist_int.teacher import BatchPlan, Teacher, global_topk, hash_uniform
+
+
+def reference_topk(keys, gids, k):
+    order = sorted(range(len(keys)), key=lambda i: (-float(keys[i]), int(gids[i])))
+    return set(int(gids[i]) for i in order[:k])
+
+
+@pytest.mark.parametrize("k", [1, 17, 500, 999, 1000, 5000])
+def test_topk_exact_with_ties(k):
+    g = torch.Generator().manual_seed(k)
+    keys = torch.randint(0, 7, (1000,), generator=g).float()  # many ties
+    gids = torch.randperm(1000, generator=g) * 3
+    mask = global_topk(keys, gids, k, Comm())
+    assert int(mask.sum()) == min(k, 1000)
+    assert set(gids[mask].tolist()) == reference_topk(keys, gids, k)
+
+
+def test_nan_error_is_taught_first():
+    keys = torch.tensor([0.1, float("nan"), 0.3, 0.2])
+    mask = global_topk(keys, torch.arange(4), 1, Comm())
+    assert mask.tolist() == [False, True, False, False]
+
+
+def test_hash_is_a_pure_function():
+    gids = torch.arange(100_000)
+    a, b = hash_uniform(gids, 1, 2), hash_uniform(gids.flip(0), 1, 2).flip(0)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, hash_uniform(gids, 1, 3))
+    assert 0 <= a.min() and a.max() < 1 and abs(a.mean().item() - 0.5) < 0.01
+    # uniform enough: each decile holds ~10 %
+    counts = torch.histc(a.float(), bins=10, min=0, max=1)
+    assert (counts / len(gids) - 0.1).abs().max() < 0.01
+
+
+def _plan(chunk_sizes, owners, rank, num_batches, seed=0):
+    own = owners[rank]
+    start = np.concatenate([[0], np.cumsum([chunk_sizes[c] for c in own])])
+    return BatchPlan(chunk_sizes, own, start, num_batches, seed)
+
+
+def _global_ids(chunk_sizes, owners, rank):
+    """gid of each shard row: chunk c holds ids c*1000 + offset (a stand-in for the store's gids)."""
+    return torch.cat([torch.arange(chunk_sizes[c]) + 1000 * c for c in owners[rank]])
+
+
+def test_minibatches_visit_every_point_once_per_epoch_for_any_world_size():
+    sizes = [37, 64, 64, 50, 11, 64]
+    batches_by_world = {}
+    for world in (1, 2, 3):
+        owners = [list(range(r, 6, world)) for r in range(world)]
+        per_batch = [[] for _ in range(5)]
+        for rank in range(world):
+            plan, gids = _plan(sizes, owners, rank, 5), _global_ids(sizes, owners, rank)
+            for step in range(5, 10):  # epoch 1
+                per_batch[step - 5] += gids[plan.rows(step)].tolist()
+                assert plan.global_count(step % 5) == sum(len(np.array_split(range(n), 5)[step % 5])
+                                                          for n in sizes)
+        everything = sorted(g for b in per_batch for g in b)
+        assert everything == sorted(_global_ids(sizes, [list(range(6))], 0).tolist())
+        batches_by_world[world] = [sorted(b) for b in per_batch]
+    assert batches_by_world[1] == batches_by_world[2] == batches_by_world[3]
+
+
+def test_epochs_differ():
+    plan = _plan([64, 64], [[0, 1]], 0, 4)
+    assert not torch.equal(plan.rows(0), plan.rows(4))
+
+
+def _teacher(strategy, num_batches, steps=20, world_rank=(1, 0), sizes=(64,) * 4, interval="incremental"):
+    world, rank = world_rank
+    owners = [list(range(r, len(sizes), world)) for r in range(world)]
+    cfg = TeacherConfig(strategy=strategy, ratio=0.25, ratio_schedule="step", interval_schedule=interval,
+                        num_batches=num_batches)
+    plan = _plan(list(sizes), owners, rank, num_batches)
+    return Teacher(cfg, steps, 0, Comm(), plan), _global_ids(list(sizes), owners, rank)
+
+
+def test_int_teaches_the_largest_errors():
+    teacher, gids = _teacher("int", 1)
+    n = gids.numel()
+    coords = torch.zeros(n, 1)
+    values = torch.rand(n, 3, generator=torch.Generator().manual_seed(0))
+    rows, k, selected = teacher.teaching_set(0, coords, values, gids, lambda x: torch.zeros(x.shape[0], 3))
+    err = values.sum(1)
+    assert selected and k == round(0.25 * n) == rows.numel()
+    assert err[rows].min() >= err[~torch.isin(torch.arange(n), rows)].max()
+
+
+def test_one_cached_selection_per_batch():
+    teacher, gids = _teacher("uniform", 4, steps=400, interval="step-incremental")
+    n = gids.numel()
+    coords, values = torch.zeros(n, 1), torch.zeros(n, 1)
+    predict = lambda x: torch.zeros(x.shape[0], 1)  # noqa: E731
+    # Schedules run per epoch in mini-batch mode: epoch 10 (steps 40..43) begins phase 1 with interval
+    # 11, so it selects; epoch 11 (steps 44..47) reuses the cache of each batch.
+    fresh = [teacher.teaching_set(s, coords, values, gids, predict) for s in range(40, 44)]
+    reused = [teacher.teaching_set(s, coords, values, gids, predict) for s in range(44, 48)]
+    assert all(sel for _, _, sel in fresh) and not any(sel for _, _, sel in reused)
+    for (r1, k1, _), (r2, k2, _) in zip(fresh, reused):
+        assert torch.equal(r1, r2) and k1 == k2
+    assert len({tuple(r.tolist()) for r, _, _ in fresh}) == 4  # not one stale cache for all batches
+
+
+def test_full_strategy_takes_everything():
+    teacher, gids = _teacher("full", 1)
+    rows, k, _ = teacher.teaching_set(3, torch.zeros(gids.numel(), 1), None, gids, None)
+    assert rows is None and k == 256
+
+
+def test_teacher_state_moves_between_world_sizes():
+    """Caches saved by one rank load on 3 ranks as the same global teaching set, split by ownership."""
+    t, gids = _teacher("uniform", 2)
+    n = gids.numel()
+    for s in range(2):
+        t.teaching_set(s, torch.zeros(n, 1), torch.zeros(n, 1), gids, None)
+    state = t.state_dict(gids)
+    loaded = []
+    for rank in range(3):
+        t3, gids3 = _teacher("uniform", 2, world_rank=(3, rank))
+        t3.load_state_dicts([state], gids3)
+        loaded.append({b: set(gids3[r].tolist()) for b, (r, _) in t3.cache.items()})
+    for b, (g, k) in state["batches"].items():
+        assert set().union(*(part[b] for part in loaded)) == set(g.tolist())
+        assert sum(len(part[b]) for part in loaded) == k

@@ -1,0 +1,167 @@
+import tracemalloc
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+from PIL import Image
+
+from conftest import smooth_image
+from dist_int.signal import Shard, SignalError, SignalStore, assign_chunks, ingest
+
+
+def _roundtrip(src, dest, chunk=16):
+    ingest(str(src), dest, chunk)
+    store = SignalStore(dest)
+    raw = zarr.open_array(dest, mode="r")[...]
+    return store, raw
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_png_roundtrip(tmp_path, channels):
+    img = smooth_image(40, 56, channels)
+    src = tmp_path / "a.png"
+    Image.fromarray(img[..., 0] if channels == 1 else img).save(src)
+    store, raw = _roundtrip(src, tmp_path / "a.zarr")
+    assert raw.shape == (40, 56, channels) and np.array_equal(raw.reshape(img.shape), img)
+    assert store.meta["value_range"] == [0, 255] and store.meta["source_dtype"] == "uint8"
+    assert len(store.meta["source_sha256"]) == 64
+    assert store.grid == (3, 4) and store.chunk_size(11) == 8 * 8
+
+
+def test_jpeg_and_16bit_png(tmp_path):
+    Image.fromarray(smooth_image(32, 32, 3)).save(tmp_path / "a.jpg", quality=95)
+    store, raw = _roundtrip(tmp_path / "a.jpg", tmp_path / "a.zarr")
+    assert raw.shape == (32, 32, 3)
+    img16 = (smooth_image(32, 32, 1)[..., 0].astype(np.uint16) * 257)
+    Image.fromarray(img16).save(tmp_path / "b.png")
+    store, raw = _roundtrip(tmp_path / "b.png", tmp_path / "b.zarr")
+    assert store.meta["value_range"] == [0, 65535]
+    vals = store.read_chunk(0)
+    assert vals.dtype == np.float32 and 0 <= vals.min() and vals.max() <= 1
+
+
+@pytest.mark.parametrize("kind", ["tiff", "bigtiff", "ome"])
+def test_tiff_roundtrip(tmp_path, kind):
+    img = (smooth_image(70, 90, 3).astype(np.uint16) * 200)
+    src = tmp_path / ("a.ome.tif" if kind == "ome" else "a.tif")
+    if kind == "ome":
+        tifffile.imwrite(src, img[None, None], ome=True, metadata={"axes": "TZYXS"}, photometric="rgb")
+    else:
+        tifffile.imwrite(src, img, bigtiff=(kind == "bigtiff"), tile=(32, 32), photometric="rgb",
+                         compression="zlib")
+    store, raw = _roundtrip(src, tmp_path / "a.zarr", chunk=32)
+    assert np.array_equal(raw, img)
+    assert store.meta["value_range"] == [0, 65535]
+
+
+def test_float_tiff_normalizes_by_its_range(tmp_path):
+    img = np.linspace(-2, 6, 40 * 40, dtype=np.float32).reshape(40, 40)
+    tifffile.imwrite(tmp_path / "f.tif", img)
+    store, _ = _roundtrip(tmp_path / "f.tif", tmp_path / "f.zarr")
+    assert store.meta["value_range"] == [-2.0, 6.0]
+    all_vals = np.concatenate([store.read_chunk(c) for c in range(store.num_chunks)])
+    assert all_vals.min() == 0.0 and all_vals.max() == 1.0
+
+
+def test_large_tiff_is_ingested_lazily(tmp_path):
+    img = np.random.default_rng(0).integers(0, 255, (4096, 2048, 3), dtype=np.uint8)  # 24 MiB
+    src = tmp_path / "big.tif"
+    tifffile.imwrite(src, img, bigtiff=True, tile=(256, 256), photometric="rgb")
+    del img
+    tracemalloc.start()
+    ingest(str(src), tmp_path / "big.zarr", chunk=128)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 6 * 2**20, f"ingest held {peak / 2**20:.1f} MiB; expected band-by-band reads"
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda p: None, "not found"),
+    (lambda p: p.write_bytes(b""), "empty"),
+    (lambda p: p.write_bytes(b"this is not an image at all"), "cannot read image"),
+    (lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40), "cannot read image"),
+])
+def test_bad_image_files(tmp_path, make, words):
+    src = tmp_path / "x.png"
+    make(src)
+    with pytest.raises(SignalError, match=words):
+        ingest(str(src), tmp_path / "x.zarr")
+    assert not (tmp_path / "x.zarr").exists()
+    assert not list(tmp_path.glob(".x.zarr.tmp*"))
+
+
+def test_truncated_png(tmp_path):
+    src = tmp_path / "t.png"
+    Image.fromarray(smooth_image(64, 64, 3)).save(src)
+    src.write_bytes(src.read_bytes()[:300])
+    with pytest.raises(SignalError):
+        ingest(str(src), tmp_path / "t.zarr")
+
+
+def test_nan_and_wrong_dims(tmp_path):
+    img = np.ones((20, 20), np.float32)
+    img[3, 4] = np.nan
+    tifffile.imwrite(tmp_path / "n.tif", img)
+    with pytest.raises(SignalError, match="NaN or Inf"):
+        ingest(str(tmp_path / "n.tif"), tmp_path / "n.zarr")
+    tifffile.imwrite(tmp_path / "v.tif", np.zeros((3, 20, 20, 7), np.uint8))
+    with pytest.raises(SignalError, match="shape"):
+        ingest(str(tmp_path / "v.tif"), tmp_path / "v.zarr")
+
+
+def test_never_overwrites(tmp_path, png_image):
+    dest = tmp_path / "s.zarr"
+    ingest(str(png_image), dest)
+    before = (dest / "zarr.json").read_bytes()
+    with pytest.raises(SignalError, match="already exists"):
+        ingest(str(png_image), dest)
+    assert (dest / "zarr.json").read_bytes() == before
+
+
+def test_corrupt_store(tmp_path, png_image):
+    dest = tmp_path / "s.zarr"
+    ingest(str(png_image), dest, 16)
+    with pytest.raises(SignalError, match="not a Zarr v3 store"):
+        SignalStore(tmp_path)
+    chunk_files = sorted(p for p in (dest / "c").rglob("*") if p.is_file())
+    chunk_files[0].write_bytes(b"garbage")
+    store = SignalStore(dest)
+    with pytest.raises(SignalError, match="corrupt"):
+        for c in range(store.num_chunks):
+            store.read_chunk(c)
+    (dest / "zarr.json").write_text("{ not json")
+    with pytest.raises(SignalError, match="corrupt"):
+        SignalStore(dest)
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 5, 16])
+def test_shards_disjoint_complete_balanced(world_size):
+    owners = assign_chunks(16, world_size, seed=3)
+    flat = sorted(c for o in owners for c in o)
+    assert flat == list(range(16))
+    sizes = [len(o) for o in owners]
+    assert max(sizes) - min(sizes) <= 1
+    # Interleaved: every block of world_size consecutive chunks has one chunk on each rank.
+    for start in range(0, 16 - world_size + 1, world_size):
+        block = set(range(start, start + world_size))
+        assert all(len(block & set(o)) == 1 for o in owners)
+
+
+def test_more_ranks_than_chunks():
+    with pytest.raises(SignalError, match="only 4 chunks"):
+        assign_chunks(4, 8, 0)
+
+
+def test_shard_points_cover_signal(tmp_path, png_image):
+    ingest(str(png_image), tmp_path / "s.zarr", 16)
+    store = SignalStore(tmp_path / "s.zarr")
+    owners = assign_chunks(store.num_chunks, 3, 0)
+    shards = [Shard.load(store, o) for o in owners]
+    gids = np.concatenate([s.gids.numpy() for s in shards])
+    assert np.array_equal(np.sort(gids), np.arange(64 * 64))
+    img = smooth_image() / 255.0
+    for s in shards:
+        yx = np.stack(np.unravel_index(s.gids.numpy(), (64, 64)), 1)
+        np.testing.assert_allclose(s.values.numpy(), img[yx[:, 0], yx[:, 1]], atol=1e-6)
+        np.testing.assert_allclose(s.coords.numpy(), yx / 63 * 2 - 1, atol=1e-6)
