@@ -8,9 +8,6 @@ import sys
 
 from .config import ConfigError, load_config
 
-USER_ERRORS = (ConfigError,)
-
-
 def _user_errors():
     from .rundir import RunDirError
     from .signal import SignalError
@@ -72,10 +69,13 @@ def ingest_main(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"train": train_main, "ingest": ingest_main}
+    from .collect import collect_main
+
+    commands = {"train": train_main, "ingest": ingest_main, "collect": collect_main}
     if not argv or argv[0] not in commands:
-        print("usage: python -m dist_int {train,ingest} ...\n"
-              "  train   fit a SIREN (one process; use torchrun launch/train.py for several)\n"
-              "  ingest  turn an image file into a Zarr store", file=sys.stderr)
+        print("usage: python -m dist_int {train,ingest,collect} ...\n"
+              "  train    fit a SIREN (one process; use torchrun launch/train.py for several)\n"
+              "  ingest   turn an image file into a Zarr store\n"
+              "  collect  one table of the runs under a folder (e.g. an array job's)", file=sys.stderr)
         return 2
     return commands[argv[0]](argv[1:])

@@ -1,0 +1,74 @@
+"""`python -m dist_int collect DIR`: one table of the run folders under DIR (e.g. an array job's runs)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+
+from .rundir import CONFIG_FILE, atomic_write
+
+COLUMNS = ["run", "signal", "psnr_db", "ssim", "train_time_s", "steps", "status"]
+
+
+def _row(run_dir: Path) -> dict:
+    row = {"run": run_dir.name, "signal": "", "psnr_db": "", "ssim": "", "train_time_s": "", "steps": "",
+           "status": "failed"}
+    try:
+        import tomllib
+
+        row["signal"] = tomllib.loads((run_dir / CONFIG_FILE).read_text())["signal"]["path"]
+    except (OSError, KeyError, ValueError):
+        pass
+    summary = run_dir / "summary.json"
+    if summary.is_file():
+        s = json.loads(summary.read_text())
+        row.update({k: s.get(k, "") for k in ("psnr_db", "ssim", "train_time_s", "steps", "status")})
+        return row
+    latest = run_dir / "checkpoints" / "latest"
+    if latest.is_file():  # stopped or still running: report the last checkpoint
+        meta_path = run_dir / "checkpoints" / latest.read_text().strip() / "meta.json"
+        if meta_path.is_file():
+            meta = json.loads(meta_path.read_text())
+            row.update(steps=meta["step"], train_time_s=round(meta["train_time_s"], 3),
+                       status=meta.get("status", "running"))
+    return row
+
+
+def collect(root: Path) -> list[dict]:
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a folder")
+    runs = sorted(p for p in root.iterdir() if (p / CONFIG_FILE).is_file())
+    return [_row(p) for p in runs]
+
+
+def to_markdown(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(str(r[c]) for c in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def collect_main(argv: list[str]) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m dist_int collect",
+                                description="Gather the summary.json of every run folder under DIR into "
+                                            "DIR/runs.csv and print a Markdown table.")
+    p.add_argument("dir")
+    args = p.parse_args(argv)
+    try:
+        rows = collect(Path(args.dir))
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(Path(args.dir) / "runs.csv", buf.getvalue())
+    print(to_markdown(rows))
+    print(f"\n{len(rows)} run(s); {sum(r['status'] == 'complete' for r in rows)} complete; "
+          f"table written to {Path(args.dir) / 'runs.csv'}")
+    return 0

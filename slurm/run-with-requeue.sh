@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Sourced by the sbatch scripts. `run_with_requeue CMD...` runs the job step in the background; when the
+# batch shell gets USR1 (sbatch --signal=B:USR1@SECONDS, sent before the time limit) or TERM (preemption)
+# it passes USR1 on to the step (srun forwards it to the tasks, torchrun to the trainers), the trainers
+# agree on a step, checkpoint and exit, and the job is requeued; the requeued job resumes by itself.
+
+DIST_INT_SIGNALS="SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"  # what torchrun forwards to its workers
+# One BLAS/OpenMP thread per process unless the job asked for more CPUs per task: oversubscribed
+# OpenMP threads spin and can slow training tenfold.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
+
+run_with_requeue() {
+    local preempted=0 rc=0 child
+    trap 'preempted=1; echo "dist_int: preemption signal; asking the trainers to checkpoint" >&2;
+          kill -USR1 "$child" 2>/dev/null || true' USR1 TERM
+    "$@" &
+    child=$!
+    # `wait` returns early when a trapped signal arrives: keep waiting until the step has really ended.
+    while true; do
+        wait "$child" && rc=0 || rc=$?
+        kill -0 "$child" 2>/dev/null || break
+    done
+    trap - USR1 TERM
+    if [ "$preempted" = 1 ] && [ "$rc" != 0 ]; then
+        echo "dist_int: checkpoint written; requeueing job ${SLURM_JOB_ID}" >&2
+        scontrol requeue "$SLURM_JOB_ID"  # an array task has a job id of its own too
+        exit 0
+    fi
+    return "$rc"
+}
+
+# The launch command for one node: torchrun with c10d rendezvous on the job's first node.
+torchrun_cmd() {
+    local procs=$1 head port
+    head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+    port=${MASTER_PORT:-$((20000 + ${SLURM_JOB_ID:-0} % 20000))}
+    echo "${PYTHON:-python3}" -m torch.distributed.run --nnodes "${SLURM_NNODES:-1}" \
+        --nproc_per_node "$procs" --rdzv_backend c10d --rdzv_endpoint "$head:$port" \
+        --rdzv_id "${SLURM_JOB_ID:-0}" --signals-to-handle "$DIST_INT_SIGNALS" \
+        --shutdown-timeout "${SHUTDOWN_TIMEOUT:-120}"
+}
+
+# Processes per node: PROCS_PER_NODE, else the GPUs this node has, else 1.
+procs_per_node() {
+    if [ -n "${PROCS_PER_NODE:-}" ]; then echo "$PROCS_PER_NODE"; return; fi
+    local n
+    n=$(nvidia-smi -L 2>/dev/null | wc -l || true)
+    [ "${n:-0}" -gt 0 ] && echo "$n" || echo 1
+}
