@@ -24,7 +24,7 @@ def plain_loop(signal: str, hidden: int, layers: int, steps: int, lr: float, see
     """The reference: what a researcher would write by hand. Returns training seconds."""
     import numpy as np
 
-    from dist_int.engine.deepspeed_engine import cosine_lr
+    from dist_int.engine.deepspeed_engine import CosineLR
     from dist_int.model import Siren
     from dist_int.signal import load_source
 
@@ -38,7 +38,7 @@ def plain_loop(signal: str, hidden: int, layers: int, steps: int, lr: float, see
     torch.manual_seed(seed)
     model = Siren(2, c, hidden, layers)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lr(steps, lr, 1e-6))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, CosineLR(steps, lr, 1e-6))
     start = time.perf_counter()
     for _ in range(steps):
         loss = (model(coords) - values).square().mean()

@@ -96,6 +96,13 @@ class TrainConfig:
     """Use torch.optim.Adam; false lets DeepSpeed build FusedAdam (needs a CUDA toolchain)."""
     timeout_s: float = 600.0
     """Collective timeout: a rank that dies ends the whole job after about this long."""
+    divergence_db: float = 10.0
+    """A training PSNR this many dB below the best seen (or a non-finite loss) is a divergence: roll back
+    to the last good state and lower the learning rate. 0 turns the check off."""
+    rollback_lr_factor: float = 0.5
+    """Learning-rate multiplier applied at each rollback."""
+    max_rollbacks: int = 5
+    """Rollbacks allowed before the run stops as diverged."""
 
 
 @dataclass
@@ -150,6 +157,9 @@ class Config:
             (self.train.log_every >= 1, "train.log_every must be >= 1"),
             (self.train.eval_every >= 0, "train.eval_every must be >= 0"),
             (self.train.timeout_s > 0, "train.timeout_s must be > 0"),
+            (self.train.divergence_db >= 0, "train.divergence_db must be >= 0 (0 = off)"),
+            (0 < self.train.rollback_lr_factor < 1, "train.rollback_lr_factor must be in (0, 1)"),
+            (self.train.max_rollbacks >= 0, "train.max_rollbacks must be >= 0"),
             (self.checkpoint.every >= 0, "checkpoint.every must be >= 0"),
             (self.checkpoint.keep >= 1, "checkpoint.keep must be >= 1"),
             (self.signal.chunk >= 8, "signal.chunk must be >= 8 pixels"),

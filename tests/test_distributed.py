@@ -67,7 +67,7 @@ def _update(rank, world, out):
     g = torch.Generator().manual_seed(1)
     coords, values = torch.rand(100, 2, generator=g) * 2 - 1, torch.rand(100, 3, generator=g)
     torch.manual_seed(0)
-    engine = build_engine(Siren(2, 3, 32, 3), cfg)
+    engine, _ = build_engine(Siren(2, 3, 32, 3), cfg)
     part = slice(0, 70) if rank == 0 else slice(70, 100)
     x, y = coords[part], values[part]
     loss = (engine(x) - y).square().sum() * (world / (100 * 3))
@@ -80,7 +80,7 @@ def _update(rank, world, out):
 
 def test_distributed_update_equals_single_process_update(tmp_path):
     from dist_int.config import Config
-    from dist_int.engine.deepspeed_engine import cosine_lr
+    from dist_int.engine.deepspeed_engine import CosineLR
     from dist_int.model import Siren
 
     out = tmp_path / "dist.pt"
@@ -92,7 +92,7 @@ def test_distributed_update_equals_single_process_update(tmp_path):
     torch.manual_seed(0)
     model = Siren(2, 3, 32, 3)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lr(10, 1e-3, Config().optim.lr_min))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, CosineLR(10, 1e-3, Config().optim.lr_min))
     loss = (model(coords) - values).square().mean()
     loss.backward()
     for ref, got in zip(model.parameters(), dist["grads"]):

@@ -33,23 +33,31 @@ def deepspeed_config(cfg: Config) -> dict:
     }
 
 
-def cosine_lr(total_steps: int, lr: float, lr_min: float):
-    """Cosine annealing from lr to lr_min over the run (INT_REFERENCE: SIREN settings), as a LambdaLR factor."""
-    def factor(step: int) -> float:
-        frac = min(step, total_steps) / total_steps
-        return (lr_min + (lr - lr_min) * 0.5 * (1 + math.cos(math.pi * frac))) / lr
-    return factor
+class CosineLR:
+    """Cosine annealing from lr to lr_min over the run (INT_REFERENCE: SIREN settings), as a LambdaLR
+    factor. `scale` lowers the whole curve after a divergence rollback."""
+
+    def __init__(self, total_steps: int, lr: float, lr_min: float):
+        self.total_steps, self.lr, self.lr_min = total_steps, lr, lr_min
+        self.scale = 1.0
+
+    def __call__(self, step: int) -> float:
+        frac = min(step, self.total_steps) / self.total_steps
+        return self.scale * (self.lr_min + (self.lr - self.lr_min) * 0.5 * (1 + math.cos(math.pi * frac))) / self.lr
 
 
 def build_engine(model: torch.nn.Module, cfg: Config):
+    """Returns (engine, its CosineLR)."""
     import deepspeed
 
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    schedule = CosineLR(cfg.train.steps, cfg.optim.lr, cfg.optim.lr_min)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         model_parameters=[p for p in model.parameters() if p.requires_grad],
         config=deepspeed_config(cfg),
-        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(
-            opt, cosine_lr(cfg.train.steps, cfg.optim.lr, cfg.optim.lr_min)),
+        # A plain lambda, so LambdaLR's state_dict does not save (and a load does not overwrite) the
+        # schedule's own fields: scale and length come from our config and run state.
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda step: schedule(step)),
     )
-    return engine
+    return engine, schedule

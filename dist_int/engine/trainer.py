@@ -8,9 +8,11 @@ render happen at steps every rank knows in advance (DESIGN.md sec. 4).
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import signal
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -26,9 +28,11 @@ from ..signal import Shard, SignalError, SignalStore, assign_chunks, prepare_sig
 from ..teacher import BatchPlan, Teacher
 from . import checkpoint
 from .deepspeed_engine import build_engine
+from .guard import DivergenceGuard, Diverged
 from .launch import detect_launch, init_distributed, pick_device, shutdown
 
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: stopped by a signal after a checkpoint; rerun to resume
+EXIT_DIVERGED = 3     # divergence persisted through train.max_rollbacks rollbacks
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
 
@@ -97,6 +101,18 @@ def train(cfg: Config) -> int:
         shutdown()
 
 
+@dataclass
+class RunState:
+    """What a checkpoint's meta.json carries besides the engine and teacher state."""
+    step: int = 0
+    train_time_s: float = 0.0
+    best_psnr_db: float = -float("inf")
+    best_step: int = 0
+    rollbacks: int = 0
+    lr_scale: float = 1.0
+    best_train_psnr_db: float = -float("inf")
+
+
 def _train(cfg: Config, comm: Comm, device: torch.device, resuming: bool) -> int:
     run_dir = Path(cfg.run.dir)
     log = Progress(cfg.train.steps, 0, enabled=comm.is_rank_zero)
@@ -107,7 +123,7 @@ def _train(cfg: Config, comm: Comm, device: torch.device, resuming: bool) -> int
     torch.manual_seed(cfg.seed)
     model = Siren(len(store.spatial), store.channels, cfg.model.hidden, cfg.model.layers,
                   cfg.model.w0, cfg.model.w0_first)
-    engine = build_engine(model.to(device), cfg)
+    engine, schedule = build_engine(model.to(device), cfg)
     dtype = torch.bfloat16 if cfg.train.bf16 else torch.float32
 
     def predict(x: torch.Tensor) -> torch.Tensor:
@@ -116,48 +132,62 @@ def _train(cfg: Config, comm: Comm, device: torch.device, resuming: bool) -> int
     plan = BatchPlan([store.chunk_size(c) for c in range(store.num_chunks)], shard.chunk_ids,
                      shard.chunk_start, cfg.teacher.num_batches, cfg.seed)
     teacher = Teacher(cfg.teacher, cfg.train.steps, cfg.seed, comm, plan)
+    guard = DivergenceGuard(engine, schedule, teacher, cfg.train.divergence_db, cfg.train.rollback_lr_factor,
+                            cfg.train.max_rollbacks)
 
     ckpt_root = run_dir / "checkpoints"
     metrics_path = run_dir / "metrics.jsonl"
-    step, train_time = 0, 0.0
+    state = RunState()
     tag = checkpoint.latest_tag(ckpt_root) if resuming else None
     if tag is not None:
         meta, states = checkpoint.load(engine, ckpt_root, tag)
         teacher.load_state_dicts([s["teacher"] for s in states], shard.gids)
-        step, train_time = meta["step"], meta["train_time_s"]
-        log.message(f"resuming {run_dir} from step {step} ({ckpt_root / tag}, saved by "
+        state = RunState(**{k: meta[k] for k in asdict(state) if k in meta})
+        schedule.scale = state.lr_scale
+        guard.rollbacks, guard.best_db = state.rollbacks, state.best_train_psnr_db
+        log.message(f"resuming {run_dir} from step {state.step} ({ckpt_root / tag}, saved by "
                     f"{meta['world_size']} rank(s); now {comm.world_size})")
         if comm.is_rank_zero:
-            rundir.truncate_metrics(metrics_path, step)
+            rundir.truncate_metrics(metrics_path, state.step)
     log.message(f"{store.shape} signal, {store.num_chunks} chunks over {comm.world_size} rank(s); "
                 f"SIREN {cfg.model.layers}x{cfg.model.hidden} ({model.num_params:,} params); teacher "
                 f"{cfg.teacher.strategy}; {cfg.train.steps} steps on {device}")
 
-    def save(step: int, status: str) -> None:
-        meta = {"step": step, "train_time_s": train_time, "status": status}
-        checkpoint.save(engine, ckpt_root, step, meta, {"teacher": teacher.state_dict(shard.gids)},
-                        comm, cfg.checkpoint.keep)
+    def save(status: str) -> None:
+        state.rollbacks, state.lr_scale, state.best_train_psnr_db = guard.rollbacks, schedule.scale, guard.best_db
+        checkpoint.save(engine, ckpt_root, state.step, {**asdict(state), "status": status},
+                        {"teacher": teacher.state_dict(shard.gids)}, comm, cfg.checkpoint.keep)
 
     def evaluate() -> float:
         sse = comm.all_reduce_sum(torch.tensor([shard_sse(predict, shard.coords, shard.values,
                                                           cfg.teacher.score_chunk)], dtype=torch.float64))
-        return psnr_db(float(sse), store.num_points * store.channels)
+        psnr = psnr_db(float(sse), store.num_points * store.channels)
+        if psnr > state.best_psnr_db:
+            state.best_psnr_db, state.best_step = psnr, state.step
+        return psnr
 
     metrics = open(metrics_path, "a") if comm.is_rank_zero else None
+
+    def record(entry: dict) -> None:
+        if metrics is not None:
+            metrics.write(json.dumps(entry) + "\n")
+            metrics.flush()
+
     num_channels, world = store.channels, comm.world_size
-    session_start_step, session_time = step, 0.0
+    session_start_step, session_time = state.step, 0.0
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     interval_points, interval_steps, interval_time = 0, 0, 0.0
-    stopped_by = 0
+    stopped_by, status = 0, "complete"
+    guard.start(state.step)  # the state we start (or resume) from is the first good one
     with StopFlag() as stop:
         _sync(device)
         mark = time.perf_counter()
-        while step < cfg.train.steps:
+        while state.step < cfg.train.steps:
             flag = comm.all_reduce_max(torch.tensor([float(stop.signum)], dtype=torch.float64))
             if flag.item() > 0:
                 stopped_by = int(flag.item())
                 break
-            rows, count, _ = teacher.teaching_set(step, shard.coords, shard.values, shard.gids, predict)
+            rows, count, _ = teacher.teaching_set(state.step, shard.coords, shard.values, shard.gids, predict)
             x = shard.coords if rows is None else shard.coords[rows]
             y = shard.values if rows is None else shard.values[rows]
             pred = engine(x.to(dtype)).float()
@@ -167,11 +197,12 @@ def _train(cfg: Config, comm: Comm, device: torch.device, resuming: bool) -> int
             loss = (pred - y).square().sum() * (world / (count * num_channels))
             engine.backward(loss)
             engine.step()
-            step += 1
+            state.step += 1
             loss_sum += loss.detach().double()
             interval_points += count
             interval_steps += 1
 
+            step = state.step
             do_log = step % cfg.train.log_every == 0 or step == cfg.train.steps
             do_eval = cfg.train.eval_every > 0 and step % cfg.train.eval_every == 0
             do_ckpt = cfg.checkpoint.every > 0 and step % cfg.checkpoint.every == 0
@@ -179,54 +210,76 @@ def _train(cfg: Config, comm: Comm, device: torch.device, resuming: bool) -> int
                 continue
             _sync(device)
             now = time.perf_counter()
-            train_time += now - mark
+            state.train_time_s += now - mark
             session_time += now - mark
             interval_time += now - mark
 
+            # Mean of the ranks' losses / world = the global MSE (each loss is scaled by world).
+            mean_loss = float(comm.all_reduce_sum(loss_sum)) / world / interval_steps
+            loss_sum.zero_()
+            try:
+                back_to, train_psnr = guard.check(step, mean_loss)
+            except Diverged as e:
+                status = "diverged"
+                log.message(f"diverged: {e}; restoring the last good state (step {guard.snapshot.step}) "
+                            f"and stopping" if guard.snapshot else f"diverged: {e}; stopping")
+                record({"step": step, "event": "diverged", "train_psnr_db": None})
+                if guard.snapshot is not None:
+                    state.step = guard.restore()
+                break
+            if back_to is not None:
+                log.message(f"divergence at step {step}: training PSNR {train_psnr:.2f} dB (best "
+                            f"{guard.best_db:.2f} dB); rolled back to step {back_to}, learning rate x"
+                            f"{schedule.scale:g}")
+                record({"step": step, "event": "rollback", "to_step": back_to, "lr_scale": schedule.scale,
+                        "train_psnr_db": None if math.isnan(train_psnr) else round(train_psnr, 3)})
+                state.step = back_to
+                interval_points, interval_steps, interval_time = 0, 0, 0.0
+                _sync(device)
+                mark = time.perf_counter()
+                continue
+
             psnr = evaluate() if do_eval else None
             if do_log or do_eval:
-                # Mean of the ranks' losses / world = the global MSE (each loss is scaled by world).
-                mean_loss = float(comm.all_reduce_sum(loss_sum)) / world / interval_steps
                 counts = comm.all_gather_scalar(shard.num_points if rows is None else rows.numel())
                 pps = interval_points / max(interval_time, 1e-9)
-                record = {"step": step, "train_time_s": round(train_time, 4), "loss": mean_loss,
-                          "lr": engine.get_lr()[0], "selected": count, "points_per_s": round(pps, 1),
-                          "imbalance": round(float(counts.max() / counts.mean().clamp(min=1e-9)), 4)}
+                entry = {"step": step, "train_time_s": round(state.train_time_s, 4), "loss": mean_loss,
+                         "lr": engine.get_lr()[0], "selected": count, "points_per_s": round(pps, 1),
+                         "imbalance": round(float(counts.max() / counts.mean().clamp(min=1e-9)), 4)}
                 if psnr is not None:
-                    record["psnr_db"] = round(psnr, 4)
-                if metrics is not None:
-                    metrics.write(json.dumps(record) + "\n")
-                    metrics.flush()
-                done = step - session_start_step
-                eta = session_time / done * (cfg.train.steps - step)
+                    entry["psnr_db"] = round(psnr, 4)
+                record(entry)
+                eta = session_time / max(step - session_start_step, 1) * (cfg.train.steps - step)
                 log.update(step, mean_loss, psnr, pps, eta)
-                loss_sum.zero_()
                 interval_points, interval_steps, interval_time = 0, 0, 0.0
             if do_ckpt and step < cfg.train.steps:
-                save(step, "running")
+                save("running")
             _sync(device)
             mark = time.perf_counter()
 
     if stopped_by:
-        save(step, "interrupted")
-        log.message(f"stopped by {signal.Signals(stopped_by).name} at step {step}; checkpoint saved in "
-                    f"{ckpt_root}. Run the same command again to resume.")
+        save("interrupted")
+        log.message(f"stopped by {signal.Signals(stopped_by).name} at step {state.step}; checkpoint saved "
+                    f"in {ckpt_root}. Run the same command again to resume.")
         log.close()
         return EXIT_INTERRUPTED
-    if not (ckpt_root / checkpoint.tag_of(step)).is_dir():
-        save(step, "complete")
+    if status == "complete" and not (ckpt_root / checkpoint.tag_of(state.step)).is_dir():
+        save("complete")
     log.close()
-    summary = _finish(cfg, comm, store, shard, predict, run_dir, step, train_time, model.num_params)
+    summary = _finish(cfg, comm, store, shard, predict, run_dir, state, guard.rollbacks, status,
+                      model.num_params)
     if metrics is not None:
         metrics.close()
     if comm.is_rank_zero:
         log.message(f"PSNR {summary['psnr_db']:.2f} dB  SSIM {summary['ssim']}  train time "
-                f"{summary['train_time_s']:.1f} s  -> {summary['reconstruction']}")
-    return 0
+                    f"{summary['train_time_s']:.1f} s  -> {summary['reconstruction']}")
+        if "warning" in summary:
+            log.message("warning: " + summary["warning"])
+    return EXIT_DIVERGED if status == "diverged" else 0
 
 
-def _finish(cfg: Config, comm: Comm, store: SignalStore, shard: Shard, predict, run_dir: Path, step: int,
-            train_time: float, num_params: int) -> dict:
+def _finish(cfg: Config, comm: Comm, store: SignalStore, shard: Shard, predict, run_dir: Path,
+            state: RunState, rollbacks: int, status: str, num_params: int) -> dict:
     """Every rank renders its chunks into one Zarr store; rank 0 exports it and writes summary.json."""
     final = run_dir / "reconstruction.zarr"
     tmp = run_dir / ".reconstruction.zarr.tmp"
@@ -249,20 +302,31 @@ def _finish(cfg: Config, comm: Comm, store: SignalStore, shard: Shard, predict, 
         if store.num_points <= 4096 * 4096:
             target = ((store.array[...].astype("float64") - store.offset) * store.scale).astype("float32")
             ssim = ssim_of(recon[...], target)
+        psnr = psnr_db(sse, store.num_points * store.channels)
         summary = {
-            "psnr_db": round(psnr_db(sse, store.num_points * store.channels), 4),
+            "psnr_db": round(psnr, 4),
             "psnr_is": "final (not the best seen during training)",
             "ssim": None if ssim is None else round(ssim, 5),
-            "train_time_s": round(train_time, 3),
-            "steps": step,
+            "train_time_s": round(state.train_time_s, 3),
+            "steps": state.step,
             "world_size": comm.world_size,
             "num_params": num_params,
             "strategy": cfg.teacher.strategy,
             "signal": cfg.signal.path,
             "shape": list(store.shape),
             "reconstruction": str(image),
-            "status": "complete",
+            "status": status,
+            "rollbacks": rollbacks,
         }
+        if math.isfinite(state.best_psnr_db):
+            summary.update(best_psnr_db=round(state.best_psnr_db, 4), best_step=state.best_step)
+            # A run never ends worse than its best evaluation without saying so.
+            if psnr < state.best_psnr_db - 0.05:
+                summary["warning"] = (f"final PSNR {psnr:.2f} dB is below the best evaluated, "
+                                      f"{state.best_psnr_db:.2f} dB at step {state.best_step}")
+        if status == "diverged":
+            summary["warning"] = (summary.get("warning", "") + "; " if "warning" in summary else "") + \
+                "training diverged and stopped early; the reconstruction is the last good state"
         rundir.atomic_write(run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
     comm.barrier()
     return summary
