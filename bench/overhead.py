@@ -86,6 +86,7 @@ def main() -> None:
     header = (f"machine: {machine()}\ncommand: {command}\n{args.steps} full-batch steps, SIREN "
               f"{args.layers}x{args.hidden}, {args.size}x{args.size}; both with torch's default threads")
     print(header + "\n\n" + table)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(header + "\n\n" + table + "\n")
 
 

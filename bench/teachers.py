@@ -89,7 +89,7 @@ def main() -> None:
     ax.axhline(target, color="gray", ls=":", lw=1)
     ax.set_xlabel("training time (s)")
     ax.set_ylabel("PSNR (dB)")
-    ax.set_title(f"{args.signal}, SIREN {args.layers}x{args.hidden}, {args.steps} steps")
+    ax.set_title(f"{args.signal}{size}, SIREN {args.layers}x{args.hidden}, {args.steps} steps")
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()

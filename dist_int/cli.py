@@ -9,15 +9,23 @@ import sys
 from .config import ConfigError, load_config
 
 def _user_errors():
+    from .errors import PeerFailed
     from .rundir import RunDirError
     from .signal import SignalError
 
-    return (ConfigError, SignalError, RunDirError)
+    return (ConfigError, SignalError, RunDirError, PeerFailed)
 
 
 def _fail(e: Exception) -> int:
-    if os.environ.get("RANK", "0") == "0":
+    """Errors every rank raises alike are printed once, by rank 0; a rank's own error by that rank."""
+    from .errors import PeerFailed
+    from .rundir import RunDirError
+
+    rank = os.environ.get("RANK", "0")
+    if rank == "0":
         print(f"error: {e}", file=sys.stderr, flush=True)
+    elif not isinstance(e, (PeerFailed, ConfigError, RunDirError)):
+        print(f"error: [rank {rank}] {e}", file=sys.stderr, flush=True)
     return 2
 
 

@@ -97,8 +97,11 @@ class TrainConfig:
     timeout_s: float = 600.0
     """Collective timeout: a rank that dies ends the whole job after about this long."""
     divergence_db: float = 10.0
-    """A training PSNR this many dB below the best seen (or a non-finite loss) is a divergence: roll back
-    to the last good state and lower the learning rate. 0 turns the check off."""
+    """A probe PSNR this many dB below the best seen (or a non-finite loss) is a divergence: roll back to
+    the last good state and lower the learning rate. 0 turns the check off."""
+    probe_points: int = 16384
+    """Size of the fixed random probe set (all ranks together) whose PSNR the divergence guard watches at
+    log steps. A fixed set, because the teaching set's own loss jumps whenever INT reselects."""
     rollback_lr_factor: float = 0.5
     """Learning-rate multiplier applied at each rollback."""
     max_rollbacks: int = 5
@@ -158,6 +161,7 @@ class Config:
             (self.train.eval_every >= 0, "train.eval_every must be >= 0"),
             (self.train.timeout_s > 0, "train.timeout_s must be > 0"),
             (self.train.divergence_db >= 0, "train.divergence_db must be >= 0 (0 = off)"),
+            (self.train.probe_points >= 1, "train.probe_points must be >= 1"),
             (0 < self.train.rollback_lr_factor < 1, "train.rollback_lr_factor must be in (0, 1)"),
             (self.train.max_rollbacks >= 0, "train.max_rollbacks must be >= 0"),
             (self.checkpoint.every >= 0, "checkpoint.every must be >= 0"),

@@ -85,8 +85,11 @@ def _interrupt(args, nproc, sig, run_dir, at_step=30):
     return proc.returncode, out
 
 
-@pytest.mark.parametrize("nproc, sig", [(2, signal.SIGTERM), (0, signal.SIGINT)])
-def test_interrupt_and_resume_ends_where_an_uninterrupted_run_ends(image, two_rank_run, tmp_path, nproc, sig):
+@pytest.mark.parametrize("nproc, resume_nproc, sig", [(2, 2, signal.SIGTERM), (0, 0, signal.SIGINT),
+                                                      (2, 0, signal.SIGTERM)])
+def test_interrupt_and_resume_ends_where_an_uninterrupted_run_ends(image, two_rank_run, tmp_path, nproc,
+                                                                   resume_nproc, sig):
+    """Also across world sizes: a 2-rank run stopped and resumed on 1 rank ends at the same PSNR."""
     run_dir = tmp_path / "resumed"
     args = [f"run.dir={run_dir}", f"signal.path={image}", *TINY]
     rc, out = _interrupt(args, nproc, sig, run_dir)
@@ -95,9 +98,10 @@ def test_interrupt_and_resume_ends_where_an_uninterrupted_run_ends(image, two_ra
     tag = (run_dir / "checkpoints" / "latest").read_text()
     stopped = int(tag.split("-")[1])
     assert 0 < stopped < 300 and not (run_dir / "summary.json").exists()
-    proc = run_train(args, nproc=nproc)
+    proc = run_train(args, nproc=resume_nproc)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"resuming {run_dir} from step {stopped}" in proc.stdout
+    assert f"saved by {nproc or 1} rank(s); now {resume_nproc or 1}" in proc.stdout
     resumed = read_summary(run_dir)
     reference = read_summary(two_rank_run)
     assert resumed["steps"] == 300
@@ -112,34 +116,80 @@ def _snapshot(folder: Path) -> dict:
 
 
 def _bad_cases(tmp: Path, image: Path) -> dict:
+    """Every kind of bad input a user can hand the trainer: (overrides, words the error must contain,
+    ranks). Each must fail before training starts, with exit code != 0, and touch no existing output."""
+    import tifffile
+    import zarr
+
+    from dist_int.signal import ingest
+
     corrupt_png = tmp / "corrupt.png"
     corrupt_png.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00garbage" * 20)
+    empty = tmp / "empty.png"
+    empty.write_bytes(b"")
+    truncated = tmp / "truncated.png"
+    truncated.write_bytes(image.read_bytes()[:200])
     corrupt_store = tmp / "corrupt.zarr"
     corrupt_store.mkdir()
     (corrupt_store / "zarr.json").write_text("{ this is not json")
+    empty_store = tmp / "empty.zarr"
+    empty_store.mkdir()
+    truncated_store = tmp / "truncated.zarr"
+    ingest(str(image), truncated_store, 16)
+    chunk = sorted(p for p in (truncated_store / "c").rglob("*") if p.is_file())[5]
+    chunk.write_bytes(chunk.read_bytes()[:10])
+    nan_tif = tmp / "nan.tif"
+    img = smooth_image().astype("float32")
+    img[5, 7, 1] = float("inf")
+    tifffile.imwrite(nan_tif, img)
+    nan_store = tmp / "nan.zarr"
+    tifffile.imwrite(tmp / "ok.tif", smooth_image().astype("float32"))
+    ingest(str(tmp / "ok.tif"), nan_store, 16)
+    arr = zarr.open_array(nan_store, mode="r+")
+    arr[40, 40, 0] = float("nan")
+    tifffile.imwrite(tmp / "volume.tif", smooth_image()[None, :, :, :2].repeat(5, 0))
+    tifffile.imwrite(tmp / "int64.tif", smooth_image()[..., 0].astype("int64"))
     return {
-        "missing file": ([f"signal.path={tmp / 'missing.png'}"], "not found"),
-        "corrupt image": ([f"signal.path={corrupt_png}"], "cannot read image"),
-        "corrupt store": ([f"signal.path={corrupt_store}"], "corrupt"),
-        "unknown key": ([f"signal.path={image}", "teacher.rato=0.3"], "unknown config key 'teacher.rato'"),
-        "bad value": ([f"signal.path={image}", "teacher.ratio=1.7"], "teacher.ratio must be in (0, 1]"),
+        "missing file": ([f"signal.path={tmp / 'missing.png'}"], "not found", 0),
+        "empty file": ([f"signal.path={empty}"], "is empty", 0),
+        "truncated file": ([f"signal.path={truncated}"], "cannot read image", 0),
+        "corrupt image": ([f"signal.path={corrupt_png}"], "cannot read image", 0),
+        "corrupt store": ([f"signal.path={corrupt_store}"], "corrupt", 0),
+        "empty store": ([f"signal.path={empty_store}"], "not a readable Zarr store", 0),
+        "truncated store": ([f"signal.path={truncated_store}"], "corrupt or truncated", 0),
+        "NaN/Inf in file": ([f"signal.path={nan_tif}"], "NaN or Inf", 0),
+        "NaN in store": ([f"signal.path={nan_store}"], "NaN or Inf", 0),
+        "wrong dimensions": ([f"signal.path={tmp / 'volume.tif'}"], "an image must be (H, W)", 0),
+        "more ranks than chunks": ([f"signal.path={image}", "signal.chunk=64"], "only 1 chunks", 2),
+        "integer overflow": ([f"signal.path={tmp / 'int64.tif'}"], "64-bit integer range", 0),
+        "unknown key": ([f"signal.path={image}", "teacher.rato=0.3"], "unknown config key 'teacher.rato'", 0),
+        "bad value": ([f"signal.path={image}", "teacher.ratio=1.7"], "teacher.ratio must be in (0, 1]", 0),
+        "bad schedule": ([f"signal.path={image}", "teacher.interval_schedule=sometimes"],
+                         "teacher.interval_schedule must be one of", 0),
     }
 
 
-@pytest.mark.parametrize("case", ["missing file", "corrupt image", "corrupt store", "unknown key", "bad value"])
+BAD_CASES = ["missing file", "empty file", "truncated file", "corrupt image", "corrupt store", "empty store",
+             "truncated store", "NaN/Inf in file", "NaN in store", "wrong dimensions", "more ranks than chunks",
+             "integer overflow", "unknown key", "bad value", "bad schedule"]
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
 def test_bad_input_fails_clearly_and_leaves_nothing_behind(image, tmp_path, case):
-    args, words = _bad_cases(tmp_path, image)[case]
+    args, words, nproc = _bad_cases(tmp_path, image)[case]
     run_dir = tmp_path / "new-run"
-    proc = run_train([f"run.dir={run_dir}", *TINY, *args])
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert f"error: " in proc.stderr and words in proc.stderr, proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert not run_dir.exists()
+    proc = run_train([f"run.dir={run_dir}", *TINY, *args], nproc=nproc)
+    assert proc.returncode != 0 and (nproc or proc.returncode == 2), proc.stdout + proc.stderr
+    assert "error: " in proc.stderr and words in proc.stderr, proc.stderr
+    if not nproc:
+        assert "Traceback" not in proc.stderr
+    assert not (run_dir / "metrics.jsonl").exists()  # nothing trained
+    assert not (run_dir / "checkpoints").exists()
 
 
 def test_existing_run_folder_is_never_touched(image, two_rank_run, tmp_path):
     before = _snapshot(two_rank_run)
-    cases = [args for args, _ in _bad_cases(tmp_path, image).values()]
+    cases = [args for args, _, _ in _bad_cases(tmp_path, image).values()]
     cases.append([f"signal.path={image}", "model.hidden=64"])  # a different config
     for args in cases:
         proc = run_train([f"run.dir={two_rank_run}", *TINY, *args])
@@ -155,3 +205,16 @@ def test_folder_that_is_not_a_run_is_refused(image, tmp_path):
     proc = run_train([f"run.dir={tmp_path / 'mine'}", f"signal.path={image}", *TINY])
     assert proc.returncode == 2 and "holds no dist_int run" in proc.stderr
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+
+
+def test_minibatch_int_on_two_ranks_equals_one_rank(image, tmp_path):
+    """Mini-batch INT (4 stratified batches per epoch, one cached selection per batch) on 1 and 2 ranks."""
+    args = [f"signal.path={image}", *TINY, "teacher.num_batches=4", "checkpoint.every=0"]
+    two = run_train([f"run.dir={tmp_path / 'two'}", *args], nproc=2)
+    one = run_train([f"run.dir={tmp_path / 'one'}", *args], nproc=0)
+    assert two.returncode == 0 and one.returncode == 0, two.stderr + one.stderr
+    s1, s2 = read_summary(tmp_path / "one"), read_summary(tmp_path / "two")
+    assert s2["psnr_db"] > PSNR_FLOOR_DB - 3
+    assert abs(s1["psnr_db"] - s2["psnr_db"]) <= 0.05
+    # Each batch is a quarter of the image; the step ratio starts at 0.2 of the batch.
+    assert read_metrics(tmp_path / "two")[0]["selected"] == round(0.2 * 64 * 64 / 4)

@@ -13,14 +13,9 @@ from pathlib import Path
 import torch
 
 from ..comm import Comm
+from ..rundir import atomic_write
 
 LATEST = "latest"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def tag_of(step: int) -> str:
@@ -45,8 +40,8 @@ def save(engine, root: Path, step: int, meta: dict, rank_state: dict, comm: Comm
     os.replace(tmp, folder / f"rank{comm.rank:05d}.pt")
     comm.barrier()
     if comm.is_rank_zero:
-        atomic_write_text(folder / "meta.json", json.dumps({**meta, "world_size": comm.world_size}, indent=1))
-        atomic_write_text(root / LATEST, tag)
+        atomic_write(folder / "meta.json", json.dumps({**meta, "world_size": comm.world_size}, indent=1))
+        atomic_write(root / LATEST, tag)
         for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep]:
             if old.name != tag:
                 shutil.rmtree(old, ignore_errors=True)

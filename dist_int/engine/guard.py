@@ -1,5 +1,8 @@
-"""Divergence guard: keeps the last good training state in memory; when the training PSNR collapses or
-the loss stops being finite, it restores that state and lowers the learning rate.
+"""Divergence guard: keeps the last good training state in memory; when the PSNR on a fixed probe set
+collapses or the loss stops being finite, it restores that state and lowers the learning rate.
+
+The probe is a fixed random subset of the signal, not the teaching set: INT's teaching set is the worst
+points of the moment, so its loss jumps by 10 dB or more whenever the teacher reselects.
 
 Seen on an H200 with full-batch Adam at lr 1e-3 on a 512x512 RGB image: 34 dB fell to 10 dB and stayed.
 Every rank decides from the same all-reduced loss, so all ranks roll back together (DESIGN.md sec. 4).
@@ -23,10 +26,6 @@ class Snapshot:
     optimizer: dict
     scheduler: dict
     teacher_cache: dict
-
-
-def train_psnr_db(mse: float) -> float:
-    return 10.0 * math.log10(1.0 / mse) if math.isfinite(mse) and mse > 0 else float("nan")
 
 
 class DivergenceGuard:
@@ -56,21 +55,22 @@ class DivergenceGuard:
         self.teacher.cache = dict(s.teacher_cache)
         return s.step
 
-    def check(self, step: int, mean_loss: float) -> tuple[int | None, float]:
-        """Called at log steps with the global mean loss. Returns (step to continue from after a
-        rollback, or None; the training PSNR). Raises Diverged when no rollback is left."""
-        psnr = train_psnr_db(mean_loss)
+    def check(self, step: int, mean_loss: float, probe_psnr: float) -> int | None:
+        """Called at log steps with the global mean training loss and the probe PSNR (the same on every
+        rank). Returns the step to continue from after a rollback, or None. Raises Diverged when no
+        rollback is left."""
+        psnr = probe_psnr if math.isfinite(mean_loss) else float("nan")
         if self.divergence_db <= 0:
-            return None, psnr
+            return None
         if not math.isfinite(psnr) or psnr < self.best_db - self.divergence_db:
             if self.snapshot is None or self.rollbacks >= self.max_rollbacks:
-                raise Diverged(f"training PSNR {psnr:.2f} dB at step {step} (best {self.best_db:.2f} dB) "
+                raise Diverged(f"probe PSNR {psnr:.2f} dB at step {step} (best {self.best_db:.2f} dB) "
                                f"after {self.rollbacks} rollback(s)")
             self.rollbacks += 1
             self.schedule.scale *= self.lr_factor
-            return self.restore(), psnr
+            return self.restore()
         self.best_db = max(self.best_db, psnr)
         # Only states near the best are "good": a slow collapse must not become the rollback target.
         if psnr >= self.best_db - self.divergence_db / 2:
             self.snapshot = self._take(step)
-        return None, psnr
+        return None

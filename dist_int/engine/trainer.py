@@ -21,11 +21,12 @@ import zarr
 from .. import rundir
 from ..comm import Comm
 from ..config import Config
+from ..errors import PeerFailed
 from ..model import Siren
 from ..progress import Progress
 from ..render import export, psnr_db, render_shard, shard_sse, ssim_of
-from ..signal import Shard, SignalError, SignalStore, assign_chunks, prepare_signal, signal_store_path
-from ..teacher import BatchPlan, Teacher
+from ..signal import Shard, SignalStore, assign_chunks, prepare_signal, signal_store_path
+from ..teacher import BatchPlan, Teacher, hash_uniform
 from . import checkpoint
 from .deepspeed_engine import build_engine
 from .guard import DivergenceGuard, Diverged
@@ -34,6 +35,11 @@ from .launch import detect_launch, init_distributed, pick_device, shutdown
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: stopped by a signal after a checkpoint; rerun to resume
 EXIT_DIVERGED = 3     # divergence persisted through train.max_rollbacks rollbacks
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+PROBE_SALT = 0x9B0BE  # keeps the probe set's hash apart from the uniform teacher's
+
+
+def _round(x: float, digits: int = 4):
+    return round(x, digits) if math.isfinite(x) else None
 
 
 class StopFlag:
@@ -64,29 +70,42 @@ def _sync(device: torch.device) -> None:
 
 
 def _agree_on_failure(comm: Comm, error: Exception | None, what: str) -> None:
-    """Rank 0 did some preparation alone; every rank fails together if it failed."""
-    failed = comm.all_reduce_max(torch.tensor([1.0 if error else 0.0], dtype=torch.float64))
-    if error is not None:
+    """Every rank fails together when any rank failed; the first failing rank raises its own error."""
+    failed = [r for r, f in enumerate(comm.all_gather_scalar(1.0 if error else 0.0).tolist()) if f]
+    if not failed:
+        return
+    if error is not None and comm.rank == failed[0]:
         raise error
-    if failed.item() > 0:
-        raise SignalError(f"rank 0 failed to {what}; see its error message")
+    raise PeerFailed(f"rank {failed[0]} failed to {what} (its error is above)")
 
 
-def _prepare_run(cfg: Config, comm: Comm, run_dir: Path) -> Path:
-    """Rank 0 creates the run folder, saves the resolved config and ingests the signal."""
+def _prepare_run(cfg: Config, comm: Comm, run_dir: Path) -> tuple[SignalStore, Shard]:
+    """Rank 0 creates the run folder, saves the resolved config and ingests the signal; then every rank
+    loads its shard. When any of it fails, a run folder made just now is removed again."""
+    created = comm.is_rank_zero and not run_dir.exists()
     error = None
-    if comm.is_rank_zero:
-        created = not run_dir.exists()
+    try:
+        if comm.is_rank_zero:
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                prepare_signal(cfg.signal.path, run_dir, cfg.signal.chunk)
+                rundir.write_config(cfg)
+            except Exception as e:  # noqa: BLE001 - shared with the other ranks, then re-raised
+                error = e
+        _agree_on_failure(comm, error, "prepare the run folder and signal")
+        shard = None
         try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            prepare_signal(cfg.signal.path, run_dir, cfg.signal.chunk)
-            rundir.write_config(cfg)
-        except Exception as e:  # noqa: BLE001 - shared with the other ranks, then re-raised
+            store = SignalStore(signal_store_path(cfg.signal.path, run_dir))
+            owners = assign_chunks(store.num_chunks, comm.world_size, cfg.seed)
+            shard = Shard.load(store, owners[comm.rank])
+        except Exception as e:  # noqa: BLE001
             error = e
-            if created:
-                shutil.rmtree(run_dir, ignore_errors=True)  # leave no half-made folder behind
-    _agree_on_failure(comm, error, "prepare the run folder and signal")
-    return signal_store_path(cfg.signal.path, run_dir)
+        _agree_on_failure(comm, error, "load its shard of the signal")
+        return store, shard
+    except Exception:
+        if created:
+            shutil.rmtree(run_dir, ignore_errors=True)  # leave no half-made folder behind
+        raise
 
 
 def train(cfg: Config) -> int:
@@ -110,15 +129,14 @@ class RunState:
     best_step: int = 0
     rollbacks: int = 0
     lr_scale: float = 1.0
-    best_train_psnr_db: float = -float("inf")
+    best_probe_psnr_db: float = -float("inf")
 
 
 def _train(cfg: Config, comm: Comm, device: torch.device, resuming: bool) -> int:
     run_dir = Path(cfg.run.dir)
     log = Progress(cfg.train.steps, 0, enabled=comm.is_rank_zero)
-    store = SignalStore(_prepare_run(cfg, comm, run_dir))
-    owners = assign_chunks(store.num_chunks, comm.world_size, cfg.seed)
-    shard = Shard.load(store, owners[comm.rank]).to(device)
+    store, shard = _prepare_run(cfg, comm, run_dir)
+    shard = shard.to(device)
 
     torch.manual_seed(cfg.seed)
     model = Siren(len(store.spatial), store.channels, cfg.model.hidden, cfg.model.layers,
@@ -144,7 +162,7 @@ def _train(cfg: Config, comm: Comm, device: torch.device, resuming: bool) -> int
         teacher.load_state_dicts([s["teacher"] for s in states], shard.gids)
         state = RunState(**{k: meta[k] for k in asdict(state) if k in meta})
         schedule.scale = state.lr_scale
-        guard.rollbacks, guard.best_db = state.rollbacks, state.best_train_psnr_db
+        guard.rollbacks, guard.best_db = state.rollbacks, state.best_probe_psnr_db
         log.message(f"resuming {run_dir} from step {state.step} ({ckpt_root / tag}, saved by "
                     f"{meta['world_size']} rank(s); now {comm.world_size})")
         if comm.is_rank_zero:
@@ -154,7 +172,7 @@ def _train(cfg: Config, comm: Comm, device: torch.device, resuming: bool) -> int
                 f"{cfg.teacher.strategy}; {cfg.train.steps} steps on {device}")
 
     def save(status: str) -> None:
-        state.rollbacks, state.lr_scale, state.best_train_psnr_db = guard.rollbacks, schedule.scale, guard.best_db
+        state.rollbacks, state.lr_scale, state.best_probe_psnr_db = guard.rollbacks, schedule.scale, guard.best_db
         checkpoint.save(engine, ckpt_root, state.step, {**asdict(state), "status": status},
                         {"teacher": teacher.state_dict(shard.gids)}, comm, cfg.checkpoint.keep)
 
@@ -165,6 +183,15 @@ def _train(cfg: Config, comm: Comm, device: torch.device, resuming: bool) -> int
         if psnr > state.best_psnr_db:
             state.best_psnr_db, state.best_step = psnr, state.step
         return psnr
+
+    # A fixed random probe set (the same points for any world size) for the divergence guard.
+    frac = min(1.0, cfg.train.probe_points / store.num_points)
+    probe_rows = torch.nonzero(hash_uniform(shard.gids, cfg.seed, PROBE_SALT) < frac).squeeze(1)
+
+    def probe_psnr() -> float:
+        sse = shard_sse(predict, shard.coords[probe_rows], shard.values[probe_rows], cfg.teacher.score_chunk)
+        total = comm.all_reduce_sum(torch.tensor([sse, probe_rows.numel()], dtype=torch.float64))
+        return psnr_db(float(total[0]), max(int(total[1]), 1) * store.channels)
 
     metrics = open(metrics_path, "a") if comm.is_rank_zero else None
 
@@ -214,37 +241,37 @@ def _train(cfg: Config, comm: Comm, device: torch.device, resuming: bool) -> int
             session_time += now - mark
             interval_time += now - mark
 
-            # Mean of the ranks' losses / world = the global MSE (each loss is scaled by world).
-            mean_loss = float(comm.all_reduce_sum(loss_sum)) / world / interval_steps
-            loss_sum.zero_()
-            try:
-                back_to, train_psnr = guard.check(step, mean_loss)
-            except Diverged as e:
-                status = "diverged"
-                log.message(f"diverged: {e}; restoring the last good state (step {guard.snapshot.step}) "
-                            f"and stopping" if guard.snapshot else f"diverged: {e}; stopping")
-                record({"step": step, "event": "diverged", "train_psnr_db": None})
-                if guard.snapshot is not None:
-                    state.step = guard.restore()
-                break
-            if back_to is not None:
-                log.message(f"divergence at step {step}: training PSNR {train_psnr:.2f} dB (best "
-                            f"{guard.best_db:.2f} dB); rolled back to step {back_to}, learning rate x"
-                            f"{schedule.scale:g}")
-                record({"step": step, "event": "rollback", "to_step": back_to, "lr_scale": schedule.scale,
-                        "train_psnr_db": None if math.isnan(train_psnr) else round(train_psnr, 3)})
-                state.step = back_to
-                interval_points, interval_steps, interval_time = 0, 0, 0.0
-                _sync(device)
-                mark = time.perf_counter()
-                continue
-
-            psnr = evaluate() if do_eval else None
             if do_log or do_eval:
+                # Mean of the ranks' losses / world = the global MSE (each loss is scaled by world).
+                mean_loss = float(comm.all_reduce_sum(loss_sum)) / world / interval_steps
+                loss_sum.zero_()
+                probe = probe_psnr()
+                try:
+                    back_to = guard.check(step, mean_loss, probe)
+                except Diverged as e:
+                    status = "diverged"
+                    log.message(f"diverged: {e}; stopping with the last good state (step "
+                                f"{guard.snapshot.step})")
+                    record({"step": step, "event": "diverged", "probe_psnr_db": _round(probe)})
+                    state.step = guard.restore()
+                    break
+                if back_to is not None:
+                    log.message(f"divergence at step {step}: probe PSNR {probe:.2f} dB (best "
+                                f"{guard.best_db:.2f} dB); rolled back to step {back_to}, learning rate x"
+                                f"{schedule.scale:g}")
+                    record({"step": step, "event": "rollback", "to_step": back_to, "lr_scale": schedule.scale,
+                            "probe_psnr_db": _round(probe)})
+                    state.step = back_to
+                    interval_points, interval_steps, interval_time = 0, 0, 0.0
+                    _sync(device)
+                    mark = time.perf_counter()
+                    continue
+                psnr = evaluate() if do_eval else None
                 counts = comm.all_gather_scalar(shard.num_points if rows is None else rows.numel())
                 pps = interval_points / max(interval_time, 1e-9)
                 entry = {"step": step, "train_time_s": round(state.train_time_s, 4), "loss": mean_loss,
-                         "lr": engine.get_lr()[0], "selected": count, "points_per_s": round(pps, 1),
+                         "probe_psnr_db": _round(probe), "lr": engine.get_lr()[0], "selected": count,
+                         "points_per_s": round(pps, 1),
                          "imbalance": round(float(counts.max() / counts.mean().clamp(min=1e-9)), 4)}
                 if psnr is not None:
                     entry["psnr_db"] = round(psnr, 4)

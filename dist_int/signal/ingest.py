@@ -35,6 +35,10 @@ def _value_range(dtype: np.dtype, data) -> tuple[float, float]:
     if dtype == np.bool_:
         return 0.0, 1.0
     if np.issubdtype(dtype, np.integer):
+        if dtype.itemsize > 4:
+            # (raw - lo) / (hi - lo) cannot be computed exactly in float64 for a 64-bit range (2^64 > 2^53).
+            raise SignalError(f"{dtype} pixels: a 64-bit integer range cannot be normalized to [0, 1] "
+                              f"without overflow or rounding; convert the image to 32-bit integers or float")
         info = np.iinfo(dtype)
         return float(info.min), float(info.max)
     if np.issubdtype(dtype, np.floating):

@@ -37,8 +37,12 @@ class SignalStore:
         if not meta or "value_range" not in meta:
             raise SignalError(f"{self.path} was not written by 'dist_int ingest' (attribute '{ATTR}' "
                               f"missing); ingest the source file with: python -m dist_int ingest SRC DEST")
-        if self.array.ndim < 2:
-            raise SignalError(f"{self.path} has shape {self.array.shape}; expected (*spatial, channels)")
+        if self.array.ndim < 2 or min(self.array.shape[:-1]) < 2 or self.array.shape[-1] < 1:
+            raise SignalError(f"{self.path} has shape {self.array.shape}; expected (*spatial, channels) with "
+                              f"at least 2 points per axis")
+        if self.array.dtype.kind not in "biuf" or self.array.dtype.itemsize > 8 or \
+                (self.array.dtype.kind in "iu" and self.array.dtype.itemsize > 4):
+            raise SignalError(f"{self.path} holds {self.array.dtype} values; use 8-32 bit integers or floats")
         self.meta = meta
         self.shape = tuple(self.array.shape)            # (*spatial, C)
         self.spatial = self.shape[:-1]

@@ -1,0 +1,142 @@
+"""The sbatch scripts on a real one-node SLURM cluster that this module starts (slurm/local-cluster.sh)."""
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import ROOT, read_summary, smooth_image
+
+PSNR_FLOOR_DB = 28.0
+TINY = ["signal.chunk=16", "model.hidden=32", "model.layers=4", "train.log_every=10", "train.eval_every=0"]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    if shutil.which("slurmctld") is None:
+        pytest.fail("SLURM is not installed: apt-get install slurm-wlm munge (.ci/run does this)")
+    state = tmp_path_factory.mktemp("slurm")
+    out = subprocess.run([str(ROOT / "slurm" / "local-cluster.sh"), "start", str(state)], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    old = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(state / "slurm.conf")
+    try:
+        yield state
+    finally:
+        subprocess.run(["scancel", "--user", "root"], capture_output=True)
+        subprocess.run([str(ROOT / "slurm" / "local-cluster.sh"), "stop", str(state)], capture_output=True)
+        if old is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = old
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("imgs")
+    paths = []
+    for i in range(3):
+        paths.append(folder / f"img{i}.png")
+        Image.fromarray(smooth_image(seed=i)).save(paths[-1])
+    return paths
+
+
+def sbatch(args: list[str], env: dict | None = None) -> int:
+    out = subprocess.run(["sbatch", "--parsable", *args], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, **(env or {})}, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return int(out.stdout.strip().split(";")[0])
+
+
+def job_field(job: int, field: str) -> str:
+    out = subprocess.run(["scontrol", "show", "job", str(job)], capture_output=True, text=True).stdout
+    m = re.search(rf"\b{field}=(\S+)", out)
+    return m.group(1) if m else ""
+
+
+def wait_state(job: int, states: set[str], timeout: float = 300) -> str:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        s = job_field(job, "JobState")
+        if s in states:
+            return s
+        time.sleep(0.5)
+    raise AssertionError(f"job {job} not in {states} after {timeout} s (last: {job_field(job, 'JobState')})")
+
+
+def test_array_job_and_collect(cluster, images, tmp_path):
+    manifest = tmp_path / "manifest.txt"
+    manifest.write_text("# three small images\n" + "\n".join(map(str, images)) + "\n\n")
+    root = tmp_path / "runs"
+    job = sbatch(["--wait", "--array=0-2%2", f"--output={tmp_path}/%A_%a.out", "slurm/array.sbatch",
+                  str(manifest), "configs/demo.toml", str(root), *TINY, "train.steps=200"])
+    logs = "".join(p.read_text() for p in tmp_path.glob("*.out"))
+    out = subprocess.run(["python", "-m", "dist_int", "collect", str(root)], cwd=ROOT, capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stderr + logs
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| 000")]
+    assert len(rows) == 3, out.stdout + logs
+    for i, row in enumerate(rows):
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[0] == f"{i:04d}-img{i}" and cells[1] == str(images[i])
+        assert float(cells[2]) > PSNR_FLOOR_DB and cells[5] == "200" and cells[6] == "complete"
+    csv = (root / "runs.csv").read_text().splitlines()
+    assert csv[0] == "run,signal,psnr_db,ssim,train_time_s,steps,status" and len(csv) == 4
+    assert job > 0
+
+
+def _train_job(tmp_path, run_dir, image, steps, name):
+    return sbatch([f"--output={tmp_path}/{name}.out", "slurm/train.sbatch", "configs/demo.toml",
+                   f"run.dir={run_dir}", f"signal.path={image}", *TINY, f"train.steps={steps}",
+                   "checkpoint.every=500"], env={"PROCS_PER_NODE": "2"})
+
+
+STEPS = 1500
+
+
+@pytest.fixture(scope="module")
+def sbatch_reference(cluster, images, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ref")
+    job = _train_job(folder, folder / "run", images[0], STEPS, "ref")
+    state = wait_state(job, {"COMPLETED", "FAILED", "CANCELLED"})
+    assert state == "COMPLETED", (folder / "ref.out").read_text()
+    return folder
+
+
+def test_train_sbatch_runs_two_ranks_on_one_node(sbatch_reference):
+    summary = read_summary(sbatch_reference / "run")
+    assert summary["world_size"] == 2 and summary["steps"] == STEPS and summary["psnr_db"] > PSNR_FLOOR_DB
+    log = (sbatch_reference / "ref.out").read_text()
+    assert "2 rank(s)" in log
+
+
+def test_usr1_requeues_and_resumes_to_the_same_result(cluster, images, tmp_path, sbatch_reference):
+    run_dir = tmp_path / "run"
+    job = _train_job(tmp_path, run_dir, images[0], STEPS, "pre")
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 10):
+        assert time.time() < deadline and job_field(job, "JobState") in ("PENDING", "RUNNING"), \
+            (tmp_path / "pre.out").read_text() if (tmp_path / "pre.out").exists() else "no output"
+        time.sleep(0.2)
+    # What SLURM does before a time limit with --signal=B:USR1@...: signal the batch shell.
+    subprocess.run(["scancel", "--signal=USR1", "--batch", str(job)], check=True)
+    deadline = time.time() + 120
+    while job_field(job, "Restarts") in ("", "0"):
+        assert time.time() < deadline, (tmp_path / "pre.out").read_text()
+        time.sleep(0.5)
+    # A requeued job waits out a begin-time hold (~2 minutes); start it now, as a free cluster would.
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
+    state = wait_state(job, {"COMPLETED", "FAILED", "CANCELLED"})
+    log = (tmp_path / "pre.out").read_text()
+    assert state == "COMPLETED", log
+    assert "stopped by SIGUSR1" in log and "requeueing job" in log and "resuming" in log
+    resumed, reference = read_summary(run_dir), read_summary(sbatch_reference / "run")
+    assert resumed["steps"] == STEPS
+    assert abs(resumed["psnr_db"] - reference["psnr_db"]) <= 0.05
