@@ -141,9 +141,9 @@ def _bad_cases(tmp: Path, image: Path) -> dict:
     nan_tif = tmp / "nan.tif"
     img = smooth_image().astype("float32")
     img[5, 7, 1] = float("inf")
-    tifffile.imwrite(nan_tif, img)
+    tifffile.imwrite(nan_tif, img, photometric="rgb")
     nan_store = tmp / "nan.zarr"
-    tifffile.imwrite(tmp / "ok.tif", smooth_image().astype("float32"))
+    tifffile.imwrite(tmp / "ok.tif", smooth_image().astype("float32"), photometric="rgb")
     ingest(str(tmp / "ok.tif"), nan_store, 16)
     arr = zarr.open_array(nan_store, mode="r+")
     arr[40, 40, 0] = float("nan")
