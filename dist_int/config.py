@@ -91,7 +91,8 @@ class TrainConfig:
     eval_every: int = 500
     """Steps between exact whole-signal PSNR evaluations (0: only at the end)."""
     bf16: bool = False
-    """bf16 mixed precision through DeepSpeed (GPU)."""
+    """bf16 autocast for the hidden layers (fp32 weights, Adam state and first layer). Faster on GPUs;
+    costs accuracy at high PSNR."""
     torch_adam: bool = True
     """Use torch.optim.Adam; false lets DeepSpeed build FusedAdam (needs a CUDA toolchain)."""
     timeout_s: float = 600.0

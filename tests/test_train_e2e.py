@@ -218,3 +218,13 @@ def test_minibatch_int_on_two_ranks_equals_one_rank(image, tmp_path):
     assert abs(s1["psnr_db"] - s2["psnr_db"]) <= 0.05
     # Each batch is a quarter of the image; the step ratio starts at 0.2 of the batch.
     assert read_metrics(tmp_path / "two")[0]["selected"] == round(0.2 * 64 * 64 / 4)
+
+
+def test_bf16_autocast_keeps_quality(image, tmp_path):
+    """bf16 autocast with the first layer in fp32: bf16 coordinates would blur neighbouring pixels
+    together, as they did with DeepSpeed's bf16 mode, which casts the inputs too."""
+    args = [f"signal.path={image}", *TINY, "checkpoint.every=0", "train.eval_every=0"]
+    fp32 = run_train([f"run.dir={tmp_path / 'fp32'}", *args])
+    bf16 = run_train([f"run.dir={tmp_path / 'bf16'}", *args, "train.bf16=true"])
+    assert fp32.returncode == 0 and bf16.returncode == 0, fp32.stderr + bf16.stderr
+    assert read_summary(tmp_path / "bf16")["psnr_db"] > read_summary(tmp_path / "fp32")["psnr_db"] - 1.0

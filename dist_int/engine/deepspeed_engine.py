@@ -28,7 +28,7 @@ def deepspeed_config(cfg: Config) -> dict:
         },
         # Explicit: DeepSpeed >= 0.19.3 clips at 1.0 by default (NOTES.md). 0 = off.
         "gradient_clipping": cfg.optim.grad_clip,
-        "bf16": {"enabled": cfg.train.bf16},
+        "bf16": {"enabled": False},  # bf16 is autocast in the trainer (see there): weights stay fp32
         "zero_optimization": {"stage": 0},  # stage 0 checkpoints load on any world size
     }
 

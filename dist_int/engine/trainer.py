@@ -142,10 +142,15 @@ def _train(cfg: Config, comm: Comm, device: torch.device, resuming: bool) -> int
     model = Siren(len(store.spatial), store.channels, cfg.model.hidden, cfg.model.layers,
                   cfg.model.w0, cfg.model.w0_first)
     engine, schedule = build_engine(model.to(device), cfg)
-    dtype = torch.bfloat16 if cfg.train.bf16 else torch.float32
+    # bf16 is autocast around the forward passes (fp32 master weights and Adam state), not DeepSpeed's
+    # bf16 mode: that one casts the inputs too, and bf16 coordinates (8-bit mantissa) cannot tell apart
+    # neighbouring pixels of even a 512-pixel axis. The SIREN keeps its first layer in fp32 for the same reason.
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.bf16)
 
     def predict(x: torch.Tensor) -> torch.Tensor:
-        return engine.module(x.to(dtype))
+        with autocast():
+            return engine.module(x)
 
     plan = BatchPlan([store.chunk_size(c) for c in range(store.num_chunks)], shard.chunk_ids,
                      shard.chunk_start, cfg.teacher.num_batches, cfg.seed)
@@ -217,7 +222,8 @@ def _train(cfg: Config, comm: Comm, device: torch.device, resuming: bool) -> int
             rows, count, _ = teacher.teaching_set(state.step, shard.coords, shard.values, shard.gids, predict)
             x = shard.coords if rows is None else shard.coords[rows]
             y = shard.values if rows is None else shard.values[rows]
-            pred = engine(x.to(dtype)).float()
+            with autocast():
+                pred = engine(x).float()
             # The update is the gradient of the MSE over the *global* teaching set (DESIGN.md sec. 1):
             # DeepSpeed averages gradients over ranks, so each rank's loss is its share of the global sum
             # of squared errors divided by the global count, times world_size.

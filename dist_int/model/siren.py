@@ -42,8 +42,12 @@ class Siren(nn.Module):
             self.out.weight.uniform_(-bound, bound)
 
     def forward(self, coords: torch.Tensor) -> torch.Tensor:
-        # (N, D) -> (N, C)
-        return self.out(self.net(coords))
+        # (N, D) -> (N, hidden): the first layer always runs in fp32, even under autocast. Coordinates and
+        # w0 * (W x + b) need more than bf16's 8-bit mantissa, or neighbouring points become the same input.
+        with torch.autocast(coords.device.type, enabled=False):
+            h = self.net[0](coords.float())
+        # (N, hidden) -> (N, C)
+        return self.out(self.net[1:](h))
 
     @property
     def num_params(self) -> int:
