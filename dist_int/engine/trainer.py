@@ -35,6 +35,7 @@ from .launch import detect_launch, init_distributed, pick_device, shutdown
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: stopped by a signal after a checkpoint; rerun to resume
 EXIT_DIVERGED = 3     # divergence persisted through train.max_rollbacks rollbacks
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+STOP_CHECK_EVERY = 10  # steps between stop-flag agreements
 PROBE_SALT = 0x9B0BE  # keeps the probe set's hash apart from the uniform teacher's
 
 
@@ -215,10 +216,13 @@ def _train(cfg: Config, comm: Comm, device: torch.device, resuming: bool) -> int
         _sync(device)
         mark = time.perf_counter()
         while state.step < cfg.train.steps:
-            flag = comm.all_reduce_max(torch.tensor([float(stop.signum)], dtype=torch.float64))
-            if flag.item() > 0:
-                stopped_by = int(flag.item())
-                break
+            # Every STOP_CHECK_EVERY steps (the same steps on every rank), agree whether any rank got a stop
+            # signal: one tiny all-reduce, and on GPUs one sync, which every step would pay for nothing.
+            if state.step % STOP_CHECK_EVERY == 0:
+                flag = comm.all_reduce_max(torch.tensor([float(stop.signum)], dtype=torch.float64))
+                if flag.item() > 0:
+                    stopped_by = int(flag.item())
+                    break
             rows, count, _ = teacher.teaching_set(state.step, shard.coords, shard.values, shard.gids, predict)
             x = shard.coords if rows is None else shard.coords[rows]
             y = shard.values if rows is None else shard.values[rows]
