@@ -20,10 +20,6 @@ class Launch:
     world_size: int
     how: str  # "torchrun", "srun" or "single"
 
-    @property
-    def is_rank_zero(self) -> bool:
-        return self.rank == 0
-
 
 def _free_port() -> int:
     with socket.socket() as s:

@@ -334,11 +334,7 @@ def _finish(cfg: Config, comm: Comm, store: SignalStore, shard: Shard, predict, 
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         image = export(final, run_dir / "reconstruction", cfg.render.format, store.meta["source_dtype"])
-        recon = zarr.open_array(final, mode="r")
-        ssim = None
-        if store.num_points <= 4096 * 4096:
-            target = ((store.array[...].astype("float64") - store.offset) * store.scale).astype("float32")
-            ssim = ssim_of(recon[...], target)
+        ssim = ssim_of(zarr.open_array(final, mode="r"), store)
         psnr = psnr_db(sse, store.num_points * store.channels)
         summary = {
             "psnr_db": round(psnr, 4),

@@ -26,10 +26,12 @@ def shard_sse(predict, coords: torch.Tensor, values: torch.Tensor, chunk: int) -
     return float(total)
 
 
-def ssim_of(pred: np.ndarray, target: np.ndarray) -> float | None:
-    """scikit-image's structural_similarity with data range 1, as the paper reports; None when too large."""
-    if pred.shape[0] * pred.shape[1] > SSIM_MAX_PIXELS:
+def ssim_of(recon, store) -> float | None:
+    """scikit-image's structural_similarity with data range 1, as the paper reports, between the rendered
+    Zarr array and the signal store; None when the image is too large to hold in memory for it."""
+    if store.num_points > SSIM_MAX_PIXELS:
         return None
     from skimage.metrics import structural_similarity
 
-    return float(structural_similarity(target, pred, data_range=1.0, channel_axis=-1))
+    target = ((store.array[...].astype(np.float64) - store.offset) * store.scale).astype(np.float32)
+    return float(structural_similarity(target, recon[...], data_range=1.0, channel_axis=-1))
