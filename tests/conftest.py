@@ -68,15 +68,22 @@ def run_distributed(fn, world_size: int = 2, args: tuple = ()) -> None:
     assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
 
 
-def run_train(args: list[str], nproc: int = 0, timeout: float = 600, **popen) -> subprocess.CompletedProcess:
+def train_cmd(args: list[str], nproc: int = 0) -> list[str]:
     """launch/train.py through torchrun (nproc > 0) or as a single process (nproc = 0)."""
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1"}
+    script = [str(ROOT / "launch" / "train.py"), *args]
     if nproc:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-               "--master_port", str(free_port()), str(ROOT / "launch" / "train.py"), *args]
-    else:
-        cmd = [sys.executable, str(ROOT / "launch" / "train.py"), *args]
-    return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout, **popen)
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+                "--master_port", str(free_port()), *script]
+    return [sys.executable, *script]
+
+
+def train_env(**extra: str) -> dict:
+    return {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1", **extra}
+
+
+def run_train(args: list[str], nproc: int = 0, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(train_cmd(args, nproc), env=train_env(), cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def smooth_image(h: int = 64, w: int = 64, channels: int = 3, seed: int = 0) -> np.ndarray:

@@ -1,6 +1,5 @@
 """Real 2-process gloo runs of every collective path, each checked against a single-process reference."""
 
-import numpy as np
 import pytest
 import torch
 

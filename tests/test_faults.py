@@ -1,11 +1,9 @@
 """Faults that must lose nothing: a killed rank, SIGKILL during a checkpoint write, divergence."""
 
-import json
 import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import psutil
 import pytest
 from PIL import Image
 
-from conftest import ROOT, free_port, read_metrics, read_summary, run_train, smooth_image
+from conftest import ROOT, free_port, read_metrics, read_summary, run_train, smooth_image, train_cmd, train_env
 
 TINY = ["signal.chunk=16", "model.hidden=32", "model.layers=4", "train.log_every=10", "train.eval_every=0"]
 
@@ -41,14 +39,10 @@ def _latest_step(run_dir: Path) -> int:
 
 def _popen(args, nproc, env=None):
     """Start the trainer in its own session, output to a file (a pipe nobody reads would fill and block)."""
-    cmd = [sys.executable, str(ROOT / "launch" / "train.py"), *args]
-    if nproc:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
-               str(free_port()), *cmd[1:]]
     log = open(Path(next(a for a in args if a.startswith("run.dir=")).split("=", 1)[1] + f".{time.time()}.log"),
                "w")
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "DS_ACCELERATOR": "cpu", **(env or {})}, start_new_session=True)
+    return subprocess.Popen(train_cmd(args, nproc), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True,
+                            env=train_env(**(env or {})), start_new_session=True)
 
 
 TIMEOUT_S = 20

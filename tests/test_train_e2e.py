@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, free_port, read_metrics, read_summary, run_train, smooth_image
+from conftest import ROOT, read_metrics, read_summary, run_train, smooth_image, train_cmd, train_env
 
 TINY = ["signal.chunk=16", "model.hidden=32", "model.layers=4", "train.steps=300", "train.log_every=10",
         "train.eval_every=100", "checkpoint.every=50"]
@@ -64,16 +64,8 @@ def test_one_rank_equals_two_ranks(image, two_rank_run, tmp_path):
 
 
 def _interrupt(args, nproc, sig, run_dir, at_step=30):
-    import os
-    import sys
-
-    if nproc:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-               "--master_port", str(free_port()), str(ROOT / "launch" / "train.py"), *args]
-    else:
-        cmd = [sys.executable, str(ROOT / "launch" / "train.py"), *args]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "DS_ACCELERATOR": "cpu"})
+    proc = subprocess.Popen(train_cmd(args, nproc), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=train_env())
     metrics = run_dir / "metrics.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
