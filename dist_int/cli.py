@@ -6,21 +6,12 @@ import argparse
 import os
 import sys
 
-from .config import ConfigError, load_config
-
-def _user_errors():
-    from .errors import PeerFailed
-    from .rundir import RunDirError
-    from .signal import SignalError
-
-    return (ConfigError, SignalError, RunDirError, PeerFailed)
+from .config import load_config
+from .errors import ConfigError, DistIntError, PeerFailed, RunDirError
 
 
 def _fail(e: Exception) -> int:
     """Errors every rank raises alike are printed once, by rank 0; a rank's own error by that rank."""
-    from .errors import PeerFailed
-    from .rundir import RunDirError
-
     rank = os.environ.get("RANK", "0")
     if rank == "0":
         print(f"error: {e}", file=sys.stderr, flush=True)
@@ -42,7 +33,7 @@ def train_main(argv: list[str]) -> int:
         from .engine.trainer import train
 
         return train(cfg)
-    except _user_errors() as e:
+    except DistIntError as e:
         return _fail(e)
 
 
@@ -71,7 +62,7 @@ def ingest_main(argv: list[str]) -> int:
         print(f"wrote {dest}: shape {store.shape}, {store.num_chunks} chunks of {store.chunk_shape}, "
               f"{store.meta['source_dtype']} range {store.meta['value_range']}")
         return 0
-    except _user_errors() as e:
+    except DistIntError as e:
         return _fail(e)
 
 

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from .rundir import CONFIG_FILE, atomic_write
+from .rundir import RunDir, atomic_write
 
 COLUMNS = ["run", "signal", "psnr_db", "ssim", "train_time_s", "steps", "status"]
 
@@ -19,17 +19,17 @@ def _row(run_dir: Path) -> dict:
     try:
         import tomllib
 
-        row["signal"] = tomllib.loads((run_dir / CONFIG_FILE).read_text())["signal"]["path"]
+        row["signal"] = tomllib.loads(RunDir(run_dir).config.read_text())["signal"]["path"]
     except (OSError, KeyError, ValueError):
         pass
-    summary = run_dir / "summary.json"
+    summary = RunDir(run_dir).summary
     if summary.is_file():
         s = json.loads(summary.read_text())
         row.update({k: s.get(k, "") for k in ("psnr_db", "ssim", "train_time_s", "steps", "status")})
         return row
-    latest = run_dir / "checkpoints" / "latest"
+    latest = RunDir(run_dir).latest
     if latest.is_file():  # stopped or still running: report the last checkpoint
-        meta_path = run_dir / "checkpoints" / latest.read_text().strip() / "meta.json"
+        meta_path = latest.parent / latest.read_text().strip() / "meta.json"
         if meta_path.is_file():
             meta = json.loads(meta_path.read_text())
             row.update(steps=meta["step"], train_time_s=round(meta["train_time_s"], 3),
@@ -40,7 +40,7 @@ def _row(run_dir: Path) -> dict:
 def collect(root: Path) -> list[dict]:
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder")
-    runs = sorted(p for p in root.iterdir() if (p / CONFIG_FILE).is_file())
+    runs = sorted(p for p in root.iterdir() if RunDir(p).config.is_file())
     return [_row(p) for p in runs]
 
 

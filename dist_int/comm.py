@@ -2,6 +2,11 @@
 
 Library code receives a `Comm` and never imports torch.distributed. `Comm` is the world of one rank
 (every collective is the identity); `DistComm` runs the same calls over a process group, gloo or NCCL.
+
+Two kinds of collective: *data* collectives (`all_gather`, `all_reduce_sum`) run on the compute device
+and never wait for it; *control* collectives (`agree_max`, `all_gather_scalar`, `barrier`) carry a few
+Python numbers. With NCCL those go over a separate gloo group on the CPU, so agreeing on a stop signal
+never synchronizes the GPU (docs/training.md, "No waste per step").
 """
 
 from __future__ import annotations
@@ -19,57 +24,58 @@ class Comm:
     def is_rank_zero(self) -> bool:
         return self.rank == 0
 
-    def all_gather_varlen(self, x: torch.Tensor, fill: float) -> torch.Tensor:
-        """(world_size, max_len, *x.shape[1:]) holding every rank's x padded with `fill`, and the lengths."""
-        return x.unsqueeze(0), torch.tensor([x.shape[0]])
-
-    def all_gather_scalar(self, value: float) -> torch.Tensor:
-        return torch.tensor([float(value)], dtype=torch.float64)
+    def all_gather(self, x: torch.Tensor) -> torch.Tensor:
+        """(world_size, *x.shape): every rank's x, which must have the same shape on every rank."""
+        return x.unsqueeze(0)
 
     def all_reduce_sum(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
-    def all_reduce_max(self, x: torch.Tensor) -> torch.Tensor:
-        return x
+    def agree_max(self, values: list[float]) -> list[float]:
+        """Element-wise maximum over ranks of a few host numbers (control plane; no device sync)."""
+        return [float(v) for v in values]
+
+    def all_gather_scalar(self, value: float) -> torch.Tensor:
+        """Every rank's host number, (world_size,) float64 on the CPU (control plane)."""
+        return torch.tensor([float(value)], dtype=torch.float64)
 
     def barrier(self) -> None:
         pass
 
 
 class DistComm(Comm):
-    """Collectives over the default process group. Tensors travel on `device` (CPU for gloo)."""
+    """Collectives over the default process group; tensors travel on `device`. Control collectives use
+    a gloo group on the CPU when the default group is NCCL."""
 
     def __init__(self, rank: int, world_size: int, device: torch.device):
         import torch.distributed as dist
 
         self._dist = dist
         self.rank, self.world_size, self.device = rank, world_size, device
+        # Every rank constructs a DistComm at the same point, as new_group requires.
+        self._cpu_group = dist.new_group(backend="gloo") if device.type != "cpu" else None
 
-    def all_gather_varlen(self, x: torch.Tensor, fill: float):
-        # gloo's all_gather needs equal sizes (NOTES.md): gather the lengths, pad to the longest, gather.
-        lengths = self.all_gather_scalar(x.shape[0]).long()
-        longest = int(lengths.max())
-        padded = torch.full((longest, *x.shape[1:]), fill, dtype=x.dtype, device=self.device)
-        padded[: x.shape[0]] = x.to(self.device)
-        out = [torch.empty_like(padded) for _ in range(self.world_size)]
-        self._dist.all_gather(out, padded)
-        return torch.stack(out), lengths
-
-    def all_gather_scalar(self, value: float) -> torch.Tensor:
-        t = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
-        out = [torch.empty_like(t) for _ in range(self.world_size)]
-        self._dist.all_gather(out, t)
-        return torch.cat(out).cpu()
+    def all_gather(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device).contiguous()
+        out = torch.empty((self.world_size * x.shape[0], *x.shape[1:]), dtype=x.dtype, device=self.device)
+        self._dist.all_gather_into_tensor(out, x)  # ranks' tensors concatenated along dim 0
+        return out.view(self.world_size, *x.shape)
 
     def all_reduce_sum(self, x: torch.Tensor) -> torch.Tensor:
         y = x.to(self.device).clone()
         self._dist.all_reduce(y, op=self._dist.ReduceOp.SUM)
         return y.to(x.device)
 
-    def all_reduce_max(self, x: torch.Tensor) -> torch.Tensor:
-        y = x.to(self.device).clone()
-        self._dist.all_reduce(y, op=self._dist.ReduceOp.MAX)
-        return y.to(x.device)
+    def agree_max(self, values: list[float]) -> list[float]:
+        t = torch.tensor([float(v) for v in values], dtype=torch.float64)
+        self._dist.all_reduce(t, op=self._dist.ReduceOp.MAX, group=self._cpu_group)
+        return t.tolist()
+
+    def all_gather_scalar(self, value: float) -> torch.Tensor:
+        t = torch.tensor([float(value)], dtype=torch.float64)
+        out = [torch.empty_like(t) for _ in range(self.world_size)]
+        self._dist.all_gather(out, t, group=self._cpu_group)
+        return torch.cat(out)
 
     def barrier(self) -> None:
-        self._dist.barrier()
+        self._dist.barrier(group=self._cpu_group)

@@ -14,13 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-class ConfigError(ValueError):
-    """A config file or override the user wrote is wrong; the message says what to change."""
-
+from .errors import ConfigError
 
 RATIO_SCHEDULES = ("constant", "step", "linear", "cosine", "reverse-cosine")
 INTERVAL_SCHEDULES = ("dense", "incremental", "step-incremental", "decremental")
 STRATEGIES = ("full", "uniform", "int")
+PRECISIONS = ("fp32", "tf32", "bf16")
+TARGET_RANGES = ("symmetric", "unit")
+# Keys that were renamed: an old config gets told the new spelling instead of a list of every key.
+RENAMED_KEYS = {"train.bf16": 'train.precision = "bf16" (or "fp32" / "tf32")'}
 
 
 @dataclass
@@ -39,6 +41,10 @@ class SignalConfig:
     """Zarr store, image file (PNG/JPEG/TIFF/BigTIFF/OME-TIFF), or builtin:camera / builtin:astronaut."""
     chunk: int = 128
     """Chunk edge in pixels when an image file is ingested; chunks are the unit of sharding."""
+    target_range: str = "symmetric"
+    """Values the SIREN is trained on: symmetric = [-1, 1] (SIREN's own code; its output layer is centred
+    on 0, measured 7.4 dB better, docs/training.md), unit = [0, 1] (the INT authors' protocol). PSNR is
+    always reported on the source's range mapped to [0, 1]."""
 
 
 @dataclass
@@ -66,7 +72,7 @@ class TeacherConfig:
     num_batches: int = 1
     """Mini-batches per epoch; 1 = whole-signal INT. >1: each chunk is cut into this many groups."""
     score_chunk: int = 65536
-    """Points per forward pass while scoring (no gradients); bounds scoring memory."""
+    """Points per forward pass while the teacher scores candidates (no gradients); bounds scoring memory."""
 
 
 @dataclass
@@ -90,9 +96,15 @@ class TrainConfig:
     """Steps between metrics.jsonl lines and progress updates."""
     eval_every: int = 500
     """Steps between exact whole-signal PSNR evaluations (0: only at the end)."""
-    bf16: bool = False
-    """bf16 autocast for the hidden layers (fp32 weights, Adam state and first layer). Faster on GPUs;
-    costs accuracy at high PSNR."""
+    eval_chunk: int = 262144
+    """Points per forward pass while evaluating and rendering (no gradients); bounds their memory."""
+    precision: str = "tf32"
+    """fp32, tf32 (fp32 storage, TF32 matmuls on GPUs; the same as fp32 on CPUs) or bf16 (the hidden
+    layers' forward and backward under bf16 autocast; fp32 weights, Adam state and first layer).
+    docs/training.md has the measured speed and PSNR of each."""
+    compile: bool = False
+    """Run the SIREN under torch.compile (dynamic shapes, since teaching-set sizes change); the first
+    steps pay for the compilation."""
     torch_adam: bool = True
     """Use torch.optim.Adam; false lets DeepSpeed build FusedAdam (needs a CUDA toolchain)."""
     timeout_s: float = 600.0
@@ -160,6 +172,9 @@ class Config:
             (self.train.steps >= 1, "train.steps must be >= 1"),
             (self.train.log_every >= 1, "train.log_every must be >= 1"),
             (self.train.eval_every >= 0, "train.eval_every must be >= 0"),
+            (self.train.eval_chunk >= 1, "train.eval_chunk must be >= 1"),
+            (self.train.precision in PRECISIONS, f"train.precision must be one of {PRECISIONS}"),
+            (self.signal.target_range in TARGET_RANGES, f"signal.target_range must be one of {TARGET_RANGES}"),
             (self.train.timeout_s > 0, "train.timeout_s must be > 0"),
             (self.train.divergence_db >= 0, "train.divergence_db must be >= 0 (0 = off)"),
             (self.train.probe_points >= 1, "train.probe_points must be >= 1"),
@@ -206,6 +221,8 @@ def _apply(obj, data: dict, prefix: str, root_cls) -> None:
     for key, value in data.items():
         full = prefix + key
         if key not in hints:
+            if full in RENAMED_KEYS:
+                raise ConfigError(f"config key '{full}' was replaced: set {RENAMED_KEYS[full]}")
             raise ConfigError(
                 f"unknown config key '{full}'. Valid keys: {', '.join(_valid_keys(root_cls))}")
         typ = hints[key]
@@ -252,9 +269,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            data = tomllib.loads(path.read_text())
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {path} is not UTF-8 text; save it as UTF-8") from None
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
         _apply(cfg, data, "", Config)
     _apply(cfg, parse_overrides(overrides or []), "", Config)
     return cfg.validate()

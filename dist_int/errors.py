@@ -1,2 +1,27 @@
-class PeerFailed(RuntimeError):
-    """Another rank failed during setup and reported the reason itself; this rank stops too."""
+"""User-facing errors. Everything a user can cause (a bad config, file, store, run folder or checkpoint)
+raises a subclass of `DistIntError`; the command line prints its message as one `error:` line and exits
+with code 2. Anything else is a bug and keeps its traceback."""
+
+
+class DistIntError(Exception):
+    """Base of every error whose message tells the user what was wrong and what to do."""
+
+
+class ConfigError(DistIntError, ValueError):
+    """A config file or override the user wrote is wrong; the message says what to change."""
+
+
+class SignalError(DistIntError, ValueError):
+    """A signal file or store the user pointed at cannot be used; the message says why and what to do."""
+
+
+class RunDirError(DistIntError, ValueError):
+    """The run folder cannot be used as asked; the message says why and what to do."""
+
+
+class CheckpointError(DistIntError, RuntimeError):
+    """A checkpoint in the run folder cannot be loaded; the message names it and what to do."""
+
+
+class PeerFailed(DistIntError, RuntimeError):
+    """Another rank failed and reported the reason itself; this rank stops too."""

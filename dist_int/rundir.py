@@ -1,5 +1,10 @@
-"""The run folder (DESIGN.md sec. 5): resolved config, metrics.jsonl, summary.json, reconstruction,
-checkpoints. The same command on the same folder resumes; a different config on it is refused unless asked.
+"""The run folder (docs/design.md, "The run folder"): the one class that knows every path in it.
+
+    config.toml  metrics.jsonl  summary.json  signal.zarr/  reconstruction.zarr/  reconstruction.png|tif
+    checkpoints/step-N/ + checkpoints/latest
+
+The same command on the same folder resumes; a different config on it is refused unless asked.
+Files are written to a temporary name and renamed, so nothing is ever half-written.
 """
 
 from __future__ import annotations
@@ -10,14 +15,10 @@ import tomllib
 from pathlib import Path
 
 from .config import Config, diff_configs
+from .errors import RunDirError
 
-CONFIG_FILE = "config.toml"
 # Keys that may differ between the run that made a folder and the one resuming it.
 RESUME_FREE_KEYS = ("run.resume", "run.allow_config_change")
-
-
-class RunDirError(ValueError):
-    """The run folder cannot be used as asked; the message says why and what to do."""
 
 
 def _toml_value(v) -> str:
@@ -41,49 +42,81 @@ def atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def check_run_dir(cfg: Config) -> bool:
-    """Read-only check, run by every rank before anything is written. Returns True when the folder holds
-    an earlier run of this config that will be resumed."""
-    run_dir = Path(cfg.run.dir)
-    if not run_dir.exists():
-        return False
-    if not run_dir.is_dir():
-        raise RunDirError(f"run.dir {run_dir} is a file; choose a folder path")
-    if not any(run_dir.iterdir()):
-        return False
-    saved_path = run_dir / CONFIG_FILE
-    if not saved_path.is_file():
-        raise RunDirError(f"run.dir {run_dir} is not empty and holds no dist_int run ({CONFIG_FILE} "
-                          f"missing); choose a new run.dir so that nothing in it is overwritten")
-    try:
-        saved = tomllib.loads(saved_path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise RunDirError(f"{saved_path} is not valid TOML ({e}); choose a new run.dir") from None
-    changed = [d for d in diff_configs(saved, cfg.to_dict()) if not d.startswith(RESUME_FREE_KEYS)]
-    if changed and not cfg.run.allow_config_change:
-        raise RunDirError(
-            f"run.dir {run_dir} belongs to a run with a different config:\n  " + "\n  ".join(changed)
-            + "\nUse a new run.dir, or set run.allow_config_change=true to resume it with this config.")
-    has_checkpoint = (run_dir / "checkpoints" / "latest").is_file()
-    if has_checkpoint and not cfg.run.resume:
-        raise RunDirError(f"run.dir {run_dir} holds checkpoints and run.resume=false; choose a new run.dir "
-                          f"or drop run.resume=false to resume")
-    return has_checkpoint
+class RunDir:
+    CONFIG = "config.toml"
 
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
 
-def write_config(cfg: Config) -> None:
-    atomic_write(Path(cfg.run.dir) / CONFIG_FILE, to_toml(cfg.to_dict()))
+    # Every path in the folder.
+    @property
+    def config(self) -> Path:
+        return self.path / self.CONFIG
 
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
 
-def truncate_metrics(path: Path, last_step: int) -> None:
-    """On resume, drop metric lines past the checkpoint: those steps are trained again."""
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
+    @property
+    def summary(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def signal_store(self) -> Path:
+        """Where an image file given as signal.path is ingested."""
+        return self.path / "signal.zarr"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def latest(self) -> Path:
+        return self.checkpoints / "latest"
+
+    def checkpoint(self, step: int) -> Path:
+        return self.checkpoints / f"step-{step:08d}"
+
+    @property
+    def reconstruction_zarr(self) -> Path:
+        return self.path / "reconstruction.zarr"
+
+    @property
+    def reconstruction_tmp(self) -> Path:
+        return self.path / ".reconstruction.zarr.tmp"
+
+    @property
+    def reconstruction_stem(self) -> Path:
+        """reconstruction.png or reconstruction.tif, by the export format."""
+        return self.path / "reconstruction"
+
+    # Checks and writes.
+    def check(self, cfg: Config) -> bool:
+        """Read-only, run by every rank before anything is written. True when the folder holds an earlier
+        run of this config that will be resumed."""
+        if not self.path.exists():
+            return False
+        if not self.path.is_dir():
+            raise RunDirError(f"run.dir {self.path} is a file; choose a folder path")
+        if not any(self.path.iterdir()):
+            return False
+        if not self.config.is_file():
+            raise RunDirError(f"run.dir {self.path} is not empty and holds no dist_int run ({self.CONFIG} "
+                              f"missing); choose a new run.dir so that nothing in it is overwritten")
         try:
-            if json.loads(line)["step"] <= last_step:
-                keep.append(line)
-        except (ValueError, KeyError):
-            continue
-    atomic_write(path, "".join(line + "\n" for line in keep))
+            saved = tomllib.loads(self.config.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise RunDirError(f"{self.config} is not valid TOML ({e}); choose a new run.dir") from None
+        changed = [d for d in diff_configs(saved, cfg.to_dict()) if not d.startswith(RESUME_FREE_KEYS)]
+        if changed and not cfg.run.allow_config_change:
+            raise RunDirError(
+                f"run.dir {self.path} belongs to a run with a different config:\n  " + "\n  ".join(changed)
+                + "\nUse a new run.dir, or set run.allow_config_change=true to resume it with this config.")
+        has_checkpoint = self.latest.is_file()
+        if has_checkpoint and not cfg.run.resume:
+            raise RunDirError(f"run.dir {self.path} holds checkpoints and run.resume=false; choose a new "
+                              f"run.dir or drop run.resume=false to resume")
+        return has_checkpoint
+
+    def write_config(self, cfg: Config) -> None:
+        atomic_write(self.config, to_toml(cfg.to_dict()))

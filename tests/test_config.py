@@ -45,7 +45,10 @@ def test_unknown_key_names_it_and_the_valid_keys():
     ("teacher.strategy=best", "teacher.strategy"),
     ("teacher.ratio_schedule=zigzag", "teacher.ratio_schedule"),
     ("train.steps=many", "integer"),
-    ("train.bf16=1", "true or false"),
+    ("train.compile=1", "true or false"),
+    ("train.precision=fp16", "train.precision must be one of"),
+    ("signal.target_range=centred", "signal.target_range must be one of"),
+    ("train.bf16=true", 'replaced: set train.precision = "bf16"'),
     ("model", "section.key=value"),
     ("model=3", "section"),
 ])
@@ -66,6 +69,10 @@ def test_toml_file_errors(tmp_path):
     unknown.write_text("[trian]\nsteps=3\n")
     with pytest.raises(ConfigError, match="unknown config key 'trian'"):
         load_config(unknown)
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes("# réglages\n[train]\nsteps = 3\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(latin1)
 
 
 def test_parse_overrides_nests():

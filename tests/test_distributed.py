@@ -14,15 +14,13 @@ def _comm(rank, world):
 
 def _collectives(rank, world):
     comm = _comm(rank, world)
-    x = torch.arange(3 + 4 * rank, dtype=torch.float64).reshape(-1, 1) + 100 * rank  # unequal lengths
-    gathered, lengths = comm.all_gather_varlen(x, fill=-1.0)
-    assert lengths.tolist() == [3 + 4 * r for r in range(world)]
+    x = torch.arange(6, dtype=torch.int64).reshape(3, 2) + 100 * rank
+    gathered = comm.all_gather(x)
+    assert gathered.shape == (world, 3, 2) and gathered.dtype == torch.int64
     for r in range(world):
-        expect = torch.arange(3 + 4 * r, dtype=torch.float64) + 100 * r
-        assert torch.equal(gathered[r, : lengths[r], 0], expect)
-        assert (gathered[r, lengths[r]:] == -1).all()
+        assert torch.equal(gathered[r], torch.arange(6).reshape(3, 2) + 100 * r)
     assert comm.all_reduce_sum(torch.tensor([rank + 1.0])).item() == world * (world + 1) / 2
-    assert comm.all_reduce_max(torch.tensor([float(rank)])).item() == world - 1
+    assert comm.agree_max([float(rank), -float(rank)]) == [world - 1.0, 0.0]
     assert comm.all_gather_scalar(rank * 2).tolist() == [2.0 * r for r in range(world)]
 
 
@@ -31,22 +29,24 @@ def test_collectives():
 
 
 def _selection(rank, world, k, ties):
-    from dist_int.comm import Comm
-    from dist_int.teacher import global_topk
+    from test_select import reference_topk
+
+    from dist_int.teacher import global_topk, order_keys, score_order
 
     g = torch.Generator().manual_seed(7)
     n = 3000
     keys = (torch.randint(0, 9, (n,), generator=g).float() if ties else torch.rand(n, generator=g))
     gids = torch.randperm(n, generator=g)
-    expected = set(gids[global_topk(keys, gids, k, Comm())].tolist())  # single-process reference
+    expected = reference_topk(keys, gids, k)  # the definition, on one process
     # Unequal ownership: rank 0 holds 2/3 of the points.
     own = torch.arange(n) % 3 != 0 if rank == 0 else torch.arange(n) % 3 == 0
-    mine = global_topk(keys[own], gids[own], k, _comm(rank, world))
-    got = torch.tensor(sorted(gids[own][mine].tolist()))
-    from dist_int.comm import DistComm  # noqa: F401 (gather the union to compare)
-    union, lengths = _comm(rank, world).all_gather_varlen(got.double().unsqueeze(1), fill=-1)
-    union = set(int(v) for r in range(world) for v in union[r, : lengths[r], 0].tolist())
-    assert union == expected and len(union) == min(k, n)
+    comm = _comm(rank, world)
+    rows = global_topk(order_keys(score_order(keys[own]), gids[own]), k, comm)
+    # Gather every rank's chosen gids (padded to n with -1) to compare the union with the reference.
+    chosen = torch.full((n,), -1, dtype=torch.int64)
+    chosen[: rows.numel()] = gids[own][rows]
+    union = [int(v) for v in comm.all_gather(chosen).flatten().tolist() if v >= 0]
+    assert len(union) == len(set(union)) == min(k, n) and set(union) == expected
 
 
 @pytest.mark.parametrize("k, ties", [(1, False), (900, False), (900, True), (2999, True), (5000, False)])
@@ -117,13 +117,13 @@ def _teacher_sets(rank, world, strategy, num_batches, out):
     plan = BatchPlan([store.chunk_size(c) for c in range(store.num_chunks)], shard.chunk_ids,
                      shard.chunk_start, num_batches, 0)
     cfg = TeacherConfig(strategy=strategy, ratio=0.3, num_batches=num_batches)
-    teacher = Teacher(cfg, 40, 0, comm, plan)
+    teacher = Teacher(cfg, 40, 0, comm, plan, shard.gids, store.num_points)
     torch.manual_seed(0)
     model = Siren(2, 3, 16, 3)
     sets = []
     for step in range(6):
-        rows, k, _ = teacher.teaching_set(step, shard.coords, shard.values, shard.gids, model)
-        sets.append((sorted(shard.gids[rows].tolist()), k))
+        batch = teacher.teaching_set(step, shard.coords, shard.values, model)
+        sets.append((sorted(shard.gids[batch.rows].tolist()), batch.count))
     torch.save(sets, out.with_name(f"{out.name}.{rank}"))
 
 

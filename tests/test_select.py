@@ -6,12 +6,17 @@ import torch
 
 from dist_int.comm import Comm
 from dist_int.config import TeacherConfig
-from dist_int.teacher import BatchPlan, Teacher, global_topk, hash_uniform
+from dist_int.teacher import BatchPlan, Teacher, global_topk, hash_uniform, order_keys, score_order
 
 
 def reference_topk(keys, gids, k):
+    """The definition: the k points with the largest score, ties broken by the smaller global id."""
     order = sorted(range(len(keys)), key=lambda i: (-float(keys[i]), int(gids[i])))
     return set(int(gids[i]) for i in order[:k])
+
+
+def select(scores, gids, k):
+    return global_topk(order_keys(score_order(scores), gids), k, Comm())
 
 
 @pytest.mark.parametrize("k", [1, 17, 500, 999, 1000, 5000])
@@ -19,15 +24,29 @@ def test_topk_exact_with_ties(k):
     g = torch.Generator().manual_seed(k)
     keys = torch.randint(0, 7, (1000,), generator=g).float()  # many ties
     gids = torch.randperm(1000, generator=g) * 3
-    mask = global_topk(keys, gids, k, Comm())
-    assert int(mask.sum()) == min(k, 1000)
-    assert set(gids[mask].tolist()) == reference_topk(keys, gids, k)
+    rows = select(keys, gids, k)
+    assert rows.numel() == min(k, 1000) and torch.equal(rows, torch.sort(rows).values)
+    assert set(gids[rows].tolist()) == reference_topk(keys, gids, k)
+
+
+def test_order_keys_order_like_the_scores_for_any_float():
+    """Negative, zero, subnormal, huge and infinite scores (soft teachers use log-scores), and large ids."""
+    g = torch.Generator().manual_seed(3)
+    special = torch.tensor([0.0, -0.0, 1e-45, -1e-45, 3e38, -3e38, float("inf"), -float("inf"), 1.0, -1.0])
+    scores = torch.cat([special, torch.randn(2000, generator=g) * 10.0 ** torch.randint(-30, 30, (2000,),
+                                                                                         generator=g),
+                        torch.zeros(50), -torch.zeros(50)])
+    gids = torch.randperm(scores.numel(), generator=g) + (1 << 32) - scores.numel()  # up to 2^32 - 1
+    keys = order_keys(score_order(scores), gids)
+    assert keys.unique().numel() == keys.numel()
+    ranked = gids[torch.argsort(keys, descending=True)].tolist()
+    expect = sorted(range(scores.numel()), key=lambda i: (-float(scores[i]), int(gids[i])))
+    assert ranked == [int(gids[i]) for i in expect]
 
 
 def test_nan_error_is_taught_first():
     keys = torch.tensor([0.1, float("nan"), 0.3, 0.2])
-    mask = global_topk(keys, torch.arange(4), 1, Comm())
-    assert mask.tolist() == [False, True, False, False]
+    assert select(keys, torch.arange(4), 1).tolist() == [1]
 
 
 def test_hash_is_a_pure_function():
@@ -81,7 +100,8 @@ def _teacher(strategy, num_batches, steps=20, world_rank=(1, 0), sizes=(64,) * 4
     cfg = TeacherConfig(strategy=strategy, ratio=0.25, ratio_schedule="step", interval_schedule=interval,
                         num_batches=num_batches)
     plan = _plan(list(sizes), owners, rank, num_batches)
-    return Teacher(cfg, steps, 0, Comm(), plan), _global_ids(list(sizes), owners, rank)
+    gids = _global_ids(list(sizes), owners, rank)
+    return Teacher(cfg, steps, 0, Comm(), plan, gids, 1000 * len(sizes)), gids
 
 
 def test_int_teaches_the_largest_errors():
@@ -89,9 +109,10 @@ def test_int_teaches_the_largest_errors():
     n = gids.numel()
     coords = torch.zeros(n, 1)
     values = torch.rand(n, 3, generator=torch.Generator().manual_seed(0))
-    rows, k, selected = teacher.teaching_set(0, coords, values, gids, lambda x: torch.zeros(x.shape[0], 3))
+    batch = teacher.teaching_set(0, coords, values, lambda x: torch.zeros(x.shape[0], 3))
+    rows, k = batch.rows, batch.count
     err = values.sum(1)
-    assert selected and k == round(0.25 * n) == rows.numel()
+    assert batch.selected and k == round(0.25 * n) == rows.numel()
     assert err[rows].min() >= err[~torch.isin(torch.arange(n), rows)].max()
 
 
@@ -102,18 +123,18 @@ def test_one_cached_selection_per_batch():
     predict = lambda x: torch.zeros(x.shape[0], 1)  # noqa: E731
     # Schedules run per epoch in mini-batch mode: epoch 10 (steps 40..43) begins phase 1 with interval
     # 11, so it selects; epoch 11 (steps 44..47) reuses the cache of each batch.
-    fresh = [teacher.teaching_set(s, coords, values, gids, predict) for s in range(40, 44)]
-    reused = [teacher.teaching_set(s, coords, values, gids, predict) for s in range(44, 48)]
-    assert all(sel for _, _, sel in fresh) and not any(sel for _, _, sel in reused)
-    for (r1, k1, _), (r2, k2, _) in zip(fresh, reused):
-        assert torch.equal(r1, r2) and k1 == k2
-    assert len({tuple(r.tolist()) for r, _, _ in fresh}) == 4  # not one stale cache for all batches
+    fresh = [teacher.teaching_set(s, coords, values, predict) for s in range(40, 44)]
+    reused = [teacher.teaching_set(s, coords, values, predict) for s in range(44, 48)]
+    assert all(b.selected for b in fresh) and not any(b.selected for b in reused)
+    for b1, b2 in zip(fresh, reused):
+        assert torch.equal(b1.rows, b2.rows) and b1.count == b2.count
+    assert len({tuple(b.rows.tolist()) for b in fresh}) == 4  # not one stale cache for all batches
 
 
 def test_full_strategy_takes_everything():
     teacher, gids = _teacher("full", 1)
-    rows, k, _ = teacher.teaching_set(3, torch.zeros(gids.numel(), 1), None, gids, None)
-    assert rows is None and k == 256
+    batch = teacher.teaching_set(3, torch.zeros(gids.numel(), 1), None, None)
+    assert batch.rows is None and batch.count == 256
 
 
 def test_teacher_state_moves_between_world_sizes():
@@ -121,12 +142,12 @@ def test_teacher_state_moves_between_world_sizes():
     t, gids = _teacher("uniform", 2)
     n = gids.numel()
     for s in range(2):
-        t.teaching_set(s, torch.zeros(n, 1), torch.zeros(n, 1), gids, None)
-    state = t.state_dict(gids)
+        t.teaching_set(s, torch.zeros(n, 1), torch.zeros(n, 1), None)
+    state = t.state_dict()
     loaded = []
     for rank in range(3):
         t3, gids3 = _teacher("uniform", 2, world_rank=(3, rank))
-        t3.load_state_dicts([state], gids3)
+        t3.load_state_dict(Teacher.merge_state_dicts([state]))
         loaded.append({b: set(gids3[r].tolist()) for b, (r, _) in t3.cache.items()})
     for b, (g, k) in state["batches"].items():
         assert set().union(*(part[b] for part in loaded)) == set(g.tolist())

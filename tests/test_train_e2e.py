@@ -217,6 +217,6 @@ def test_bf16_autocast_keeps_quality(image, tmp_path):
     together, as they did with DeepSpeed's bf16 mode, which casts the inputs too."""
     args = [f"signal.path={image}", *TINY, "checkpoint.every=0", "train.eval_every=0"]
     fp32 = run_train([f"run.dir={tmp_path / 'fp32'}", *args])
-    bf16 = run_train([f"run.dir={tmp_path / 'bf16'}", *args, "train.bf16=true"])
+    bf16 = run_train([f"run.dir={tmp_path / 'bf16'}", *args, "train.precision=bf16"])
     assert fp32.returncode == 0 and bf16.returncode == 0, fp32.stderr + bf16.stderr
     assert read_summary(tmp_path / "bf16")["psnr_db"] > read_summary(tmp_path / "fp32")["psnr_db"] - 1.0

@@ -1,6 +1,12 @@
-"""Checkpoints as `checkpoints/step-N/` folders: DeepSpeed's files, one teacher-state file per rank, and
-`meta.json`; `checkpoints/latest` names the newest complete one and is replaced atomically last, so a job
-killed mid-save still resumes from the previous checkpoint. The latest `keep` folders are kept.
+"""Checkpoints as `checkpoints/step-N/` folders: DeepSpeed's files, one file of per-rank state for each
+rank, and `meta.json` with the state every rank shares; `checkpoints/latest` names the newest complete one
+and is replaced atomically last, so a job killed mid-save still resumes from the previous checkpoint. The
+latest `keep` folders are kept.
+
+Every stateful part implements `state_dict()` / `load_state_dict(state)`. *Shared* parts (run state, guard,
+LR schedule) are the same on every rank and go into meta.json; *per-rank* parts (the teacher's cached
+sets, keyed by global id) are saved by every rank and, on load, merged by the part's
+`merge_state_dicts`, so a checkpoint loads on any world size (docs/design.md, "Resuming").
 """
 
 from __future__ import annotations
@@ -8,53 +14,80 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from pathlib import Path
+from typing import Protocol
 
 import torch
 
 from ..comm import Comm
-from ..rundir import atomic_write
+from ..errors import CheckpointError
+from ..rundir import RunDir, atomic_write
 
-LATEST = "latest"
-
-
-def tag_of(step: int) -> str:
-    return f"step-{step:08d}"
+FORMAT = 2  # meta.json layout version
 
 
-def latest_tag(root: Path) -> str | None:
-    f = root / LATEST
-    if not f.is_file():
-        return None
-    tag = f.read_text().strip()
-    return tag if (root / tag / "meta.json").is_file() else None
+class Stateful(Protocol):
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
 
 
-def save(engine, root: Path, step: int, meta: dict, rank_state: dict, comm: Comm, keep: int) -> Path:
-    """Called on every rank at the same step."""
-    tag = tag_of(step)
-    engine.save_checkpoint(str(root), tag=tag, client_state={"step": step}, save_latest=False)
-    folder = root / tag
-    tmp = folder / f".rank{comm.rank:05d}.pt.tmp"
-    torch.save(rank_state, tmp)
-    os.replace(tmp, folder / f"rank{comm.rank:05d}.pt")
-    comm.barrier()
-    if comm.is_rank_zero:
-        atomic_write(folder / "meta.json", json.dumps({**meta, "world_size": comm.world_size}, indent=1))
-        atomic_write(root / LATEST, tag)
-        for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep]:
-            if old.name != tag:
-                shutil.rmtree(old, ignore_errors=True)
-    comm.barrier()
-    return folder
+class Checkpointer:
+    def __init__(self, engine, run: RunDir, comm: Comm, every: int, keep: int, shared: dict[str, Stateful],
+                 per_rank: dict[str, Stateful]):
+        self.engine, self.run, self.comm, self.every, self.keep = engine, run, comm, every, keep
+        self.shared, self.per_rank = shared, per_rank
 
+    def due(self, step: int, last_step: int) -> bool:
+        """A periodic checkpoint at this step (the final one is written by the caller)."""
+        return self.every > 0 and step % self.every == 0 and step < last_step
 
-def load(engine, root: Path, tag: str) -> tuple[dict, list[dict]]:
-    """Load DeepSpeed state; return the meta and every saved rank's state (any world size may load them)."""
-    path, _ = engine.load_checkpoint(str(root), tag=tag)
-    if path is None:
-        raise RuntimeError(f"DeepSpeed could not load checkpoint {root / tag}")
-    folder = root / tag
-    meta = json.loads((folder / "meta.json").read_text())
-    states = [torch.load(folder / f"rank{r:05d}.pt", weights_only=False) for r in range(meta["world_size"])]
-    return meta, states
+    def exists(self, step: int) -> bool:
+        return (self.run.checkpoint(step) / "meta.json").is_file()
+
+    def save(self, step: int, status: str) -> None:
+        """Called on every rank at the same step."""
+        folder = self.run.checkpoint(step)
+        self.engine.save_checkpoint(str(self.run.checkpoints), tag=folder.name, client_state={"step": step},
+                                    save_latest=False)
+        tmp = folder / f".rank{self.comm.rank:05d}.pt.tmp"
+        torch.save({name: part.state_dict() for name, part in self.per_rank.items()}, tmp)
+        os.replace(tmp, folder / f"rank{self.comm.rank:05d}.pt")
+        self.comm.barrier()
+        if self.comm.is_rank_zero:
+            meta = {"format": FORMAT, "step": step, "status": status, "world_size": self.comm.world_size,
+                    "shared": {name: part.state_dict() for name, part in self.shared.items()}}
+            atomic_write(folder / "meta.json", json.dumps(meta, indent=1))
+            atomic_write(self.run.latest, folder.name)
+            for old in sorted(p for p in self.run.checkpoints.glob("step-*") if p.is_dir())[:-self.keep]:
+                if old.name != folder.name:
+                    shutil.rmtree(old, ignore_errors=True)
+        self.comm.barrier()
+
+    def latest_tag(self) -> str | None:
+        if not self.run.latest.is_file():
+            return None
+        tag = self.run.latest.read_text().strip()
+        return tag if (self.run.checkpoints / tag / "meta.json").is_file() else None
+
+    def load(self, tag: str) -> dict:
+        """Load every part from checkpoint `tag`; returns its meta (step, status, world_size)."""
+        folder = self.run.checkpoints / tag
+        try:
+            meta = json.loads((folder / "meta.json").read_text())
+            if meta.get("format") != FORMAT:
+                raise ValueError(f"format {meta.get('format')} (this dist_int reads format {FORMAT})")
+            path, _ = self.engine.load_checkpoint(str(self.run.checkpoints), tag=tag)
+            if path is None:
+                raise ValueError("DeepSpeed found no model state in it")
+            ranks = [torch.load(folder / f"rank{r:05d}.pt", weights_only=False)
+                     for r in range(meta["world_size"])]
+        except Exception as e:  # noqa: BLE001 - any damage to the files reads as one clear error
+            raise CheckpointError(f"cannot load checkpoint {folder}: {e}. Resume from another run.dir, or "
+                                  f"delete {self.run.checkpoints} to start this run over") from None
+        for name, part in self.shared.items():
+            part.load_state_dict(meta["shared"][name])
+        for name, part in self.per_rank.items():
+            states = [r[name] for r in ranks]
+            merge = getattr(part, "merge_state_dicts", None)
+            part.load_state_dict(merge(states) if merge else states[self.comm.rank])
+        return meta

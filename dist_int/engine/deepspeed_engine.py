@@ -1,4 +1,4 @@
-"""Wrap the SIREN in a DeepSpeed engine whose config is generated from ours."""
+"""Wrap the SIREN in a DeepSpeed engine whose config is generated from ours (docs/training.md, "DeepSpeed")."""
 
 from __future__ import annotations
 
@@ -8,13 +8,18 @@ import math
 import torch
 
 from ..config import Config
+from .precision import Precision
 
 
-def deepspeed_config(cfg: Config) -> dict:
+def deepspeed_config(cfg: Config, precision: Precision) -> dict:
     return {
         "train_micro_batch_size_per_gpu": 1,  # we feed our own point batches; DeepSpeed never batches
         "gradient_accumulation_steps": 1,
         "steps_per_print": 1 << 30,
+        # DeepSpeed's throughput timer synchronizes the device at every step by default; we time the run
+        # ourselves at log steps, so switch it off (the documented `timers` section).
+        "timers": {"throughput": {"enabled": False, "synchronized": False}},
+        "wall_clock_breakdown": False,
         "optimizer": {
             "type": "Adam",
             "params": {
@@ -22,19 +27,19 @@ def deepspeed_config(cfg: Config) -> dict:
                 "betas": [cfg.optim.beta1, cfg.optim.beta2],
                 "eps": cfg.optim.eps,
                 "weight_decay": 0.0,
-                "adam_w_mode": False,  # "Adam" means AdamW in DeepSpeed unless told (NOTES.md)
+                "adam_w_mode": False,  # "Adam" means AdamW in DeepSpeed unless told
                 "torch_adam": cfg.train.torch_adam,
             },
         },
-        # Explicit: DeepSpeed >= 0.19.3 clips at 1.0 by default (NOTES.md). 0 = off.
+        # Explicit: DeepSpeed >= 0.19.3 clips at 1.0 by default. 0 = off.
         "gradient_clipping": cfg.optim.grad_clip,
-        "bf16": {"enabled": False},  # bf16 is autocast in the trainer (see there): weights stay fp32
         "zero_optimization": {"stage": 0},  # stage 0 checkpoints load on any world size
+        **precision.deepspeed_config(),
     }
 
 
 class CosineLR:
-    """Cosine annealing from lr to lr_min over the run (INT_REFERENCE: SIREN settings), as a LambdaLR
+    """Cosine annealing from lr to lr_min over the run (INT's SIREN setting, docs/method.md), as a LambdaLR
     factor. `scale` lowers the whole curve after a divergence rollback."""
 
     def __init__(self, total_steps: int, lr: float, lr_min: float):
@@ -45,19 +50,31 @@ class CosineLR:
         frac = min(step, self.total_steps) / self.total_steps
         return self.scale * (self.lr_min + (self.lr - self.lr_min) * 0.5 * (1 + math.cos(math.pi * frac))) / self.lr
 
+    def state_dict(self) -> dict:
+        return {"scale": self.scale}
 
-def build_engine(model: torch.nn.Module, cfg: Config):
+    def load_state_dict(self, state: dict) -> None:
+        self.scale = float(state["scale"])
+
+
+def build_engine(model: torch.nn.Module, cfg: Config, precision: Precision | None = None):
     """Returns (engine, its CosineLR)."""
     import deepspeed
 
+    precision = precision or Precision("fp32", next(model.parameters()).device)
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     schedule = CosineLR(cfg.train.steps, cfg.optim.lr, cfg.optim.lr_min)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         model_parameters=[p for p in model.parameters() if p.requires_grad],
-        config=deepspeed_config(cfg),
+        config=deepspeed_config(cfg, precision),
         # A plain lambda, so LambdaLR's state_dict does not save (and a load does not overwrite) the
         # schedule's own fields: scale and length come from our config and run state.
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda step: schedule(step)),
     )
+    if cfg.train.compile:
+        # DeepSpeed's documented entry point; it compiles engine.module in place, so the teacher's and the
+        # renderer's forward passes run compiled too. Dynamic: the teaching set's size changes every
+        # selection, and a recompilation per size would cost more than it saves.
+        engine.compile(compile_kwargs={"dynamic": True})
     return engine, schedule

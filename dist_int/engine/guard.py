@@ -5,7 +5,8 @@ The probe is a fixed random subset of the signal, not the teaching set: INT's te
 points of the moment, so its loss jumps by 10 dB or more whenever the teacher reselects.
 
 Seen on an H200 with full-batch Adam at lr 1e-3 on a 512x512 RGB image: 34 dB fell to 10 dB and stayed.
-Every rank decides from the same all-reduced loss, so all ranks roll back together (DESIGN.md sec. 4).
+Every rank decides from the same all-reduced numbers, so all ranks roll back together (docs/design.md,
+"Ranks agree before they act").
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from dataclasses import dataclass
 
 
 class Diverged(RuntimeError):
-    pass
+    """The probe PSNR collapsed again after `train.max_rollbacks` rollbacks; the run stops with its last
+    good state (a training outcome, reported in summary.json, not a user error)."""
 
 
 @dataclass
@@ -54,6 +56,13 @@ class DivergenceGuard:
             group["lr"] = base * self.schedule(e.lr_scheduler.last_epoch)
         self.teacher.cache = dict(s.teacher_cache)
         return s.step
+
+    # The in-memory snapshot is not saved: a resumed run starts from the checkpoint, its first good state.
+    def state_dict(self) -> dict:
+        return {"rollbacks": self.rollbacks, "best_db": self.best_db}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rollbacks, self.best_db = int(state["rollbacks"]), float(state["best_db"])
 
     def check(self, step: int, mean_loss: float, probe_psnr: float) -> int | None:
         """Called at log steps with the global mean training loss and the probe PSNR (the same on every

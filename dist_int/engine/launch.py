@@ -33,7 +33,7 @@ def detect_launch() -> Launch:
     if "RANK" in env and "WORLD_SIZE" in env:
         how = "torchrun"
     elif "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
-        # Plain `srun` with one task per GPU sets no RANK for DeepSpeed (NOTES.md): derive it.
+        # Plain `srun` with one task per GPU sets no RANK for DeepSpeed (docs/cluster.md): derive it.
         how = "srun"
         env["RANK"], env["WORLD_SIZE"] = env["SLURM_PROCID"], env["SLURM_NTASKS"]
         env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")

@@ -1,3 +1,4 @@
+from .infer import Predict, forward_chunks
 from .siren import Siren
 
-__all__ = ["Siren"]
+__all__ = ["Predict", "Siren", "forward_chunks"]

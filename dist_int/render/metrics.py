@@ -1,4 +1,4 @@
-"""PSNR exact over the whole signal (each rank's sum of squared errors, summed), and SSIM."""
+"""PSNR (exact: sums of squared errors, added over ranks by the caller) and SSIM, on the [0, 1] scale."""
 
 from __future__ import annotations
 
@@ -7,23 +7,27 @@ import math
 import numpy as np
 import torch
 
+from ..model import Predict, forward_chunks
+from ..signal import TargetRange
+
 SSIM_MAX_PIXELS = 4096 * 4096  # skimage's SSIM holds ~10 float64 copies of the image
 
 
 def psnr_db(sse: float, count: int) -> float:
-    """PSNR with data range 1 (INT_REFERENCE: metrics)."""
+    """PSNR with data range 1 on [0, 1] values (the paper's definition, docs/method.md)."""
     mse = sse / count
     return float("inf") if mse == 0 else 10.0 * math.log10(1.0 / mse)
 
 
 @torch.no_grad()
-def shard_sse(predict, coords: torch.Tensor, values: torch.Tensor, chunk: int) -> float:
-    """Sum over points and channels of (clamp(f(x), 0, 1) - y)^2, in float64."""
+def sse_unit(predict: Predict, coords: torch.Tensor, targets: torch.Tensor, target_range: TargetRange,
+             chunk: int) -> torch.Tensor:
+    """Sum over points and channels of the squared [0, 1]-scale error of clamped predictions, float64 on
+    the device (read it only when needed: reading waits for the device)."""
     total = torch.zeros((), dtype=torch.float64, device=coords.device)
-    for i in range(0, coords.shape[0], chunk):
-        pred = predict(coords[i:i + chunk]).float().clamp(0, 1)
-        total += (pred - values[i:i + chunk]).double().square().sum()
-    return float(total)
+    for rows, pred in forward_chunks(predict, coords, chunk):
+        total += target_range.squared_error_unit(pred, targets[rows])
+    return total
 
 
 def ssim_of(recon, store) -> float | None:

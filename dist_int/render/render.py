@@ -9,23 +9,27 @@ import numpy as np
 import torch
 import zarr
 
+from ..model import Predict, forward_chunks
+from ..signal import TargetRange
+
 PNG_MAX_PIXELS = 8192 * 8192
 
 
 @torch.no_grad()
-def render_shard(predict, shard, store, out: zarr.Array, chunk: int) -> float:
-    """Write clamp(f(x), 0, 1) for every chunk of the shard into `out`; return the shard's SSE."""
-    sse = 0.0
+def render_shard(predict: Predict, shard, store, target_range: TargetRange, out: zarr.Array,
+                 chunk: int) -> float:
+    """Write the field, mapped to [0, 1] and clamped, for every chunk of the shard into `out`; return the
+    shard's sum of squared errors on the [0, 1] scale (shard.values are training targets)."""
+    sse = torch.zeros((), dtype=torch.float64, device=shard.coords.device)
     for i, cid in enumerate(shard.chunk_ids):
         lo, hi = int(shard.chunk_start[i]), int(shard.chunk_start[i + 1])
         preds = []
-        for j in range(lo, hi, chunk):
-            preds.append(predict(shard.coords[j:min(j + chunk, hi)]).float().clamp(0, 1))
-        pred = torch.cat(preds)
-        sse += float((pred - shard.values[lo:hi]).double().square().sum())
+        for rows, pred in forward_chunks(predict, shard.coords[lo:hi], chunk):
+            sse += target_range.squared_error_unit(pred, shard.values[lo + rows.start:lo + rows.stop])
+            preds.append(target_range.decode(pred))
         slices = store.chunk_slices(cid)
-        out[slices] = pred.cpu().numpy().reshape(*(s.stop - s.start for s in slices), -1)
-    return sse
+        out[slices] = torch.cat(preds).cpu().numpy().reshape(*(s.stop - s.start for s in slices), -1)
+    return float(sse)
 
 
 def _to_dtype(band: np.ndarray, dtype: np.dtype) -> np.ndarray:

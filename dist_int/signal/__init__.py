@@ -5,24 +5,25 @@ from pathlib import Path
 from .errors import SignalError
 from .ingest import BUILTINS, TIFF_SUFFIXES, file_sha256, ingest, load_source
 from .store import Shard, SignalStore, assign_chunks
+from .targets import TargetRange
 
 
 def is_zarr_store(path: str) -> bool:
     return (Path(path) / "zarr.json").is_file()
 
 
-def signal_store_path(path: str, run_dir: Path) -> Path:
-    """Where the Zarr store to train on lies: `path` itself, or the run folder's ingested copy."""
-    return Path(path) if is_zarr_store(path) else run_dir / "signal.zarr"
+def signal_store_path(path: str, ingested: Path) -> Path:
+    """Where the Zarr store to train on lies: `path` itself, or `ingested`, the run folder's copy."""
+    return Path(path) if is_zarr_store(path) else ingested
 
 
-def prepare_signal(path: str, run_dir: Path, chunk: int) -> Path:
+def prepare_signal(path: str, ingested: Path, chunk: int) -> Path:
     """The Zarr store to train on: `path` itself when it is one, else `path` ingested into the run
     folder (once; a later run on the same folder checks that the source has not changed)."""
     if is_zarr_store(path):
         SignalStore(path)  # validate now, before any training starts
         return Path(path)
-    dest = signal_store_path(path, run_dir)
+    dest = ingested
     if dest.exists():
         store = SignalStore(dest)
         if not path.startswith("builtin:"):
@@ -35,4 +36,4 @@ def prepare_signal(path: str, run_dir: Path, chunk: int) -> Path:
 
 
 __all__ = ["BUILTINS", "TIFF_SUFFIXES", "Shard", "SignalError", "SignalStore", "assign_chunks",
-           "ingest", "is_zarr_store", "load_source", "prepare_signal", "signal_store_path"]
+           "TargetRange", "ingest", "is_zarr_store", "load_source", "prepare_signal", "signal_store_path"]

@@ -2,7 +2,7 @@
 
 Points have global identities: `gid` = row-major flat index over the spatial grid, which is the same
 as (chunk id, offset in chunk) up to a fixed bijection. Everything the teacher does keys on gids, so
-the teaching set never depends on the number of ranks (DESIGN.md sec. 1).
+the teaching set never depends on the number of ranks (docs/design.md, "Global identities").
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ class SignalStore:
         return values.astype(np.float32)
 
     def coords(self, gids: np.ndarray) -> np.ndarray:
-        """Coordinates in [-1, 1] per axis (INT_REFERENCE: SIREN settings), (n, D) float32."""
+        """Coordinates in [-1, 1] per axis (SIREN and INT both use [-1, 1]; docs/method.md), (n, D) float32."""
         idx = np.unravel_index(gids, self.spatial)
         cols = [(2.0 * i / max(n - 1, 1) - 1.0) for i, n in zip(idx, self.spatial)]
         return np.stack(cols, axis=1).astype(np.float32)

@@ -2,8 +2,8 @@
 
 from .batches import BatchPlan
 from .schedules import interval_at, ratio_at, should_select
-from .select import global_topk, hash_uniform
-from .teacher import Teacher, l1_error
+from .select import global_topk, hash_order, hash_uniform, order_keys, score_order
+from .teacher import Teacher, TeachingSet, l1_error
 
-__all__ = ["BatchPlan", "Teacher", "global_topk", "hash_uniform", "interval_at", "l1_error", "ratio_at",
-           "should_select"]
+__all__ = ["BatchPlan", "Teacher", "TeachingSet", "global_topk", "hash_order", "hash_uniform", "interval_at",
+           "l1_error", "order_keys", "ratio_at", "score_order", "should_select"]

@@ -1,4 +1,4 @@
-"""Ratio and interval schedules of INT (Zhang et al., ICML 2024, sec. 4 and appendix; INT_REFERENCE.md).
+"""Ratio and interval schedules of INT (Zhang et al., ICML 2024, sec. 4 and appendix; docs/method.md).
 
 `t` counts from 0 to `total - 1`: steps in whole-signal mode, epochs in mini-batch mode.
 """

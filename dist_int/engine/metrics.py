@@ -1,0 +1,88 @@
+"""metrics.jsonl (rank 0 writes it) and the throughput meter."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from ..rundir import atomic_write
+
+
+def rounded(x: float, digits: int = 4):
+    return round(x, digits) if math.isfinite(x) else None
+
+
+class MetricsLog:
+    """One JSON line per log step. Opening it drops every line past `resume_step` (the steps about to be
+    trained again, or all lines of a run that crashed before its first checkpoint), so steps never repeat."""
+
+    def __init__(self, path: Path, enabled: bool, resume_step: int):
+        self.file = None
+        if not enabled:
+            return
+        if path.is_file():
+            keep = []
+            for line in path.read_text().splitlines():
+                try:
+                    if json.loads(line)["step"] <= resume_step:
+                        keep.append(line)
+                except (ValueError, KeyError, TypeError):
+                    continue
+            atomic_write(path, "".join(line + "\n" for line in keep))
+        self.file = open(path, "a")
+
+    def write(self, entry: dict) -> None:
+        if self.file is not None:
+            self.file.write(json.dumps(entry) + "\n")
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Throughput:
+    """Training wall time and points per second. The device is synchronized only when a lap is read (at log,
+    evaluation and checkpoint steps), never in between."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._mark = 0.0
+        self.points = 0
+        self.elapsed = 0.0  # training seconds since the last `reset`
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def start(self) -> None:
+        """(Re)start the clock, e.g. after evaluation or a checkpoint, which are not training time."""
+        self._sync()
+        self._mark = time.perf_counter()
+
+    def add(self, points: int) -> None:
+        self.points += points
+
+    def lap(self) -> float:
+        """Seconds trained since `start` (added to `elapsed`); the clock stops until the next `start`."""
+        self._sync()
+        seconds = time.perf_counter() - self._mark
+        self.elapsed += seconds
+        return seconds
+
+    def points_per_s(self) -> float:
+        return self.points / max(self.elapsed, 1e-9)
+
+    def reset(self) -> None:
+        self.points, self.elapsed = 0, 0.0

@@ -1,0 +1,21 @@
+"""What a run carries between steps besides the model, optimizer and teacher, checkpointed with them."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class RunState:
+    step: int = 0
+    train_time_s: float = 0.0
+    """Training wall time only: evaluation, checkpoints and rendering are not counted."""
+    best_psnr_db: float = -float("inf")
+    best_step: int = 0
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, type(getattr(self, key))(value))
