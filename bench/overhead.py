@@ -1,6 +1,7 @@
-"""Trainer overhead: launch/train.py on 1 rank with the `full` teacher against a plain single-process
-PyTorch loop on the same model, data, optimizer, LR schedule and steps. Runs alternate (A B A B ...) so
-machine drift hits both; the table gives medians and the median of the pairwise ratios.
+"""Trainer overhead and fidelity: launch/train.py on 1 rank with the `full` teacher against the plain
+PyTorch loop (bench/plain_loop.py: same model, init, data, Adam, LR schedule, steps and [-1, 1] targets).
+Runs alternate (A B A B ...) so machine drift hits both; the table gives medians, the median of the
+pairwise time ratios, and the final PSNR of each.
     python bench/overhead.py --steps 200 --repeats 3
 """
 
@@ -8,45 +9,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-import torch
-
 from common import ROOT, machine, markdown_table, resized, train
-
-sys.path.insert(0, str(ROOT))
-
-
-def plain_loop(signal: str, hidden: int, layers: int, steps: int, lr: float, seed: int) -> float:
-    """The reference: what a researcher would write by hand. Returns training seconds."""
-    import numpy as np
-
-    from dist_int.engine.deepspeed_engine import CosineLR
-    from dist_int.model import Siren
-    from dist_int.signal import load_source
-
-    data, _, _, _ = load_source(signal)
-    img = np.asarray(data[:], dtype=np.float32) / 255.0
-    img = img[..., None] if img.ndim == 2 else img
-    h, w, c = img.shape
-    ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
-    coords = torch.stack([ys.ravel(), xs.ravel()], 1)
-    values = torch.from_numpy(img.reshape(-1, c))
-    torch.manual_seed(seed)
-    model = Siren(2, c, hidden, layers)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, CosineLR(steps, lr, 1e-6))
-    start = time.perf_counter()
-    for _ in range(steps):
-        loss = (model(coords) - values).square().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    return time.perf_counter() - start
+from plain_loop import fit
 
 
 def main() -> None:
@@ -56,35 +23,44 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--precision", default="fp32")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "overhead.md"))
     args = p.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
     signal = resized(args.signal, args.size, work) if args.size else args.signal
-    trainer_s, plain_s = [], []
+    ours, plain = [], []
     for i in range(args.repeats):
         r = train([f"run.dir={work / f'run{i}'}", f"signal.path={signal}", f"model.hidden={args.hidden}",
                    f"model.layers={args.layers}", f"train.steps={args.steps}", f"optim.lr={args.lr}",
                    "teacher.strategy=full", "train.eval_every=0", f"train.log_every={args.steps}",
-                   "checkpoint.every=0"])
-        trainer_s.append(r["train_time_s"])
-        plain_s.append(plain_loop(signal, args.hidden, args.layers, args.steps, args.lr, 0))
-        print(f"repeat {i}: trainer {trainer_s[-1]:.2f} s, plain loop {plain_s[-1]:.2f} s", flush=True)
-    ratios = [a / b for a, b in zip(trainer_s, plain_s)]
+                   "checkpoint.every=0", f"train.precision={args.precision}", "train.divergence_db=0"])
+        ours.append((r["train_time_s"], r["psnr_db"]))
+        q = fit(signal, args.hidden, args.layers, args.steps, args.lr, precision=args.precision)
+        plain.append((q["train_s"], q["psnr_db"]))
+        print(f"repeat {i}: trainer {ours[-1][0]:.2f} s {ours[-1][1]:.2f} dB, plain loop {plain[-1][0]:.2f} s "
+              f"{plain[-1][1]:.2f} dB", flush=True)
+    ratios = [a[0] / b[0] for a, b in zip(ours, plain)]
+
+    def row(name, runs):
+        times = [t for t, _ in runs]
+        return [name, f"{statistics.median(times):.2f}", f"{min(times):.2f}", f"{max(times):.2f}",
+                f"{statistics.median(d for _, d in runs):.2f}"]
+
     table = markdown_table(
-        ["", "median train time (s)", "min", "max"],
-        [["dist_int trainer (1 rank, full)", f"{statistics.median(trainer_s):.2f}", f"{min(trainer_s):.2f}",
-          f"{max(trainer_s):.2f}"],
-         ["plain PyTorch loop", f"{statistics.median(plain_s):.2f}", f"{min(plain_s):.2f}",
-          f"{max(plain_s):.2f}"],
+        ["", "median train time (s)", "min", "max", "final PSNR (dB)"],
+        [row("dist_int trainer (1 rank, full)", ours), row("plain PyTorch loop, [-1, 1] targets", plain),
          ["ratio trainer / plain (pairwise)", f"{statistics.median(ratios):.3f}", f"{min(ratios):.3f}",
-          f"{max(ratios):.3f}"]])
+          f"{max(ratios):.3f}",
+          f"{statistics.median(a[1] - b[1] for a, b in zip(ours, plain)):+.2f} dB"]])
     command = (f"python bench/overhead.py --signal {args.signal} --size {args.size} --hidden {args.hidden} "
-               f"--layers {args.layers} --steps {args.steps} --lr {args.lr} --repeats {args.repeats}")
+               f"--layers {args.layers} --steps {args.steps} --lr {args.lr} --precision {args.precision} "
+               f"--repeats {args.repeats}")
     header = (f"machine: {machine()}\ncommand: {command}\n{args.steps} full-batch steps, SIREN "
-              f"{args.layers}x{args.hidden}, {args.size}x{args.size}; both with torch's default threads")
+              f"{args.layers}x{args.hidden}, {args.size}x{args.size}, {args.precision}; both with torch's "
+              f"default threads")
     print(header + "\n\n" + table)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(header + "\n\n" + table + "\n")

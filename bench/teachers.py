@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from common import ROOT, machine, markdown_table, resized, train
+from plain_loop import fit
 
 
 def time_to(metrics: list[dict], target: float) -> float | None:
@@ -52,6 +53,9 @@ def main() -> None:
             print(f"running {strategy} ...", flush=True)
             results[strategy] = train(base + [f"run.dir={work / strategy}", f"teacher.strategy={strategy}"],
                                       args.nproc)
+        # The honest baseline: a plain single-process PyTorch loop, full batch, [-1, 1] targets.
+        print("running the plain PyTorch loop ...", flush=True)
+        plain = fit(signal, args.hidden, args.layers, args.steps, args.lr)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -63,6 +67,8 @@ def main() -> None:
         rows.append([name, f"{r['train_time_s']:.1f}", f"{r['train_time_s'] / ref['train_time_s']:.2f}",
                      f"{r['psnr_db']:.2f}", f"{r['ssim']:.4f}" if r["ssim"] is not None else "-",
                      "not reached" if tt is None else f"{tt:.1f}"])
+    rows.append(["plain PyTorch loop (full)", f"{plain['train_s']:.1f}",
+                 f"{plain['train_s'] / ref['train_time_s']:.2f}", f"{plain['psnr_db']:.2f}", "-", "-"])
     table = markdown_table(["teacher", "train time (s)", "time / full", "final PSNR (dB)", "SSIM",
                             f"time to {target} dB (s)"], rows)
     command = "python bench/teachers.py " + " ".join(

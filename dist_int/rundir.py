@@ -17,8 +17,9 @@ from pathlib import Path
 from .config import Config, diff_configs
 from .errors import RunDirError
 
-# Keys that may differ between the run that made a folder and the one resuming it.
-RESUME_FREE_KEYS = ("run.resume", "run.allow_config_change")
+# Keys that may differ between the run that made a folder and the one resuming it (run.dir: the folder
+# may have been moved or copied).
+RESUME_FREE_KEYS = ("run.dir", "run.resume", "run.allow_config_change")
 
 
 def _toml_value(v) -> str:
@@ -47,6 +48,7 @@ class RunDir:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.config_changed = True  # whether config.toml must be (re)written; set by `check`
 
     # Every path in the folder.
     @property
@@ -108,6 +110,7 @@ class RunDir:
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise RunDirError(f"{self.config} is not valid TOML ({e}); choose a new run.dir") from None
         changed = [d for d in diff_configs(saved, cfg.to_dict()) if not d.startswith(RESUME_FREE_KEYS)]
+        self.config_changed = bool(changed)
         if changed and not cfg.run.allow_config_change:
             raise RunDirError(
                 f"run.dir {self.path} belongs to a run with a different config:\n  " + "\n  ".join(changed)
@@ -119,4 +122,6 @@ class RunDir:
         return has_checkpoint
 
     def write_config(self, cfg: Config) -> None:
-        atomic_write(self.config, to_toml(cfg.to_dict()))
+        """Save the resolved config: for a new run, or one resumed with run.allow_config_change."""
+        if self.config_changed or not self.config.is_file():
+            atomic_write(self.config, to_toml(cfg.to_dict()))

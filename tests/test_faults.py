@@ -117,7 +117,9 @@ def test_sigkill_during_checkpoint_writes_never_lose_the_previous_one(image, tmp
 
 def test_partial_checkpoint_folder_is_ignored(image, tmp_path):
     """A save cut short leaves step-N/ without meta.json, and `latest` still names the previous one."""
-    from dist_int.engine.checkpoint import latest_tag
+    from dist_int.comm import Comm
+    from dist_int.engine.checkpoint import Checkpointer
+    from dist_int.rundir import RunDir
 
     run_dir = tmp_path / "run"
     args = [f"run.dir={run_dir}", f"signal.path={image}", *TINY, "train.steps=40", "checkpoint.every=20"]
@@ -127,9 +129,10 @@ def test_partial_checkpoint_folder_is_ignored(image, tmp_path):
     partial = ckpts / "step-00000030"
     partial.mkdir()
     (partial / "mp_rank_00_model_states.pt").write_bytes(b"truncated")
-    assert latest_tag(ckpts) == "step-00000020"
+    ckpt = Checkpointer(None, RunDir(run_dir), Comm(), every=0, keep=2, shared={}, per_rank={})
+    assert ckpt.latest_tag() == "step-00000020"
     (ckpts / "latest").write_text("step-00000030")  # even a pointer to an incomplete folder is refused
-    assert latest_tag(ckpts) is None
+    assert ckpt.latest_tag() is None
 
 
 def test_divergence_rolls_back_and_lowers_the_learning_rate(image, tmp_path):

@@ -79,7 +79,8 @@ class Teacher:
             order = hash_order(gids, self.seed, step)
         else:
             order = score_order(l1_error(predict, coords[rows], values[rows], self.cfg.score_chunk))
-        rows = rows[global_topk(order_keys(order, gids), k, self.comm)]  # ascending rows
+        # Ascending rows: the same order however the set was reached (fresh, or loaded from a checkpoint).
+        rows = torch.sort(rows[global_topk(order_keys(order, gids), k, self.comm)]).values
         self.cache[b] = (rows, k)
         return TeachingSet(rows, k, True)
 

@@ -1,0 +1,90 @@
+"""The trainer's pieces on their own: target range, run folder paths, metrics log, stateful parts."""
+
+import json
+
+import pytest
+import torch
+
+from dist_int.comm import Comm
+from dist_int.config import Config, TeacherConfig
+from dist_int.engine.deepspeed_engine import CosineLR
+from dist_int.engine.metrics import MetricsLog
+from dist_int.engine.state import RunState
+from dist_int.render import psnr_db
+from dist_int.rundir import RunDir
+from dist_int.signal import TargetRange
+from dist_int.teacher import BatchPlan, Teacher
+
+
+@pytest.mark.parametrize("name, lo, hi", [("symmetric", -1.0, 1.0), ("unit", 0.0, 1.0)])
+def test_target_range_round_trip_and_unit_scale_error(name, lo, hi):
+    tr = TargetRange.named(name)
+    assert (tr.lo, tr.hi) == (lo, hi)
+    unit = torch.rand(1000, 3, generator=torch.Generator().manual_seed(0))
+    enc = tr.encode(unit)
+    assert enc.min() >= lo and enc.max() <= hi
+    torch.testing.assert_close(tr.decode(enc), unit)
+    # The error on the [0, 1] scale does not depend on the training range: PSNR compares across ranges.
+    noisy_unit = (unit + 0.05 * torch.randn(1000, 3, generator=torch.Generator().manual_seed(1)))
+    sse = tr.squared_error_unit(tr.encode(noisy_unit), enc)
+    expect = (noisy_unit.clamp(0, 1) - unit).double().square().sum()
+    torch.testing.assert_close(sse, expect, rtol=1e-5, atol=1e-7)
+    assert psnr_db(float(sse), unit.numel()) == pytest.approx(psnr_db(float(expect), unit.numel()), abs=1e-4)
+
+
+def test_run_dir_owns_every_path(tmp_path):
+    run = RunDir(tmp_path / "r")
+    assert run.config.name == "config.toml" and run.metrics.name == "metrics.jsonl"
+    assert run.checkpoint(42) == run.checkpoints / "step-00000042"
+    assert run.latest.parent == run.checkpoints and run.signal_store.parent == run.path
+    assert run.check(Config()) is False  # no folder yet: a fresh run
+
+
+def test_metrics_log_never_repeats_steps(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": s}) + "\n" for s in (10, 20, 30, 40)) + "not json\n")
+    with MetricsLog(path, enabled=True, resume_step=20) as log:  # resumed from the step-20 checkpoint
+        log.write({"step": 30, "again": True})
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [10, 20, 30]
+    with MetricsLog(path, enabled=True, resume_step=0) as log:  # a rerun with no checkpoint starts over
+        log.write({"step": 10})
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [10]
+    MetricsLog(tmp_path / "other.jsonl", enabled=False, resume_step=0).write({"step": 1})
+    assert not (tmp_path / "other.jsonl").exists()  # ranks other than 0 write nothing
+
+
+def test_stateful_parts_round_trip():
+    state = RunState(step=7, train_time_s=1.5, best_psnr_db=30.25, best_step=5)
+    fresh = RunState()
+    fresh.load_state_dict(json.loads(json.dumps(state.state_dict())))  # as meta.json stores it
+    assert fresh == state
+    assert json.loads(json.dumps(RunState().state_dict()))["best_psnr_db"] == -float("inf")
+    sched = CosineLR(100, 1e-3, 1e-6)
+    sched.scale = 0.25
+    other = CosineLR(100, 1e-3, 1e-6)
+    other.load_state_dict(sched.state_dict())
+    assert other(10) == sched(10) and other.scale == 0.25
+
+
+def test_teacher_state_round_trips_through_merge():
+    sizes = [64] * 4
+    own = [0, 1, 2, 3]
+    start = torch.tensor([0, 64, 128, 192, 256]).numpy()
+    gids = torch.arange(256)
+    cfg = TeacherConfig(strategy="uniform", ratio=0.25, num_batches=2)
+    t = Teacher(cfg, 10, 0, Comm(), BatchPlan(sizes, own, start, 2, 0), gids, 256)
+    for s in range(2):
+        t.teaching_set(s, torch.zeros(256, 1), torch.zeros(256, 1), None)
+    t2 = Teacher(cfg, 10, 0, Comm(), BatchPlan(sizes, own, start, 2, 0), gids, 256)
+    t2.load_state_dict(Teacher.merge_state_dicts([t.state_dict()]))
+    assert t2.cache.keys() == t.cache.keys()
+    for b in t.cache:
+        assert torch.equal(t2.cache[b][0], t.cache[b][0]) and t2.cache[b][1] == t.cache[b][1]
+
+
+def test_signal_too_large_for_order_keys_is_refused():
+    from dist_int.errors import SignalError
+
+    with pytest.raises(SignalError, match="at most 2\\^32"):
+        Teacher(TeacherConfig(), 10, 0, Comm(), BatchPlan([4], [0], torch.tensor([0, 4]).numpy(), 1, 0),
+                torch.arange(4), (1 << 32) + 1)
