@@ -105,16 +105,30 @@ def main() -> None:
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=acts) as prof:
-        for _ in range(5):
-            engine_step()
-        _sync(device)
-    top = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=50)
+    ops = {}
+    for name, fn in (("engine", engine_step), ("plain", plain_step)):
+        with profile(activities=acts) as prof:
+            for _ in range(5):
+                fn()
+            _sync(device)
+        ops[name] = {e.key: (e.count / 5, e.self_cpu_time_total / 5e3) for e in prof.key_averages()}
+    # DeepSpeed's machinery: the ops the engine step runs that the plain step does not (or runs more often).
+    extra = []
+    for key, (count, ms) in ops["engine"].items():
+        p_count, p_ms = ops["plain"].get(key, (0, 0.0))
+        if count > p_count:  # the extra calls, at this op's mean time per call in the engine step
+            extra.append((ms * (count - p_count) / count, key, count - p_count))
+    extra.sort(reverse=True)
+    machinery_ms = sum(ms for ms, _, _ in extra)
+    table2 = markdown_table(["op only (or more often) in the engine step", "calls/step", "self CPU ms/step"],
+                            [[k[:60], f"{c:g}", f"{ms:.3f}"] for ms, k, c in extra[:12]])
+    summary = (f"DeepSpeed machinery (ops the plain step does not run): {machinery_ms:.2f} ms/step, "
+               f"{100 * machinery_ms / (mp * 1e3):.2f} % of the plain step")
     command = (f"python bench/profile_step.py --hidden {args.hidden} --layers {args.layers} --points "
                f"{args.points} --steps {args.steps} --precision {args.precision}")
     header = (f"machine: {machine()}\ncommand: {command}\nSIREN {args.layers}x{args.hidden}, {args.points} "
               f"points a step, {args.precision}, 1 rank; {3 * args.steps} steps each, alternated")
-    text = header + "\n\n" + table + "\n\ntorch.profiler, 5 engine steps (self CPU time):\n```\n" + top + "```\n"
+    text = header + "\n\n" + table + "\n\n" + summary + " (torch.profiler, 5 steps each):\n\n" + table2 + "\n"
     print(text)
     Path(args.out).write_text(text)
 

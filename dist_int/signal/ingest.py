@@ -91,16 +91,28 @@ def _open_tiff(path: Path):
     return arr, shape, axes, keep, tif
 
 
+def _builtin(src: str):
+    """scikit-image's sample images, `builtin:NAME`, or resized to SIZE x SIZE with `builtin:NAME@SIZE`."""
+    name, _, size = src.split(":", 1)[1].partition("@")
+    if name not in BUILTINS:
+        raise SignalError(f"unknown builtin signal '{name}'; choose one of {', '.join(BUILTINS)}")
+    if size and (not size.isdigit() or not 2 <= int(size) <= 8192):
+        raise SignalError(f"builtin:{name}@{size}: the size must be a whole number of pixels in 2..8192, "
+                          f"e.g. builtin:{name}@256")
+    import skimage.data
+
+    arr = getattr(skimage.data, name)()
+    if size:
+        from PIL import Image
+
+        arr = np.asarray(Image.fromarray(arr).resize((int(size), int(size)), Image.Resampling.LANCZOS))
+    return arr, src, hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest(), None
+
+
 def load_source(src: str):
     """Return (array-like (H, W[, C]), name, sha256 or None, closer)."""
     if src.startswith("builtin:"):
-        name = src.split(":", 1)[1]
-        if name not in BUILTINS:
-            raise SignalError(f"unknown builtin signal '{name}'; choose one of {', '.join(BUILTINS)}")
-        import skimage.data
-
-        arr = getattr(skimage.data, name)()
-        return arr, src, hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest(), None
+        return _builtin(src)
     path = Path(src)
     if not path.exists():
         raise SignalError(f"signal file not found: {src}")
