@@ -102,6 +102,9 @@ class TrainConfig:
     """fp32, tf32 (fp32 storage, TF32 matmuls on GPUs; the same as fp32 on CPUs) or bf16 (the hidden
     layers' forward and backward under bf16 autocast; fp32 weights, Adam state and first layer).
     docs/training.md has the measured speed and PSNR of each."""
+    max_points_per_pass: int = 0
+    """Most points in one forward/backward pass; a larger teaching set is split into pieces whose
+    gradients are accumulated into the same update (bounds activation memory). 0: one pass."""
     compile: bool = False
     """Run the SIREN under torch.compile (dynamic shapes, since teaching-set sizes change); the first
     steps pay for the compilation."""
@@ -173,6 +176,7 @@ class Config:
             (self.train.log_every >= 1, "train.log_every must be >= 1"),
             (self.train.eval_every >= 0, "train.eval_every must be >= 0"),
             (self.train.eval_chunk >= 1, "train.eval_chunk must be >= 1"),
+            (self.train.max_points_per_pass >= 0, "train.max_points_per_pass must be >= 0 (0 = one pass)"),
             (self.train.precision in PRECISIONS, f"train.precision must be one of {PRECISIONS}"),
             (self.signal.target_range in TARGET_RANGES, f"signal.target_range must be one of {TARGET_RANGES}"),
             (self.train.timeout_s > 0, "train.timeout_s must be > 0"),

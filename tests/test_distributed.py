@@ -54,8 +54,9 @@ def test_distributed_selection_equals_single_process_topk(k, ties):
     run_distributed(_selection, 2, (k, ties))
 
 
-def _update(rank, world, out):
-    """One DeepSpeed step with 70 points on rank 0 and 30 on rank 1, loss scaled as the trainer does."""
+def _update(rank, world, out, max_points_per_pass=0):
+    """One DeepSpeed step with 70 points on rank 0 and 30 on rank 1, loss scaled as the trainer does; with
+    max_points_per_pass, in pieces (rank 0: 5 pieces of 14, rank 1: 5 pieces of 6) with accumulation."""
     from dist_int.config import Config
     from dist_int.engine.deepspeed_engine import build_engine
     from dist_int.model import Siren
@@ -69,12 +70,37 @@ def _update(rank, world, out):
     engine, _ = build_engine(Siren(2, 3, 32, 3), cfg)
     part = slice(0, 70) if rank == 0 else slice(70, 100)
     x, y = coords[part], values[part]
+    if max_points_per_pass:
+        from dist_int.engine.step import TrainStep, num_pieces
+
+        step = TrainStep(engine, world, 3, torch.device("cpu"), max_points_per_pass)
+        step.accumulate(x, y, 100, num_pieces(70, max_points_per_pass))
+        # managed_gradient_accumulation is off: gradients are summed locally, all-reduced in step().
+        torch.save([p.grad.clone() for p in engine.module.parameters()], f"{out}.local{rank}")
+        engine.step()
+        if rank == 0:
+            torch.save({"params": [p.detach().clone() for p in engine.module.parameters()]}, out)
+        return
     loss = (engine(x) - y).square().sum() * (world / (100 * 3))
     engine.backward(loss)
-    grads = [p.grad.clone() for p in engine.module.parameters()]
+    # managed_gradient_accumulation is off: backward() leaves this rank's share, step() all-reduces.
+    torch.save([p.grad.clone() for p in engine.module.parameters()], f"{out}.local{rank}")
     engine.step()
     if rank == 0:
-        torch.save({"grads": grads, "params": [p.detach().clone() for p in engine.module.parameters()]}, out)
+        torch.save({"params": [p.detach().clone() for p in engine.module.parameters()]}, out)
+
+
+def test_update_in_pieces_equals_the_one_pass_update(tmp_path):
+    """train.max_points_per_pass: the teaching set in pieces with gradient accumulation gives the update of
+    one pass (to float tolerance), with the same number of pieces on every rank."""
+    one, pieces = tmp_path / "one.pt", tmp_path / "pieces.pt"
+    run_distributed(_update, 2, (one,))
+    run_distributed(_update, 2, (pieces, 16))
+    for r in range(2):  # each rank's accumulated share equals its one-pass share
+        for a, b in zip(torch.load(f"{pieces}.local{r}"), torch.load(f"{one}.local{r}")):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    for a, b in zip(torch.load(pieces)["params"], torch.load(one)["params"]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
 def test_distributed_update_equals_single_process_update(tmp_path):
@@ -85,6 +111,9 @@ def test_distributed_update_equals_single_process_update(tmp_path):
     out = tmp_path / "dist.pt"
     run_distributed(_update, 2, (out,))
     dist = torch.load(out)
+    # DeepSpeed averages the ranks' shares: (share0 + share1) / 2 is the gradient the update uses.
+    shares = [torch.load(f"{out}.local{r}") for r in range(2)]
+    dist["grads"] = [(a + b) / 2 for a, b in zip(*shares)]
     # Single process: plain torch, the MSE over all 100 points, torch Adam with the same schedule.
     g = torch.Generator().manual_seed(1)
     coords, values = torch.rand(100, 2, generator=g) * 2 - 1, torch.rand(100, 3, generator=g)
@@ -140,3 +169,41 @@ def test_teaching_set_does_not_depend_on_world_size(tmp_path, png_image, strateg
     for step, (gids, k) in enumerate(one):
         union = sorted(two[0][step][0] + two[1][step][0])
         assert union == gids and len(gids) == k == two[0][step][1] == two[1][step][1]
+
+
+def _resave(rank, world, root):
+    from pathlib import Path
+
+    from dist_int.comm import Comm
+    from dist_int.config import Config
+    from dist_int.engine.checkpoint import Checkpointer
+    from dist_int.engine.deepspeed_engine import build_engine
+    from dist_int.engine.state import RunState
+    from dist_int.model import Siren
+    from dist_int.rundir import RunDir
+
+    cfg = Config()
+    cfg.train.steps = 10
+    torch.manual_seed(0)
+    engine, _ = build_engine(Siren(2, 1, 8, 2), cfg)
+    run = RunDir(Path(root))
+    state = RunState(step=5)
+    ckpt = Checkpointer(engine, run, Comm(), every=5, keep=2, shared={"run": state}, per_rank={})
+    ckpt.save(5, "first")
+    with torch.no_grad():
+        engine.module.out.bias.fill_(7.0)
+    state.train_time_s = 2.0
+    ckpt.save(5, "again")  # a rollback makes the run pass step 5 a second time
+    names = sorted(p.name for p in run.checkpoints.iterdir())
+    assert names == ["latest", "step-00000005"], names  # no partial or old folder left behind
+    with torch.no_grad():
+        engine.module.out.bias.fill_(0.0)
+    fresh = RunState()
+    meta = Checkpointer(engine, run, Comm(), every=5, keep=2, shared={"run": fresh}, per_rank={}).load(
+        ckpt.latest_tag())
+    assert meta["status"] == "again" and fresh.train_time_s == 2.0
+    assert float(engine.module.out.bias[0]) == 7.0
+
+
+def test_a_checkpoint_saved_twice_at_one_step_is_replaced_whole(tmp_path):
+    run_distributed(_resave, 1, (str(tmp_path / "run"),))

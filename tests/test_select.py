@@ -152,3 +152,20 @@ def test_teacher_state_moves_between_world_sizes():
     for b, (g, k) in state["batches"].items():
         assert set().union(*(part[b] for part in loaded)) == set(g.tolist())
         assert sum(len(part[b]) for part in loaded) == k
+
+
+@pytest.mark.parametrize("k", [1, 2, 255, 256, 257, 4000, 9999, 10000])
+def test_threshold_search_finds_the_kth_largest_key(k):
+    """The radix search by histograms (what several ranks use) on one rank: the k-th largest key, for keys
+    spread over the whole int64 range, clustered keys sharing their high digits, and the extremes."""
+    from dist_int.teacher.select import threshold_search
+
+    g = torch.Generator().manual_seed(k)
+    spread = torch.randint(-(1 << 62), 1 << 62, (9990,), generator=g) * 2
+    extremes = torch.tensor([-(1 << 63), (1 << 63) - 1, -1, 0, 1, 2, 3, 4, 5, 6])
+    for keys in (torch.cat([spread, extremes]), torch.arange(10000) + (123 << 40)):
+        keys = keys[torch.randperm(keys.numel(), generator=g)].unique()
+        k_eff = min(k, keys.numel())
+        cut = threshold_search(keys, k_eff, Comm())
+        assert int(cut) == int(torch.topk(keys, k_eff).values.min())
+        assert int((keys >= cut).sum()) == k_eff

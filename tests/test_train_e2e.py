@@ -44,7 +44,10 @@ def test_two_ranks_reach_psnr_floor(two_rank_run):
     assert abs(10 * np.log10(1 / mse) - summary["psnr_db"]) < 0.3
     metrics = read_metrics(two_rank_run)
     assert [m["step"] for m in metrics] == list(range(10, 301, 10))
-    assert {"step", "train_time_s", "loss", "lr", "selected", "points_per_s", "imbalance"} <= set(metrics[0])
+    assert {"step", "train_time_s", "loss", "lr", "selected", "points_per_s", "imbalance", "selections",
+            "select_bytes"} <= set(metrics[0])
+    # The threshold search sends the same 16 KiB per selection whatever the signal size (2 ranks).
+    assert {m["select_bytes"] for m in metrics if m["selections"]} == {8 * 256 * 8}
     assert [m["step"] for m in metrics if "psnr_db" in m] == [100, 200, 300]
     assert metrics[-1]["psnr_db"] == pytest.approx(summary["psnr_db"], abs=1e-3)
     assert metrics[0]["selected"] == round(0.2 * 64 * 64)  # step ratio starts at r0 = 0.2
@@ -200,9 +203,10 @@ def test_folder_that_is_not_a_run_is_refused(image, tmp_path):
 
 
 def test_minibatch_int_on_two_ranks_equals_one_rank(image, tmp_path):
-    """Mini-batch INT (4 stratified batches per epoch, one cached selection per batch) on 1 and 2 ranks."""
+    """Mini-batch INT (4 stratified batches per epoch, one cached selection per batch) on 1 and 2 ranks;
+    the 2-rank run also sends its teaching sets through in pieces of at most 64 points."""
     args = [f"signal.path={image}", *TINY, "teacher.num_batches=4", "checkpoint.every=0"]
-    two = run_train([f"run.dir={tmp_path / 'two'}", *args], nproc=2)
+    two = run_train([f"run.dir={tmp_path / 'two'}", *args, "train.max_points_per_pass=64"], nproc=2)
     one = run_train([f"run.dir={tmp_path / 'one'}", *args], nproc=0)
     assert two.returncode == 0 and one.returncode == 0, two.stderr + one.stderr
     s1, s2 = read_summary(tmp_path / "one"), read_summary(tmp_path / "two")

@@ -45,29 +45,48 @@ class Checkpointer:
         return (self.run.checkpoint(step) / "meta.json").is_file()
 
     def save(self, step: int, status: str) -> None:
-        """Called on every rank at the same step."""
+        """Called on every rank at the same step. Written into a hidden `.step-N.partial/` folder first and
+        renamed into place when complete: a checkpoint that `latest` names is never rewritten in place
+        (after a divergence rollback the run passes the same step numbers again)."""
         folder = self.run.checkpoint(step)
-        self.engine.save_checkpoint(str(self.run.checkpoints), tag=folder.name, client_state={"step": step},
+        partial = self._partial(folder.name)
+        self.engine.save_checkpoint(str(self.run.checkpoints), tag=partial.name, client_state={"step": step},
                                     save_latest=False)
-        tmp = folder / f".rank{self.comm.rank:05d}.pt.tmp"
+        tmp = partial / f".rank{self.comm.rank:05d}.pt.tmp"
         torch.save({name: part.state_dict() for name, part in self.per_rank.items()}, tmp)
-        os.replace(tmp, folder / f"rank{self.comm.rank:05d}.pt")
+        os.replace(tmp, partial / f"rank{self.comm.rank:05d}.pt")
         self.comm.barrier()
         if self.comm.is_rank_zero:
             meta = {"format": FORMAT, "step": step, "status": status, "world_size": self.comm.world_size,
                     "shared": {name: part.state_dict() for name, part in self.shared.items()}}
-            atomic_write(folder / "meta.json", json.dumps(meta, indent=1))
+            atomic_write(partial / "meta.json", json.dumps(meta, indent=1))
+            old = folder.with_name(f".{folder.name}.old")
+            if folder.exists():
+                shutil.rmtree(old, ignore_errors=True)
+                folder.rename(old)
+            partial.rename(folder)
             atomic_write(self.run.latest, folder.name)
+            shutil.rmtree(old, ignore_errors=True)
             for old in sorted(p for p in self.run.checkpoints.glob("step-*") if p.is_dir())[:-self.keep]:
                 if old.name != folder.name:
                     shutil.rmtree(old, ignore_errors=True)
         self.comm.barrier()
 
+    def _partial(self, tag: str):
+        return self.run.checkpoints / f".{tag}.partial"
+
     def latest_tag(self) -> str | None:
         if not self.run.latest.is_file():
             return None
         tag = self.run.latest.read_text().strip()
-        return tag if (self.run.checkpoints / tag / "meta.json").is_file() else None
+        folder = self.run.checkpoints / tag
+        partial = self._partial(tag)
+        if not folder.exists() and (partial / "meta.json").is_file():
+            try:
+                partial.rename(folder)  # a save cut short between its two renames: finish it
+            except OSError:
+                pass  # another rank finished it first
+        return tag if (folder / "meta.json").is_file() else None
 
     def load(self, tag: str) -> dict:
         """Load every part from checkpoint `tag`; returns its meta (step, status, world_size)."""

@@ -15,6 +15,9 @@ def deepspeed_config(cfg: Config, precision: Precision) -> dict:
     return {
         "train_micro_batch_size_per_gpu": 1,  # we feed our own point batches; DeepSpeed never batches
         "gradient_accumulation_steps": 1,
+        # We own the accumulation boundary: backward() only accumulates gradients (a step's teaching set
+        # may go through in several pieces, engine/step.py) and step() all-reduces them once and updates.
+        "managed_gradient_accumulation": False,
         "steps_per_print": 1 << 30,
         # DeepSpeed's throughput timer synchronizes the device at every step by default; we time the run
         # ourselves at log steps, so switch it off (the documented `timers` section).

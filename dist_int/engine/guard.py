@@ -54,7 +54,7 @@ class DivergenceGuard:
         # The optimizer state carries the old, unscaled lr: set this step's lr from the lowered curve.
         for group, base in zip(e.optimizer.param_groups, e.lr_scheduler.base_lrs):
             group["lr"] = base * self.schedule(e.lr_scheduler.last_epoch)
-        self.teacher.cache = dict(s.teacher_cache)
+        self.teacher.restore_cache(s.teacher_cache)
         return s.step
 
     # The in-memory snapshot is not saved: a resumed run starts from the checkpoint, its first good state.

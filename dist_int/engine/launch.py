@@ -52,8 +52,11 @@ def detect_launch() -> Launch:
 
 def pick_device(launch: Launch) -> torch.device:
     if torch.cuda.is_available():
-        torch.cuda.set_device(launch.local_rank)
-        return torch.device("cuda", launch.local_rank)
+        # Modulo the visible devices: plain `srun` with one GPU per task shows each task one device (index
+        # 0) while its local rank counts the tasks on the node.
+        index = launch.local_rank % torch.cuda.device_count()
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
     os.environ.setdefault("DS_ACCELERATOR", "cpu")  # explicit, and it silences DeepSpeed's guess
     return torch.device("cpu")
 

@@ -153,7 +153,7 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
                           cfg.seed)
     guard = DivergenceGuard(engine, schedule, teacher, cfg.train.divergence_db, cfg.train.rollback_lr_factor,
                             cfg.train.max_rollbacks)
-    train_step = TrainStep(engine, comm.world_size, store.channels, device)
+    train_step = TrainStep(engine, comm.world_size, store.channels, device, cfg.train.max_points_per_pass)
     state = RunState()
     ckpt = Checkpointer(engine, run, comm, cfg.checkpoint.every, cfg.checkpoint.keep,
                         shared={"run": state, "guard": guard, "schedule": schedule},
@@ -184,9 +184,9 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
                 break
             batch = teacher.teaching_set(state.step, shard.coords, shard.values, score)
             if batch.rows is None:
-                train_step(shard.coords, shard.values, batch.count)
+                train_step(shard.coords, shard.values, batch.count, batch.max_rows)
             else:
-                train_step(shard.coords[batch.rows], shard.values[batch.rows], batch.count)
+                train_step(shard.coords[batch.rows], shard.values[batch.rows], batch.count, batch.max_rows)
             meter.add(batch.count)
             state.step += 1
             step = state.step
@@ -226,10 +226,14 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
                     state.best_psnr_db, state.best_step = psnr, step
                 local = shard.num_points if batch.rows is None else batch.rows.numel()
                 counts = comm.all_gather_scalar(local)
+                selections, sent = teacher.selection_stats()
                 entry = {"step": step, "train_time_s": round(state.train_time_s, 4), "loss": mean_loss,
                          "probe_psnr_db": rounded(probe), "lr": engine.get_lr()[0], "selected": batch.count,
                          "points_per_s": round(meter.points_per_s(), 1),
-                         "imbalance": round(float(counts.max() / counts.mean().clamp(min=1e-9)), 4)}
+                         "imbalance": round(float(counts.max() / counts.mean().clamp(min=1e-9)), 4),
+                         # Bytes each rank sent per selection: a constant (docs/design.md, "Exact global
+                         # selection"), whatever the signal's size and the number of ranks.
+                         "selections": selections, "select_bytes": sent // max(selections, 1)}
                 if psnr is not None:
                     entry["psnr_db"] = round(psnr, 4)
                 metrics.write(entry)
@@ -275,7 +279,8 @@ def _finish(cfg: Config, comm: Comm, store: SignalStore, shard: Shard, targets: 
         final = run.reconstruction_zarr
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
-        image = export(final, run.reconstruction_stem, cfg.render.format, store.meta["source_dtype"])
+        image = export(final, run.reconstruction_stem, cfg.render.format, store.meta["source_dtype"],
+                       tuple(store.meta["value_range"]))
         ssim = ssim_of(zarr.open_array(final, mode="r"), store)
         psnr = psnr_db(sse, store.num_points * store.channels)
         summary = {

@@ -33,9 +33,12 @@ def sse_unit(predict: Predict, coords: torch.Tensor, targets: torch.Tensor, targ
 def ssim_of(recon, store) -> float | None:
     """scikit-image's structural_similarity with data range 1, as the paper reports, between the rendered
     Zarr array and the signal store; None when the image is too large to hold in memory for it."""
-    if store.num_points > SSIM_MAX_PIXELS:
+    side = min(store.spatial)
+    if store.num_points > SSIM_MAX_PIXELS or side < 3:
         return None
     from skimage.metrics import structural_similarity
 
     target = ((store.array[...].astype(np.float64) - store.offset) * store.scale).astype(np.float32)
-    return float(structural_similarity(target, recon[...], data_range=1.0, channel_axis=-1))
+    # The default 7x7 window needs 7 pixels a side; smaller images use the largest odd window that fits.
+    win = min(7, side if side % 2 else side - 1)
+    return float(structural_similarity(target, recon[...], data_range=1.0, channel_axis=-1, win_size=win))

@@ -32,24 +32,37 @@ def render_shard(predict: Predict, shard, store, target_range: TargetRange, out:
     return float(sse)
 
 
-def _to_dtype(band: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    if np.issubdtype(dtype, np.integer) and dtype.itemsize <= 2:
-        return np.round(band * np.iinfo(dtype).max).astype(dtype)
-    return band.astype(np.float32)
+def _to_dtype(band: np.ndarray, dtype: np.dtype, value_range: tuple[float, float]) -> np.ndarray:
+    """[0, 1] values back to the source's values: lo + v * (hi - lo), rounded and clipped for integers
+    (signed ones too: their range does not start at 0), float32 otherwise."""
+    lo, hi = value_range
+    raw = lo + band.astype(np.float64) * (hi - lo)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return np.clip(np.round(raw), info.min, info.max).astype(dtype)
+    return raw.astype(np.float32)
 
 
-def export(recon: Path, dest_stem: Path, fmt: str, source_dtype: str) -> Path:
-    """Write the reconstruction as PNG (small) or tiled BigTIFF (large), in the source's integer type
-    (8 or 16 bit) or float32. Returns the written path."""
+def export(recon: Path, dest_stem: Path, fmt: str, source_dtype: str,
+           value_range: tuple[float, float] | None = None) -> Path:
+    """Write the reconstruction as PNG (8/16-bit sources up to PNG_MAX_PIXELS) or tiled BigTIFF, in the
+    source's dtype and value range (value_range: the store's; None = the dtype's whole range or [0, 1]).
+    Returns the written path."""
     arr = zarr.open_array(recon, mode="r")
     h, w, c = arr.shape
     dtype = np.dtype(source_dtype)
+    if value_range is None:
+        value_range = ((np.iinfo(dtype).min, np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer)
+                       else (0.0, 1.0))
     if fmt == "auto":
         fmt = "png" if h * w <= PNG_MAX_PIXELS and dtype in (np.uint8, np.uint16) else "tiff"
     if fmt == "png":
         from PIL import Image
 
-        img = _to_dtype(arr[...], dtype if dtype in (np.uint8, np.uint16) else np.dtype(np.uint8))
+        if dtype in (np.uint8, np.uint16):
+            img = _to_dtype(arr[...], dtype, value_range)
+        else:  # a PNG asked for a source PNG cannot hold (signed, float): an 8-bit picture of [0, 1]
+            img = _to_dtype(arr[...], np.dtype(np.uint8), (0, 255))
         img = img[..., 0] if c == 1 else img
         path = dest_stem.with_suffix(".png")
         tmp = path.with_name("." + path.name + ".tmp")
@@ -64,14 +77,14 @@ def export(recon: Path, dest_stem: Path, fmt: str, source_dtype: str) -> Path:
 
     def tiles():  # row by row of tiles: memory holds one band of `tile` rows
         for y in range(0, h, tile):
-            band = _to_dtype(arr[y:y + tile], dtype)
+            band = _to_dtype(arr[y:y + tile], dtype, value_range)
             for x in range(0, w, tile):
                 t = np.zeros((tile, tile, c), band.dtype)
                 part = band[:, x:x + tile]
                 t[: part.shape[0], : part.shape[1]] = part
                 yield t
 
-    out_dtype = _to_dtype(np.zeros(1, np.float32), dtype).dtype
+    out_dtype = _to_dtype(np.zeros(1, np.float32), dtype, value_range).dtype
     tifffile.imwrite(tmp, tiles(), shape=(h, w, c), dtype=out_dtype, tile=(tile, tile), bigtiff=True,
                      photometric="rgb" if c == 3 else "minisblack", compression="zlib")
     tmp.replace(path)

@@ -6,9 +6,10 @@ same on any number of ranks, with ties of the score broken by the smaller global
 then a plain `topk` of int64s: no sort, no tie handling, and no value has to reach the host, so a
 selection makes no host-device synchronization until the caller asks which rows were chosen.
 
-Across ranks each rank sends its local top-k order keys (padded to k, so every rank sends the same size),
-the k-th largest of the gathered keys is the global cut, and each rank keeps its own candidates at or
-above it. The global top-k lies inside the union of the local top-k sets, so the cut is exact.
+Across ranks the cut (the k-th largest order key of all ranks) is found by a threshold search: a radix
+select over the keys' bits with one all-reduced 256-bin histogram per 8-bit digit, 8 rounds of 2 KiB, so
+the bytes moved per selection depend neither on the signal's size nor on the number of ranks. Each rank
+then keeps its own candidates at or above the cut: exactly the global top-k, since keys are unique.
 """
 
 from __future__ import annotations
@@ -79,20 +80,51 @@ def order_keys(order32: torch.Tensor, gids: torch.Tensor) -> torch.Tensor:
     return (order32 << 32) | (_LOW32 - gids.to(torch.int64))
 
 
-def global_topk(keys: torch.Tensor, k: int, comm: Comm) -> torch.Tensor:
+RADIX_BITS = 8
+_BINS = 1 << RADIX_BITS
+ROUNDS = 64 // RADIX_BITS
+SEARCH_BYTES = ROUNDS * _BINS * 8  # int64 counts all-reduced per selection (each rank sends this much)
+
+
+def threshold_search(keys: torch.Tensor, k: int, comm: Comm) -> torch.Tensor:
+    """The k-th largest order key over all ranks (0-d int64 on the device; k >= 1, and beyond the number
+    of keys it means all of them).
+
+    Digit by digit from the top: every rank counts its keys that match the digits found so far by their
+    next 8-bit digit, one all-reduce sums the 256 counts, and every rank reads the same next digit of the
+    cut from them. Nothing goes to the host; the same cut comes out on any number of ranks.
+    """
+    biased = keys ^ _INT64_MIN  # sign bit flipped: unsigned order of `biased` = signed order of `keys`
+    prefix = torch.zeros((), dtype=torch.int64, device=keys.device)   # the cut's digits found so far
+    need = torch.full((), k, dtype=torch.int64, device=keys.device)   # rank of the cut among the matches
+    ones = torch.ones_like(keys)
+    for r in range(ROUNDS):
+        shift = 64 - RADIX_BITS * (r + 1)
+        digit = _shr(biased, shift) & (_BINS - 1)
+        if r:  # keys whose higher digits differ from the cut's land in an extra bin that is dropped
+            digit = torch.where(_shr(biased, shift + RADIX_BITS) == prefix, digit, _BINS)
+        counts = torch.zeros(_BINS + 1, dtype=torch.int64, device=keys.device)
+        counts = comm.all_reduce_sum(counts.scatter_add_(0, digit, ones)[:_BINS])
+        if not r:  # k beyond all ranks' keys: the cut is the smallest key, and every key is in
+            need = torch.minimum(need, counts.sum())
+        at_or_above = counts.flip(0).cumsum(0)            # [i]: keys whose digit >= 255 - i
+        i = (at_or_above >= need).int().argmax()           # the largest digit that reaches `need`
+        d = (_BINS - 1) - i
+        need = need - (at_or_above[i] - counts[d])         # keys with a larger digit are in
+        prefix = (prefix << RADIX_BITS) | d                 # all 64 bits after the last round
+    return prefix ^ _INT64_MIN
+
+
+def global_topk(keys: torch.Tensor, k: int, comm: Comm, num_keys: int | None = None) -> torch.Tensor:
     """Indices (ascending) of this rank's candidates whose order keys are among the k largest of all
-    ranks' candidates. keys: (n,) int64 from `order_keys`; k is the global budget."""
+    ranks' candidates. keys: (n,) int64 from `order_keys`; k: the global budget; num_keys: the number of
+    candidates on all ranks (known without communication from the batch plan)."""
     n = keys.numel()
     if comm.world_size == 1:
         if k >= n:
             return torch.arange(n, device=keys.device)
         return torch.sort(torch.topk(keys, k, sorted=False).indices).values
-    local = torch.topk(keys, min(k, n), sorted=False)
-    # Pad to k so that every rank sends the same size (gloo needs it), with a key below every real one.
-    sent = torch.full((k,), _INT64_MIN, dtype=torch.int64, device=keys.device)
-    sent[: local.values.numel()] = local.values
-    gathered = comm.all_gather(sent).flatten()                               # (world_size * k,)
-    cut = torch.topk(gathered, k, sorted=False).values.min()                 # the k-th largest key
-    # Padding can only be the cut when fewer than k candidates exist in all; those are all in.
-    keep = local.values >= cut
-    return torch.sort(local.indices[keep]).values
+    if num_keys is not None and k >= num_keys:
+        return torch.arange(n, device=keys.device)
+    cut = threshold_search(keys, k, comm)
+    return torch.nonzero(keys >= cut).squeeze(1)  # ascending; the one host sync of a selection

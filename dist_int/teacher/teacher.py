@@ -22,7 +22,7 @@ from ..config import TeacherConfig
 from ..model import Predict, forward_chunks
 from .batches import BatchPlan
 from .schedules import ratio_at, should_select
-from .select import check_num_points, global_topk, hash_order, order_keys, score_order
+from .select import SEARCH_BYTES, check_num_points, global_topk, hash_order, order_keys, score_order
 
 
 @torch.no_grad()
@@ -39,6 +39,7 @@ class TeachingSet:
     rows: torch.Tensor | None  # this rank's shard rows to train on (None: every row)
     count: int                 # size of the global teaching set, summed over ranks
     selected: bool             # whether a selection ran at this step
+    max_rows: int = 0          # the most rows any rank trains on at this step
 
 
 class Teacher:
@@ -52,6 +53,11 @@ class Teacher:
         self.num_units = math.ceil(total_steps / plan.num_batches)
         # One cached teaching set per batch: batch -> (rows, global count).
         self.cache: dict[int, tuple[torch.Tensor, int]] = {}
+        # batch -> the most rows any rank holds of its current set. Every rank adds and drops entries at
+        # the same steps (selections, loads, rollbacks), so the collective that fills one runs everywhere.
+        self._max_rows: dict[int, int] = {}
+        self.selections = 0     # selections run, and bytes each rank sent for them, since the last read
+        self.bytes_moved = 0
 
     def schedule_time(self, step: int) -> int:
         return step // self.plan.num_batches
@@ -67,11 +73,13 @@ class Teacher:
         _, b = self.plan.locate(step)
         total = self.plan.global_count(b)
         if self.cfg.strategy == "full":
-            return TeachingSet(None if self.plan.num_batches == 1 else self.plan.rows(step), total, False)
+            rows = None if self.plan.num_batches == 1 else self.plan.rows(step)
+            n = coords.shape[0] if rows is None else rows.numel()
+            return TeachingSet(rows, total, False, self.max_rows(b, n))
         reselect = should_select(self.cfg.interval_schedule, self.schedule_time(step), self.num_units)
         if not reselect and b in self.cache:
             rows, k = self.cache[b]
-            return TeachingSet(rows, k, False)
+            return TeachingSet(rows, k, False, self.max_rows(b, rows.numel()))
         rows = self.plan.rows(step)
         k = self.budget(step, total)
         gids = self.gids[rows]
@@ -80,9 +88,31 @@ class Teacher:
         else:
             order = score_order(l1_error(predict, coords[rows], values[rows], self.cfg.score_chunk))
         # Ascending rows: the same order however the set was reached (fresh, or loaded from a checkpoint).
-        rows = torch.sort(rows[global_topk(order_keys(order, gids), k, self.comm)]).values
+        rows = torch.sort(rows[global_topk(order_keys(order, gids), k, self.comm, total)]).values
+        self.bytes_moved += SEARCH_BYTES if self.comm.world_size > 1 else 0
         self.cache[b] = (rows, k)
-        return TeachingSet(rows, k, True)
+        self._max_rows.pop(b, None)
+        self.selections += 1
+        return TeachingSet(rows, k, True, self.max_rows(b, rows.numel()))
+
+    def max_rows(self, b: int, n: int) -> int:
+        """The most rows any rank holds of batch b's current set (n: this rank's): one host-only collective
+        when the set changed (at a selection; once per batch for `full`, whose batch sizes never change),
+        then remembered."""
+        if b not in self._max_rows:
+            self._max_rows[b] = int(self.comm.agree_max([n])[0])
+        return self._max_rows[b]
+
+    def restore_cache(self, cache: dict) -> None:
+        """Put back cached sets kept in memory (the divergence guard's rollback, on every rank at once)."""
+        self.cache = dict(cache)
+        self._max_rows.clear()
+
+    def selection_stats(self) -> tuple[int, int]:
+        """(selections, bytes this rank sent for them) since the last call."""
+        out = (self.selections, self.bytes_moved)
+        self.selections = self.bytes_moved = 0
+        return out
 
     # Checkpointing: cached sets are saved as global ids, so any world size can load them.
     def state_dict(self) -> dict:
@@ -102,6 +132,7 @@ class Teacher:
         order = torch.argsort(self.gids)
         sorted_gids = self.gids[order]
         self.cache = {}
+        self._max_rows.clear()
         for b, (g, k) in state["batches"].items():
             g = g.to(self.gids.device)
             pos = torch.searchsorted(sorted_gids, g).clamp(max=len(sorted_gids) - 1)
