@@ -27,13 +27,12 @@ def _row(run_dir: Path) -> dict:
         s = json.loads(summary.read_text())
         row.update({k: s.get(k, "") for k in ("psnr_db", "ssim", "train_time_s", "steps", "status")})
         return row
-    latest = RunDir(run_dir).latest
-    if latest.is_file():  # stopped or still running: report the last checkpoint
-        meta_path = latest.parent / latest.read_text().strip() / "meta.json"
-        if meta_path.is_file():
-            meta = json.loads(meta_path.read_text())
-            row.update(steps=meta["step"], train_time_s=round(meta["train_time_s"], 3),
-                       status=meta.get("status", "running"))
+    run = RunDir(run_dir)
+    tag = run.latest_tag()
+    if tag is not None and run.checkpoint_meta(tag).is_file():  # stopped or running: its last checkpoint
+        meta = json.loads(run.checkpoint_meta(tag).read_text())
+        row.update(steps=meta["step"], train_time_s=round(meta["shared"]["run"]["train_time_s"], 3),
+                   status=meta.get("status", "running"))
     return row
 
 

@@ -11,6 +11,8 @@ never synchronizes the GPU (docs/training.md, "No waste per step").
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import torch
 
 
@@ -47,13 +49,15 @@ class DistComm(Comm):
     """Collectives over the default process group; tensors travel on `device`. Control collectives use
     a gloo group on the CPU when the default group is NCCL."""
 
-    def __init__(self, rank: int, world_size: int, device: torch.device):
+    def __init__(self, rank: int, world_size: int, device: torch.device, timeout_s: float | None = None):
         import torch.distributed as dist
 
         self._dist = dist
         self.rank, self.world_size, self.device = rank, world_size, device
-        # Every rank constructs a DistComm at the same point, as new_group requires.
-        self._cpu_group = dist.new_group(backend="gloo") if device.type != "cpu" else None
+        # Every rank constructs a DistComm at the same point, as new_group requires. The control group
+        # gets the same timeout as the default group, so a dead rank ends the job as configured.
+        timeout = timedelta(seconds=timeout_s) if timeout_s else None
+        self._cpu_group = dist.new_group(backend="gloo", timeout=timeout) if device.type != "cpu" else None
 
     def all_gather(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device).contiguous()

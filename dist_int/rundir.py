@@ -79,6 +79,22 @@ class RunDir:
     def checkpoint(self, step: int) -> Path:
         return self.checkpoints / f"step-{step:08d}"
 
+    def checkpoint_partial(self, tag: str) -> Path:
+        """Where checkpoint `tag` is written before it is renamed into place."""
+        return self.checkpoints / f".{tag}.partial"
+
+    def checkpoint_meta(self, tag: str) -> Path:
+        return self.checkpoints / tag / "meta.json"
+
+    @staticmethod
+    def rank_state(folder: Path, rank: int) -> Path:
+        """A rank's own state file inside a checkpoint folder."""
+        return folder / f"rank{rank:05d}.pt"
+
+    def latest_tag(self) -> str | None:
+        """The tag `latest` names, or None."""
+        return self.latest.read_text().strip() if self.latest.is_file() else None
+
     @property
     def reconstruction_zarr(self) -> Path:
         return self.path / "reconstruction.zarr"

@@ -53,3 +53,48 @@ def test_training_and_scoring_run_at_the_configured_precision(tmp_path, precisio
     assert got["train"] == {"first": torch.float32, "hidden": hidden, "out": hidden}
     assert got["score"] == got["train"]  # the teacher scores at the training precision, never lower
     assert got["weights"] == {torch.float32} and got["grads"] == {torch.float32}  # fp32 master weights
+
+
+def test_tf32_switches_are_set_for_gpus_and_left_alone_on_cpus():
+    from dist_int.engine.precision import Precision
+
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        Precision("tf32", torch.device("cuda")).apply()
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        Precision("fp32", torch.device("cuda")).apply()
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        Precision("bf16", torch.device("cuda")).apply()
+        assert torch.backends.cuda.matmul.allow_tf32  # bf16's fp32 parts (first layer, eval) use TF32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        Precision("tf32", torch.device("cpu")).apply()
+        assert not torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def _compiled(rank, world, out):
+    import torch._dynamo
+
+    from dist_int.config import Config
+    from dist_int.engine.deepspeed_engine import build_engine
+    from dist_int.model import Siren
+
+    cfg = Config()
+    cfg.train.steps = 10
+    cfg.train.compile = True
+    torch._dynamo.utils.counters.clear()
+    engine, _ = build_engine(Siren(2, 3, 16, 3), cfg)
+    for n in (50, 70, 90):  # teaching sets of changing size
+        loss = engine(torch.rand(n, 2) * 2 - 1).square().mean()
+        engine.backward(loss)
+        engine.step()
+    torch.save({"compiled": engine.is_compiled,
+                "frames": sum(torch._dynamo.utils.counters["frames"].values())}, out)
+
+
+def test_compile_really_compiles_through_deepspeed(tmp_path):
+    out = tmp_path / "compiled.pt"
+    run_distributed(_compiled, 1, (out,))
+    got = torch.load(out)
+    assert got["compiled"] and got["frames"] >= 1

@@ -88,3 +88,19 @@ def test_signal_too_large_for_order_keys_is_refused():
     with pytest.raises(SignalError, match="at most 2\\^32"):
         Teacher(TeacherConfig(), 10, 0, Comm(), BatchPlan([4], [0], torch.tensor([0, 4]).numpy(), 1, 0),
                 torch.arange(4), (1 << 32) + 1)
+
+
+def test_collect_reports_a_stopped_run_from_its_checkpoint(tmp_path):
+    """A run stopped before its summary (interrupted, or still running) shows its last checkpoint."""
+    from dist_int.collect import collect
+    from dist_int.rundir import to_toml
+
+    run = RunDir(tmp_path / "runs" / "0-a")
+    run.checkpoint(40).mkdir(parents=True)
+    run.config.write_text(to_toml(Config().to_dict()))
+    meta = {"format": 2, "step": 40, "status": "interrupted", "world_size": 2,
+            "shared": {"run": RunState(step=40, train_time_s=12.3456).state_dict()}}
+    run.checkpoint_meta(run.checkpoint(40).name).write_text(json.dumps(meta))
+    run.latest.write_text(run.checkpoint(40).name)
+    (row,) = collect(tmp_path / "runs")
+    assert (row["steps"], row["train_time_s"], row["status"]) == (40, 12.346, "interrupted")

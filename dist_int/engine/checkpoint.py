@@ -42,19 +42,20 @@ class Checkpointer:
         return self.every > 0 and step % self.every == 0 and step < last_step
 
     def exists(self, step: int) -> bool:
-        return (self.run.checkpoint(step) / "meta.json").is_file()
+        return self.run.checkpoint_meta(self.run.checkpoint(step).name).is_file()
 
     def save(self, step: int, status: str) -> None:
         """Called on every rank at the same step. Written into a hidden `.step-N.partial/` folder first and
         renamed into place when complete: a checkpoint that `latest` names is never rewritten in place
         (after a divergence rollback the run passes the same step numbers again)."""
         folder = self.run.checkpoint(step)
-        partial = self._partial(folder.name)
+        partial = self.run.checkpoint_partial(folder.name)
         self.engine.save_checkpoint(str(self.run.checkpoints), tag=partial.name, client_state={"step": step},
                                     save_latest=False)
-        tmp = partial / f".rank{self.comm.rank:05d}.pt.tmp"
+        final = self.run.rank_state(partial, self.comm.rank)
+        tmp = final.with_name(f".{final.name}.tmp")
         torch.save({name: part.state_dict() for name, part in self.per_rank.items()}, tmp)
-        os.replace(tmp, partial / f"rank{self.comm.rank:05d}.pt")
+        os.replace(tmp, final)
         self.comm.barrier()
         if self.comm.is_rank_zero:
             meta = {"format": FORMAT, "step": step, "status": status, "world_size": self.comm.world_size,
@@ -72,41 +73,39 @@ class Checkpointer:
                     shutil.rmtree(old, ignore_errors=True)
         self.comm.barrier()
 
-    def _partial(self, tag: str):
-        return self.run.checkpoints / f".{tag}.partial"
-
     def latest_tag(self) -> str | None:
-        if not self.run.latest.is_file():
+        tag = self.run.latest_tag()
+        if tag is None:
             return None
-        tag = self.run.latest.read_text().strip()
         folder = self.run.checkpoints / tag
-        partial = self._partial(tag)
+        partial = self.run.checkpoint_partial(tag)
         if not folder.exists() and (partial / "meta.json").is_file():
             try:
                 partial.rename(folder)  # a save cut short between its two renames: finish it
             except OSError:
                 pass  # another rank finished it first
-        return tag if (folder / "meta.json").is_file() else None
+        return tag if self.run.checkpoint_meta(tag).is_file() else None
 
     def load(self, tag: str) -> dict:
         """Load every part from checkpoint `tag`; returns its meta (step, status, world_size)."""
         folder = self.run.checkpoints / tag
         try:
-            meta = json.loads((folder / "meta.json").read_text())
+            meta = json.loads(self.run.checkpoint_meta(tag).read_text())
             if meta.get("format") != FORMAT:
                 raise ValueError(f"format {meta.get('format')} (this dist_int reads format {FORMAT})")
             path, _ = self.engine.load_checkpoint(str(self.run.checkpoints), tag=tag)
             if path is None:
                 raise ValueError("DeepSpeed found no model state in it")
-            ranks = [torch.load(folder / f"rank{r:05d}.pt", weights_only=False)
+            ranks = [torch.load(self.run.rank_state(folder, r), weights_only=False)
                      for r in range(meta["world_size"])]
+            for name, part in self.shared.items():
+                part.load_state_dict(meta["shared"][name])
+            for name, part in self.per_rank.items():
+                states = [r[name] for r in ranks]
+                merge = getattr(part, "merge_state_dicts", None)
+                part.load_state_dict(merge(states) if merge else states[self.comm.rank])
         except Exception as e:  # noqa: BLE001 - any damage to the files reads as one clear error
-            raise CheckpointError(f"cannot load checkpoint {folder}: {e}. Resume from another run.dir, or "
-                                  f"delete {self.run.checkpoints} to start this run over") from None
-        for name, part in self.shared.items():
-            part.load_state_dict(meta["shared"][name])
-        for name, part in self.per_rank.items():
-            states = [r[name] for r in ranks]
-            merge = getattr(part, "merge_state_dicts", None)
-            part.load_state_dict(merge(states) if merge else states[self.comm.rank])
+            raise CheckpointError(f"cannot load checkpoint {folder}: {type(e).__name__}: {e}. Resume from "
+                                  f"another run.dir, or delete {self.run.checkpoints} to start this run "
+                                  f"over") from None
         return meta

@@ -34,8 +34,9 @@ def deepspeed_config(cfg: Config, precision: Precision) -> dict:
                 "torch_adam": cfg.train.torch_adam,
             },
         },
-        # Explicit: DeepSpeed >= 0.19.3 clips at 1.0 by default. 0 = off.
-        "gradient_clipping": cfg.optim.grad_clip,
+        # Off in DeepSpeed (whose default since 0.19.3 is 1.0): its clipping builds small tensors on the
+        # device at every step, each a host-device sync. We clip in an optimizer pre-hook instead (below).
+        "gradient_clipping": 0.0,
         "zero_optimization": {"stage": 0},  # stage 0 checkpoints load on any world size
         **precision.deepspeed_config(),
     }
@@ -75,6 +76,16 @@ def build_engine(model: torch.nn.Module, cfg: Config, precision: Precision | Non
         # schedule's own fields: scale and length come from our config and run state.
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda step: schedule(step)),
     )
+    if cfg.optim.grad_clip > 0:
+        # Runs inside engine.step(), after the gradient all-reduce and before the update: the global
+        # gradient is clipped, all on the device (the norm is never read on the host).
+        params = [p for p in model.parameters() if p.requires_grad]
+        clip = cfg.optim.grad_clip
+
+        def clip_before_update(optimizer, args, kwargs):
+            torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
+
+        engine.optimizer.register_step_pre_hook(clip_before_update)
     if cfg.train.compile:
         # DeepSpeed's documented entry point; it compiles engine.module in place, so the teacher's and the
         # renderer's forward passes run compiled too. Dynamic: the teaching set's size changes every

@@ -70,7 +70,7 @@ def init_distributed(launch: Launch, device: torch.device, timeout_s: float) -> 
                                verbose=False)
     if launch.world_size == 1:
         return Comm()
-    return DistComm(launch.rank, launch.world_size, device)
+    return DistComm(launch.rank, launch.world_size, device, timeout_s)
 
 
 def shutdown() -> None:

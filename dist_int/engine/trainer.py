@@ -161,7 +161,12 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
 
     tag = ckpt.latest_tag() if resuming else None
     if tag is not None:
-        meta = ckpt.load(tag)
+        meta, error = None, None
+        try:
+            meta = ckpt.load(tag)
+        except Exception as e:  # noqa: BLE001 - shared with the other ranks, then re-raised
+            error = e
+        _agree_on_failure(comm, error, f"load checkpoint {tag}")
         log.message(f"resuming {run.path} from step {state.step} ({run.checkpoints / tag}, saved by "
                     f"{meta['world_size']} rank(s); now {comm.world_size})")
     log.message(f"{store.shape} signal, {store.num_chunks} chunks over {comm.world_size} rank(s); "

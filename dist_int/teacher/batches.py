@@ -1,8 +1,10 @@
 """Stratified mini-batches that are the same for any number of ranks (docs/design.md, "Mini-batches").
 
-In epoch e, chunk c's offsets are permuted by a generator seeded with (seed, e, c) and cut into
-`num_batches` groups; batch b is group b of every chunk. Every point is visited once per epoch, as in the
-authors' Pluto run with chunks as tiles. A rank builds its part of batch b from its own chunks only.
+In epoch e, the points of chunk c are ordered by a counter-based hash of (seed, e, c, offset) and cut into
+`num_batches` groups of near-equal size (group b of a chunk with n points holds n // G + (b < n % G) of
+them); batch b is group b of every chunk. Every point is visited once per epoch, as in the authors' Pluto
+run with chunks as tiles. A rank builds its part of batch b from its own chunks only, on the device, once
+per epoch: hashing and sorting there costs no host work and no copy per step.
 """
 
 from __future__ import annotations
@@ -11,29 +13,37 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from .select import hash64
+
+BATCH_SALT = 0xBA7C4  # keeps the batch permutation's hash apart from the other hashes
 
 
 class BatchPlan:
     def __init__(self, chunk_sizes: list[int], own_chunks: list[int], chunk_start: np.ndarray,
                  num_batches: int, seed: int, device: torch.device | str = "cpu"):
         """chunk_sizes: points in every chunk of the signal (all ranks); own_chunks/chunk_start: this
-        rank's chunks and the rows where each begins in the shard. Row indices live on `device`: an
-        epoch's batches are built and copied there once, not at every step."""
+        rank's chunks and the rows where each begins in the shard; row indices live on `device`."""
         if num_batches > max(chunk_sizes):
             raise ConfigError(f"teacher.num_batches={num_batches} exceeds the points in a chunk "
-                             f"({max(chunk_sizes)}); lower it or ingest with larger chunks")
+                              f"({max(chunk_sizes)}); lower it or ingest with larger chunks")
         self.num_batches = num_batches
         self.seed = seed
         self.device = torch.device(device)
         self.own_chunks = own_chunks
         self.chunk_start = chunk_start
         sizes = np.asarray(chunk_sizes, dtype=np.int64)
-        # np.array_split gives group b of a chunk with n points n // G + (b < n % G) points.
         b = np.arange(num_batches)[:, None]
         self._global_counts = (sizes[None, :] // num_batches + (b < sizes[None, :] % num_batches)).sum(1)
+        own_sizes = np.diff(np.asarray(chunk_start, dtype=np.int64))
+        self._local_counts = (own_sizes[None, :] // num_batches + (b < own_sizes[None, :] % num_batches)).sum(1)
+        self._num_local = int(chunk_start[-1])
+        # Copied to the device once: host-to-device copies from pageable memory synchronize.
+        dev = self.device
+        self._sizes = torch.from_numpy(own_sizes).to(dev)
+        self._starts = torch.from_numpy(np.asarray(chunk_start[:-1], dtype=np.int64)).to(dev)
+        self._chunk_ids = torch.tensor(list(own_chunks), dtype=torch.int64, device=dev)
         self._epoch = None
         self._batches: list[torch.Tensor] = []
-        self._num_local = int(chunk_start[-1])
 
     def global_count(self, b: int) -> int:
         """Points in batch b summed over all chunks of the signal: no communication needed."""
@@ -43,20 +53,35 @@ class BatchPlan:
         """(epoch, batch) of a step."""
         return divmod(step, self.num_batches)
 
+    def _build(self, epoch: int) -> list[torch.Tensor]:
+        """The epoch's batches, all on the device with no host read (output sizes come from the host)."""
+        dev, G, sizes, starts = self.device, self.num_batches, self._sizes, self._starts
+        local = torch.repeat_interleave(torch.arange(len(self.own_chunks), device=dev), sizes,
+                                        output_size=self._num_local)                    # row -> chunk
+        rows = torch.arange(self._num_local, device=dev)
+        offset = rows - starts[local]
+        ident = (self._chunk_ids[local] << 32) | offset
+        key = hash64(ident, self.seed, epoch, BATCH_SALT)
+        # Rows grouped by chunk (in shard order), ordered by key inside each chunk.
+        order = torch.argsort(key)
+        order = order[torch.argsort(local[order], stable=True)]
+        chunk = local[order]
+        rank = torch.arange(self._num_local, device=dev) - starts[chunk]   # position inside its chunk
+        n = sizes[chunk]
+        q, rem = n // G, n % G
+        big = rem * (q + 1)  # the first `rem` groups hold q + 1 points, the others q
+        group = torch.where(rank < big, rank // (q + 1), rem + (rank - big) // q.clamp(min=1))
+        by_group = order[torch.argsort(group, stable=True)]
+        return list(torch.split(by_group, self._local_counts.tolist()))
+
     def rows(self, step: int) -> torch.Tensor:
-        """This rank's shard rows of the batch used at `step`, (n_b,) int64."""
+        """This rank's shard rows of the batch used at `step`, (n_b,) int64 on the device."""
         epoch, b = self.locate(step)
         if self.num_batches == 1:
             if not self._batches:
                 self._batches = [torch.arange(self._num_local, device=self.device)]
             return self._batches[0]
         if epoch != self._epoch:
-            groups: list[list[np.ndarray]] = [[] for _ in range(self.num_batches)]
-            for i, c in enumerate(self.own_chunks):
-                start, stop = int(self.chunk_start[i]), int(self.chunk_start[i + 1])
-                perm = np.random.default_rng([self.seed, epoch, c]).permutation(stop - start) + start
-                for g, part in zip(groups, np.array_split(perm, self.num_batches)):
-                    g.append(part)
-            self._batches = [torch.from_numpy(np.concatenate(g)).to(self.device) for g in groups]
+            self._batches = self._build(epoch)
             self._epoch = epoch
         return self._batches[b]

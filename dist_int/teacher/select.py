@@ -65,7 +65,9 @@ def score_order(scores: torch.Tensor) -> torch.Tensor:
     """int64 in [-2^31, 2^31) that orders like the float32 scores (NaN counts as +inf: a point whose error
     is not finite is taught first)."""
     # + 0.0 turns -0.0 into +0.0, so the two zeros tie (and the global id decides), as they compare equal.
-    x = (torch.nan_to_num(scores.float(), nan=float("inf")) + 0.0).view(torch.int32).to(torch.int64)
+    inf = float("inf")
+    x = (torch.nan_to_num(scores.float(), nan=inf, posinf=inf, neginf=-inf) + 0.0).view(torch.int32)
+    x = x.to(torch.int64)
     # Negative floats order backwards in their bit pattern: flip their magnitude bits.
     return torch.where(x < 0, x ^ 0x7FFFFFFF, x)
 
