@@ -69,12 +69,14 @@ def ingest_main(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     from .collect import collect_main
+    from .synth import synth_main
 
-    commands = {"train": train_main, "ingest": ingest_main, "collect": collect_main}
+    commands = {"train": train_main, "ingest": ingest_main, "collect": collect_main, "synth": synth_main}
     if not argv or argv[0] not in commands:
-        print("usage: python -m dist_int {train,ingest,collect} ...\n"
+        print("usage: python -m dist_int {train,ingest,collect,synth} ...\n"
               "  train    fit a SIREN (one process; use torchrun launch/train.py for several)\n"
               "  ingest   turn an image file into a Zarr store\n"
-              "  collect  one table of the runs under a folder (e.g. an array job's)", file=sys.stderr)
+              "  collect  one table of the runs under a folder (e.g. an array job's)\n"
+              "  synth    write a procedural test signal (synth gigapixel OUT.zarr --size N)", file=sys.stderr)
         return 2
     return commands[argv[0]](argv[1:])

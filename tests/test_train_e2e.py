@@ -46,6 +46,9 @@ def test_two_ranks_reach_psnr_floor(two_rank_run):
     assert [m["step"] for m in metrics] == list(range(10, 301, 10))
     assert {"step", "train_time_s", "loss", "lr", "selected", "points_per_s", "imbalance", "selections",
             "select_bytes"} <= set(metrics[0])
+    # Memory is reported per rank: peak host RSS (a CPU run has no GPU figure).
+    assert len(metrics[-1]["peak_rss_mb"]) == 2 and all(50 < m < 8000 for m in metrics[-1]["peak_rss_mb"])
+    assert metrics[-1]["peak_gpu_mb"] is None and len(summary["peak_rss_mb"]) == 2
     # The threshold search sends the same 16 KiB per selection whatever the signal size (2 ranks).
     assert {m["select_bytes"] for m in metrics if m["selections"]} == {8 * 256 * 8}
     assert [m["step"] for m in metrics if "psnr_db" in m] == [100, 200, 300]

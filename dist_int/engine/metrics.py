@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import resource
+import sys
 import time
 from pathlib import Path
 
@@ -14,6 +16,14 @@ from ..rundir import atomic_write
 
 def rounded(x: float, digits: int = 4):
     return round(x, digits) if math.isfinite(x) else None
+
+
+def memory_peaks(device: torch.device) -> tuple[float, float | None]:
+    """(peak host RSS of this process, peak GPU memory allocated by torch or None without a GPU), MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    rss_mb = peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
+    gpu_mb = torch.cuda.max_memory_allocated(device) / (1 << 20) if device.type == "cuda" else None
+    return round(rss_mb, 1), None if gpu_mb is None else round(gpu_mb, 1)
 
 
 class MetricsLog:

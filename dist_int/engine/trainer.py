@@ -31,7 +31,7 @@ from .deepspeed_engine import build_engine
 from .evaluate import Evaluator
 from .guard import DivergenceGuard, Diverged
 from .launch import detect_launch, init_distributed, pick_device, shutdown
-from .metrics import MetricsLog, Throughput, rounded
+from .metrics import MetricsLog, Throughput, memory_peaks, rounded
 from .precision import Precision
 from .state import RunState
 from .step import TrainStep
@@ -67,6 +67,15 @@ class StopFlag:
         if step % STOP_CHECK_EVERY:
             return 0
         return int(self.comm.agree_max([self.signum])[0])
+
+
+def _memory(comm: Comm, device: torch.device) -> dict:
+    """Every rank's peak host RSS and peak GPU memory so far, MiB, as lists by rank (a control collective)."""
+    rss, gpu = memory_peaks(device)
+    out = {"peak_rss_mb": [round(v, 1) for v in comm.all_gather_scalar(rss).tolist()]}
+    gpus = comm.all_gather_scalar(-1.0 if gpu is None else gpu).tolist()
+    out["peak_gpu_mb"] = None if gpu is None else [round(v, 1) for v in gpus]
+    return out
 
 
 def _agree_on_failure(comm: Comm, error: Exception | None, what: str) -> None:
@@ -241,6 +250,7 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
                          "selections": selections, "select_bytes": sent // max(selections, 1)}
                 if psnr is not None:
                     entry["psnr_db"] = round(psnr, 4)
+                entry.update(_memory(comm, device))
                 metrics.write(entry)
                 eta = session_time / max(step - session_start, 1) * (cfg.train.steps - step)
                 log.update(step, mean_loss, psnr, meter.points_per_s(), eta)
@@ -278,6 +288,7 @@ def _finish(cfg: Config, comm: Comm, store: SignalStore, shard: Shard, targets: 
     out = zarr.open_array(tmp, mode="r+")
     sse = render_shard(predict, shard, store, targets, out, cfg.train.eval_chunk)
     sse = float(comm.all_reduce_sum(torch.tensor([sse], dtype=torch.float64)))
+    memory = _memory(comm, shard.coords.device)
     comm.barrier()
     summary = {}
     if comm.is_rank_zero:
@@ -305,6 +316,7 @@ def _finish(cfg: Config, comm: Comm, store: SignalStore, shard: Shard, targets: 
             "reconstruction": str(image),
             "status": status,
             "rollbacks": rollbacks,
+            **memory,
         }
         if math.isfinite(state.best_psnr_db):
             summary.update(best_psnr_db=round(state.best_psnr_db, 4), best_step=state.best_step)
