@@ -43,6 +43,8 @@ def ingest_main(argv: list[str]) -> int:
     parser.add_argument("src", help="image file, or builtin:camera / builtin:astronaut")
     parser.add_argument("dest", help="new Zarr store path (must not exist)")
     parser.add_argument("--chunk", type=int, default=128, help="chunk edge in pixels (default 128)")
+    parser.add_argument("--allow-large-image", action="store_true",
+                        help="read a PNG/JPEG beyond Pillow's decompression-bomb limit (decoded whole)")
     args = parser.parse_args(argv)
     from .signal import SignalStore, ingest
 
@@ -55,7 +57,7 @@ def ingest_main(argv: list[str]) -> int:
             if tty:
                 print(f"\ringest {done}/{total} rows", end="", file=sys.stderr, flush=True)
 
-        dest = ingest(args.src, args.dest, args.chunk, progress)
+        dest = ingest(args.src, args.dest, args.chunk, progress, allow_large=args.allow_large_image)
         if tty:
             print(file=sys.stderr)
         store = SignalStore(dest)

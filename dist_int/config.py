@@ -41,6 +41,9 @@ class SignalConfig:
     """Zarr store, image file (PNG/JPEG/TIFF/BigTIFF/OME-TIFF), or builtin:camera / builtin:astronaut."""
     chunk: int = 128
     """Chunk edge in pixels when an image file is ingested; chunks are the unit of sharding."""
+    allow_large_image: bool = False
+    """Read PNG/JPEG files beyond Pillow's decompression-bomb limit (~179 M pixels), with a warning; they
+    are decoded whole into memory. Tiled TIFFs are read lazily at any size."""
     target_range: str = "symmetric"
     """Values the SIREN is trained on: symmetric = [-1, 1] (SIREN's own code; its output layer is centred
     on 0, measured 7.4 dB better, docs/training.md), unit = [0, 1] (the INT authors' protocol). PSNR is

@@ -86,11 +86,6 @@ class RunDir:
     def checkpoint_meta(self, tag: str) -> Path:
         return self.checkpoints / tag / "meta.json"
 
-    @staticmethod
-    def rank_state(folder: Path, rank: int) -> Path:
-        """A rank's own state file inside a checkpoint folder."""
-        return folder / f"rank{rank:05d}.pt"
-
     def latest_tag(self) -> str | None:
         """The tag `latest` names, or None."""
         return self.latest.read_text().strip() if self.latest.is_file() else None

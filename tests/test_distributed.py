@@ -188,7 +188,7 @@ def _resave(rank, world, root):
     engine, _ = build_engine(Siren(2, 1, 8, 2), cfg)
     run = RunDir(Path(root))
     state = RunState(step=5)
-    ckpt = Checkpointer(engine, run, Comm(), every=5, keep=2, shared={"run": state}, per_rank={})
+    ckpt = Checkpointer(engine, run, Comm(), every=5, keep=2, shared={"run": state}, chunked={})
     ckpt.save(5, "first")
     with torch.no_grad():
         engine.module.out.bias.fill_(7.0)
@@ -199,7 +199,7 @@ def _resave(rank, world, root):
     with torch.no_grad():
         engine.module.out.bias.fill_(0.0)
     fresh = RunState()
-    meta = Checkpointer(engine, run, Comm(), every=5, keep=2, shared={"run": fresh}, per_rank={}).load(
+    meta = Checkpointer(engine, run, Comm(), every=5, keep=2, shared={"run": fresh}, chunked={}).load(
         ckpt.latest_tag())
     assert meta["status"] == "again" and fresh.train_time_s == 2.0
     assert float(engine.module.out.bias[0]) == 7.0

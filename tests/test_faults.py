@@ -129,7 +129,7 @@ def test_partial_checkpoint_folder_is_ignored(image, tmp_path):
     partial = ckpts / "step-00000030"
     partial.mkdir()
     (partial / "mp_rank_00_model_states.pt").write_bytes(b"truncated")
-    ckpt = Checkpointer(None, RunDir(run_dir), Comm(), every=0, keep=2, shared={}, per_rank={})
+    ckpt = Checkpointer(None, RunDir(run_dir), Comm(), every=0, keep=2, shared={}, chunked={})
     assert ckpt.latest_tag() == "step-00000020"
     (ckpts / "latest").write_text("step-00000030")  # even a pointer to an incomplete folder is refused
     assert ckpt.latest_tag() is None

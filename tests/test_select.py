@@ -137,21 +137,30 @@ def test_full_strategy_takes_everything():
     assert batch.rows is None and batch.count == 256
 
 
-def test_teacher_state_moves_between_world_sizes():
-    """Caches saved by one rank load on 3 ranks as the same global teaching set, split by ownership."""
+def test_teacher_state_moves_between_world_sizes(tmp_path):
+    """Caches saved per chunk by one rank load on 3 ranks as the same global teaching set, split by
+    ownership; each rank reads only its own chunks' files (the others are not even there)."""
+    import shutil
+
     t, gids = _teacher("uniform", 2)
     n = gids.numel()
     for s in range(2):
         t.teaching_set(s, torch.zeros(n, 1), torch.zeros(n, 1), None)
+    t.save_chunks(tmp_path / "all")
     state = t.state_dict()
     loaded = []
     for rank in range(3):
         t3, gids3 = _teacher("uniform", 2, world_rank=(3, rank))
-        t3.load_state_dict(Teacher.merge_state_dicts([state]))
+        mine = tmp_path / f"rank{rank}"
+        mine.mkdir()
+        for cid in t3.plan.own_chunks:
+            name = f"chunk-{cid:08d}.npy"
+            shutil.copy(tmp_path / "all" / name, mine / name)
+        t3.load_chunks(mine, state)
         loaded.append({b: set(gids3[r].tolist()) for b, (r, _) in t3.cache.items()})
-    for b, (g, k) in state["batches"].items():
-        assert set().union(*(part[b] for part in loaded)) == set(g.tolist())
-        assert sum(len(part[b]) for part in loaded) == k
+    for b, (rows, k) in t.cache.items():
+        assert set().union(*(part[b] for part in loaded)) == set(gids[rows].tolist())
+        assert sum(len(part[b]) for part in loaded) == k == state["batches"][str(b)]
 
 
 @pytest.mark.parametrize("k", [1, 2, 255, 256, 257, 4000, 9999, 10000])

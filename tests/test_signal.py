@@ -238,3 +238,22 @@ def test_synth_gigapixel_is_deterministic_chunked_and_trainable(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "dist_int", "synth", "gigapixel", str(tmp_path / "a.zarr"),
                            "--size", "64"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2 and "already exists" in proc.stderr
+
+
+def test_images_beyond_the_decompression_bomb_limit_need_an_explicit_yes(tmp_path, png_image, capfd):
+    """Pillow's guard against hostile files stays on unless the user allows the image; then it is read
+    with a warning. (The limit is lowered here so that a 64x64 image crosses it.)"""
+    from PIL import Image as PILImage
+
+    limit = PILImage.MAX_IMAGE_PIXELS
+    PILImage.MAX_IMAGE_PIXELS = 1000
+    try:
+        with pytest.raises(SignalError, match="decompression-bomb limit.*signal.allow_large_image=true"):
+            ingest(str(png_image), tmp_path / "refused.zarr", 16)
+        assert not (tmp_path / "refused.zarr").exists()
+        store = SignalStore(ingest(str(png_image), tmp_path / "allowed.zarr", 16, allow_large=True))
+        assert store.shape == (64, 64, 3)
+        assert "beyond Pillow's decompression-bomb guard" in capfd.readouterr().err
+        assert PILImage.MAX_IMAGE_PIXELS == 1000  # the guard is back for everything else
+    finally:
+        PILImage.MAX_IMAGE_PIXELS = limit

@@ -266,8 +266,8 @@ def test_damaged_checkpoint_is_one_error_line_and_touches_nothing(image, two_ran
     run_dir = tmp_path / "damaged"
     shutil.copytree(two_rank_run, run_dir)
     latest = run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text()
-    rank_file = latest / "rank00001.pt"
-    rank_file.write_bytes(rank_file.read_bytes()[:50])
+    chunk_file = sorted((latest / "teacher").iterdir())[3]  # one chunk's cached teaching sets
+    chunk_file.write_bytes(chunk_file.read_bytes()[:50])
     before = _snapshot(run_dir)
     proc = run_train([f"run.dir={run_dir}", f"signal.path={image}", *TINY])
     assert proc.returncode == 2, proc.stdout + proc.stderr

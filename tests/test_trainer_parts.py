@@ -66,7 +66,7 @@ def test_stateful_parts_round_trip():
     assert other(10) == sched(10) and other.scale == 0.25
 
 
-def test_teacher_state_round_trips_through_merge():
+def test_teacher_state_round_trips_through_chunk_files(tmp_path):
     sizes = [64] * 4
     own = [0, 1, 2, 3]
     start = torch.tensor([0, 64, 128, 192, 256]).numpy()
@@ -76,7 +76,9 @@ def test_teacher_state_round_trips_through_merge():
     for s in range(2):
         t.teaching_set(s, torch.zeros(256, 1), torch.zeros(256, 1), None)
     t2 = Teacher(cfg, 10, 0, Comm(), BatchPlan(sizes, own, start, 2, 0), gids, 256)
-    t2.load_state_dict(Teacher.merge_state_dicts([t.state_dict()]))
+    t.save_chunks(tmp_path / "teacher")
+    assert sorted(p.name for p in (tmp_path / "teacher").iterdir()) == [f"chunk-{c:08d}.npy" for c in own]
+    t2.load_chunks(tmp_path / "teacher", json.loads(json.dumps(t.state_dict())))  # as meta.json keeps it
     assert t2.cache.keys() == t.cache.keys()
     for b in t.cache:
         assert torch.equal(t2.cache[b][0], t.cache[b][0]) and t2.cache[b][1] == t.cache[b][1]
@@ -98,7 +100,7 @@ def test_collect_reports_a_stopped_run_from_its_checkpoint(tmp_path):
     run = RunDir(tmp_path / "runs" / "0-a")
     run.checkpoint(40).mkdir(parents=True)
     run.config.write_text(to_toml(Config().to_dict()))
-    meta = {"format": 2, "step": 40, "status": "interrupted", "world_size": 2,
+    meta = {"format": 3, "step": 40, "status": "interrupted", "world_size": 2,
             "shared": {"run": RunState(step=40, train_time_s=12.3456).state_dict()}}
     run.checkpoint_meta(run.checkpoint(40).name).write_text(json.dumps(meta))
     run.latest.write_text(run.checkpoint(40).name)

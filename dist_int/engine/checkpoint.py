@@ -4,25 +4,23 @@ and is replaced atomically last, so a job killed mid-save still resumes from the
 latest `keep` folders are kept.
 
 Every stateful part implements `state_dict()` / `load_state_dict(state)`. *Shared* parts (run state, guard,
-LR schedule) are the same on every rank and go into meta.json; *per-rank* parts (the teacher's cached
-sets, keyed by global id) are saved by every rank and, on load, merged by the part's
-`merge_state_dicts`, so a checkpoint loads on any world size (docs/design.md, "Resuming").
+LR schedule) are the same on every rank and go into meta.json. *Chunked* parts (the teacher's cached sets)
+put what ranks share into meta.json too, and the rest into one file per signal chunk through
+`save_chunks(folder)` / `load_chunks(folder, state)`: each rank writes and reads only the chunks it owns,
+so a checkpoint loads on any world size and no rank reads another's state (docs/design.md, "Resuming").
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from typing import Protocol
-
-import torch
 
 from ..comm import Comm
 from ..errors import CheckpointError
 from ..rundir import RunDir, atomic_write
 
-FORMAT = 2  # meta.json layout version
+FORMAT = 3  # checkpoint layout version (3: teacher state per chunk)
 
 
 class Stateful(Protocol):
@@ -33,9 +31,9 @@ class Stateful(Protocol):
 
 class Checkpointer:
     def __init__(self, engine, run: RunDir, comm: Comm, every: int, keep: int, shared: dict[str, Stateful],
-                 per_rank: dict[str, Stateful]):
+                 chunked: dict):
         self.engine, self.run, self.comm, self.every, self.keep = engine, run, comm, every, keep
-        self.shared, self.per_rank = shared, per_rank
+        self.shared, self.chunked = shared, chunked
 
     def due(self, step: int, last_step: int) -> bool:
         """A periodic checkpoint at this step (the final one is written by the caller)."""
@@ -52,14 +50,13 @@ class Checkpointer:
         partial = self.run.checkpoint_partial(folder.name)
         self.engine.save_checkpoint(str(self.run.checkpoints), tag=partial.name, client_state={"step": step},
                                     save_latest=False)
-        final = self.run.rank_state(partial, self.comm.rank)
-        tmp = final.with_name(f".{final.name}.tmp")
-        torch.save({name: part.state_dict() for name, part in self.per_rank.items()}, tmp)
-        os.replace(tmp, final)
+        for name, part in self.chunked.items():
+            part.save_chunks(partial / name)
         self.comm.barrier()
         if self.comm.is_rank_zero:
+            parts = {**self.shared, **self.chunked}
             meta = {"format": FORMAT, "step": step, "status": status, "world_size": self.comm.world_size,
-                    "shared": {name: part.state_dict() for name, part in self.shared.items()}}
+                    "shared": {name: part.state_dict() for name, part in parts.items()}}
             atomic_write(partial / "meta.json", json.dumps(meta, indent=1))
             old = folder.with_name(f".{folder.name}.old")
             if folder.exists():
@@ -96,14 +93,10 @@ class Checkpointer:
             path, _ = self.engine.load_checkpoint(str(self.run.checkpoints), tag=tag)
             if path is None:
                 raise ValueError("DeepSpeed found no model state in it")
-            ranks = [torch.load(self.run.rank_state(folder, r), weights_only=False)
-                     for r in range(meta["world_size"])]
             for name, part in self.shared.items():
                 part.load_state_dict(meta["shared"][name])
-            for name, part in self.per_rank.items():
-                states = [r[name] for r in ranks]
-                merge = getattr(part, "merge_state_dicts", None)
-                part.load_state_dict(merge(states) if merge else states[self.comm.rank])
+            for name, part in self.chunked.items():
+                part.load_chunks(folder / name, meta["shared"][name])
         except Exception as e:  # noqa: BLE001 - any damage to the files reads as one clear error
             raise CheckpointError(f"cannot load checkpoint {folder}: {type(e).__name__}: {e}. Resume from "
                                   f"another run.dir, or delete {self.run.checkpoints} to start this run "

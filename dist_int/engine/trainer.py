@@ -97,7 +97,7 @@ def _prepare_run(cfg: Config, comm: Comm, run: RunDir) -> tuple[SignalStore, Sha
         if comm.is_rank_zero:
             try:
                 run.path.mkdir(parents=True, exist_ok=True)
-                prepare_signal(cfg.signal.path, run.signal_store, cfg.signal.chunk)
+                prepare_signal(cfg.signal.path, run.signal_store, cfg.signal.chunk, cfg.signal.allow_large_image)
                 run.write_config(cfg)
             except Exception as e:  # noqa: BLE001 - shared with the other ranks, then re-raised
                 error = e
@@ -166,7 +166,7 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
     state = RunState()
     ckpt = Checkpointer(engine, run, comm, cfg.checkpoint.every, cfg.checkpoint.keep,
                         shared={"run": state, "guard": guard, "schedule": schedule},
-                        per_rank={"teacher": teacher})
+                        chunked={"teacher": teacher})
 
     tag = ckpt.latest_tag() if resuming else None
     if tag is not None:

@@ -17,7 +17,7 @@ def signal_store_path(path: str, ingested: Path) -> Path:
     return Path(path) if is_zarr_store(path) else ingested
 
 
-def prepare_signal(path: str, ingested: Path, chunk: int) -> Path:
+def prepare_signal(path: str, ingested: Path, chunk: int, allow_large: bool = False) -> Path:
     """The Zarr store to train on: `path` itself when it is one, else `path` ingested into the run
     folder (once; a later run on the same folder checks that the source has not changed)."""
     if is_zarr_store(path):
@@ -32,7 +32,7 @@ def prepare_signal(path: str, ingested: Path, chunk: int) -> Path:
             if file_sha256(Path(path)) != store.meta.get("source_sha256"):
                 raise SignalError(f"{path} changed since it was ingested into {dest}; use a new run.dir")
         return dest
-    return ingest(path, dest, chunk)
+    return ingest(path, dest, chunk, allow_large=allow_large)
 
 
 __all__ = ["BUILTINS", "TIFF_SUFFIXES", "Shard", "SignalError", "SignalStore", "assign_chunks",

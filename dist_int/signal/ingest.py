@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -58,12 +59,35 @@ def _bands(data, rows: int):
         yield np.asarray(data[y:y + rows])
 
 
-def _read_pillow(path: Path) -> np.ndarray:
+def _read_pillow(path: Path, allow_large: bool) -> np.ndarray:
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
-    Image.MAX_IMAGE_PIXELS = None  # local files the user chose; large images are the point
+    limit = Image.MAX_IMAGE_PIXELS
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():
+            # Pillow refuses images above its decompression-bomb limit (about 179 M pixels) and warns
+            # above half of it: a guard against hostile files. Large local images are the point of
+            # dist_int, but lifting the guard is the user's explicit choice.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            if allow_large:
+                Image.MAX_IMAGE_PIXELS = None
+            im = Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise SignalError(f"{path} is larger than Pillow's decompression-bomb limit ({limit:,} pixels "
+                          f"refused, half of that warned); if you trust the file, allow it with "
+                          f"signal.allow_large_image=true (train) or --allow-large-image (ingest), or "
+                          f"convert it to a tiled TIFF, which is read lazily") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise SignalError(f"cannot read image {path}: {e}. Is the file complete and an image?") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    if allow_large and limit and im.width * im.height > limit // 2:
+        print(f"warning: {path} has {im.width * im.height:,} pixels, beyond Pillow's decompression-bomb "
+              f"guard; reading it as allowed (it is decoded whole into memory)", file=sys.stderr, flush=True)
+    try:
+        with im:
             if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
                 im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
             elif im.mode == "1":
@@ -109,8 +133,9 @@ def _builtin(src: str):
     return arr, src, hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest(), None
 
 
-def load_source(src: str):
-    """Return (array-like (H, W[, C]), name, sha256 or None, closer)."""
+def load_source(src: str, allow_large: bool = False):
+    """Return (array-like (H, W[, C]), name, sha256 or None, closer). allow_large: read PNG/JPEG files
+    beyond Pillow's decompression-bomb limit (with a warning)."""
     if src.startswith("builtin:"):
         return _builtin(src)
     path = Path(src)
@@ -129,7 +154,7 @@ def load_source(src: str):
             index = tuple(slice(None) if i in keep else 0 for i in range(len(shape)))
             view = _Squeezed(arr, index, tuple(shape[i] for i in keep))
         return view, path.name, sha, tif.close
-    return _read_pillow(path), path.name, sha, None
+    return _read_pillow(path, allow_large), path.name, sha, None
 
 
 class _Squeezed:
@@ -146,12 +171,12 @@ class _Squeezed:
         return np.asarray(self.arr[tuple(index)])
 
 
-def ingest(src: str, dest: str | Path, chunk: int = 128, progress=None) -> Path:
+def ingest(src: str, dest: str | Path, chunk: int = 128, progress=None, allow_large: bool = False) -> Path:
     """Write `src` into a new Zarr store at `dest`. Never overwrites: `dest` must not exist."""
     dest = Path(dest)
     if dest.exists():
         raise SignalError(f"{dest} already exists; choose another destination or delete it first")
-    data, name, sha, close = load_source(src)
+    data, name, sha, close = load_source(src, allow_large)
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     try:
         if data.ndim == 2:

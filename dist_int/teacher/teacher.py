@@ -13,8 +13,11 @@ reference code; docs/method.md).
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..comm import Comm
@@ -114,27 +117,44 @@ class Teacher:
         self.selections = self.bytes_moved = 0
         return out
 
-    # Checkpointing: cached sets are saved as global ids, so any world size can load them.
+    # Checkpointing (docs/design.md, "Resuming"): the cached sets are saved per chunk, a bit per point, in
+    # one file per chunk; each rank writes and reads only the chunks it owns, on any world size.
     def state_dict(self) -> dict:
-        return {"batches": {b: (self.gids[rows].cpu(), k) for b, (rows, k) in self.cache.items()}}
+        """What every rank shares: the cached batches and their global budgets (chunk files hold the rest)."""
+        return {"batches": {str(b): k for b, (_, k) in sorted(self.cache.items())}}
 
-    @staticmethod
-    def merge_state_dicts(states: list[dict]) -> dict:
-        """One state from the states every rank of an earlier run saved."""
-        merged: dict[int, tuple[list[torch.Tensor], int]] = {}
-        for state in states:
-            for b, (g, k) in state["batches"].items():
-                merged.setdefault(int(b), ([], k))[0].append(g)
-        return {"batches": {b: (torch.cat(parts), k) for b, (parts, k) in merged.items()}}
+    def _chunk_spans(self):
+        starts = self.plan.chunk_start
+        for i, cid in enumerate(self.plan.own_chunks):
+            yield cid, int(starts[i]), int(starts[i + 1])
 
-    def load_state_dict(self, state: dict) -> None:
-        """Keep the cached points this rank owns (the state may come from any world size)."""
-        order = torch.argsort(self.gids)
-        sorted_gids = self.gids[order]
-        self.cache = {}
+    def save_chunks(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        batches = sorted(self.cache)
+        rows = [self.cache[b][0].cpu().numpy() for b in batches]       # ascending shard rows
+        for cid, lo, hi in self._chunk_spans():
+            bits = np.zeros((len(batches), hi - lo), dtype=bool)
+            for j, r in enumerate(rows):
+                part = r[np.searchsorted(r, lo):np.searchsorted(r, hi)]
+                bits[j, part - lo] = True
+            path = folder / f"chunk-{cid:08d}.npy"
+            tmp = path.with_name(f".{path.name}.tmp.npy")
+            np.save(tmp, np.packbits(bits, axis=1))
+            os.replace(tmp, path)
+
+    def load_chunks(self, folder: Path, state: dict) -> None:
+        budgets = {int(b): int(k) for b, k in state["batches"].items()}
+        batches = sorted(budgets)
+        parts: list[list[np.ndarray]] = [[] for _ in batches]
+        for cid, lo, hi in self._chunk_spans():
+            path = folder / f"chunk-{cid:08d}.npy"
+            packed = np.load(path) if batches else None
+            if batches and packed.shape != (len(batches), (hi - lo + 7) // 8):
+                raise ValueError(f"{path} holds {packed.shape} bytes; expected {len(batches)} batches of a "
+                                 f"{hi - lo}-point chunk")
+            for j in range(len(batches)):
+                parts[j].append(np.flatnonzero(np.unpackbits(packed[j], count=hi - lo)) + lo)
+        device = self.gids.device
+        self.cache = {b: (torch.from_numpy(np.concatenate(p) if p else np.zeros(0, np.int64)).to(device),
+                          budgets[b]) for b, p in zip(batches, parts)}
         self._max_rows.clear()
-        for b, (g, k) in state["batches"].items():
-            g = g.to(self.gids.device)
-            pos = torch.searchsorted(sorted_gids, g).clamp(max=len(sorted_gids) - 1)
-            mine = sorted_gids[pos] == g
-            self.cache[int(b)] = (torch.sort(order[pos[mine]]).values, k)
