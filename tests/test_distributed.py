@@ -146,13 +146,13 @@ def _teacher_sets(rank, world, strategy, num_batches, out):
     plan = BatchPlan([store.chunk_size(c) for c in range(store.num_chunks)], shard.chunk_ids,
                      shard.chunk_start, num_batches, 0)
     cfg = TeacherConfig(strategy=strategy, ratio=0.3, num_batches=num_batches)
-    teacher = Teacher(cfg, 40, 0, comm, plan, shard.gids, store.num_points)
+    teacher = Teacher(cfg, 40, 0, comm, plan, store.num_points)
     torch.manual_seed(0)
     model = Siren(2, 3, 16, 3)
     sets = []
     for step in range(6):
-        batch = teacher.teaching_set(step, shard.coords, shard.values, model)
-        sets.append((sorted(shard.gids[batch.rows].tolist()), batch.count))
+        batch = teacher.teaching_set(step, shard, model)
+        sets.append((sorted(shard.gids(batch.rows).tolist()), batch.count))
     torch.save(sets, out.with_name(f"{out.name}.{rank}"))
 
 

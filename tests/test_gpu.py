@@ -26,7 +26,7 @@ def test_a_step_without_selection_never_synchronizes_the_gpu(tmp_path, png_image
     init_distributed(detect_launch(), device, 60)
     ingest(str(png_image), tmp_path / "s.zarr", 16)
     store = SignalStore(tmp_path / "s.zarr")
-    shard = Shard.load(store, assign_chunks(store.num_chunks, 1, 0)[0]).to(device)
+    shard = Shard.load(store, assign_chunks(store.num_chunks, 1, 0)[0], device)
     cfg = Config()
     cfg.train.steps = 100
     cfg.teacher.strategy, cfg.teacher.num_batches, cfg.optim.grad_clip = strategy, num_batches, grad_clip
@@ -53,7 +53,7 @@ def _check_steps(cfg, device, store, shard, forbidden):
         engine, _ = build_engine(Siren(2, 3, 32, 3).to(device), cfg, prec)
         plan = BatchPlan([store.chunk_size(c) for c in range(store.num_chunks)], shard.chunk_ids,
                          shard.chunk_start, cfg.teacher.num_batches, 0, device)
-        teacher = Teacher(cfg.teacher, 100, 0, Comm(), plan, shard.gids, store.num_points)
+        teacher = Teacher(cfg.teacher, 100, 0, Comm(), plan, store.num_points)
         step = TrainStep(engine, 1, 3, device)
 
         def score(x):
@@ -61,11 +61,8 @@ def _check_steps(cfg, device, store, shard, forbidden):
                 return engine.module(x)
 
         def one(t):
-            batch = teacher.teaching_set(t, shard.coords, shard.values, score)
-            if batch.rows is None:
-                step(shard.coords, shard.values, batch.count, batch.max_rows)
-            else:
-                step(shard.coords[batch.rows], shard.values[batch.rows], batch.count, batch.max_rows)
+            batch = teacher.teaching_set(t, shard, score)
+            step(shard.coords(batch.rows), shard.targets(batch.rows), batch.count, batch.max_rows)
             return batch
 
         for t in range(28):  # the incremental interval selects every step for the first 25 %; full

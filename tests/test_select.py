@@ -6,6 +6,7 @@ import torch
 
 from dist_int.comm import Comm
 from dist_int.config import TeacherConfig
+from dist_int.signal import PointTable
 from dist_int.teacher import BatchPlan, Teacher, global_topk, hash_uniform, order_keys, score_order
 
 
@@ -101,7 +102,7 @@ def _teacher(strategy, num_batches, steps=20, world_rank=(1, 0), sizes=(64,) * 4
                         num_batches=num_batches)
     plan = _plan(list(sizes), owners, rank, num_batches)
     gids = _global_ids(list(sizes), owners, rank)
-    return Teacher(cfg, steps, 0, Comm(), plan, gids, 1000 * len(sizes)), gids
+    return Teacher(cfg, steps, 0, Comm(), plan, 1000 * len(sizes)), gids
 
 
 def test_int_teaches_the_largest_errors():
@@ -109,7 +110,7 @@ def test_int_teaches_the_largest_errors():
     n = gids.numel()
     coords = torch.zeros(n, 1)
     values = torch.rand(n, 3, generator=torch.Generator().manual_seed(0))
-    batch = teacher.teaching_set(0, coords, values, lambda x: torch.zeros(x.shape[0], 3))
+    batch = teacher.teaching_set(0, PointTable(coords, values, gids), lambda x: torch.zeros(x.shape[0], 3))
     rows, k = batch.rows, batch.count
     err = values.sum(1)
     assert batch.selected and k == round(0.25 * n) == rows.numel()
@@ -123,8 +124,9 @@ def test_one_cached_selection_per_batch():
     predict = lambda x: torch.zeros(x.shape[0], 1)  # noqa: E731
     # Schedules run per epoch in mini-batch mode: epoch 10 (steps 40..43) begins phase 1 with interval
     # 11, so it selects; epoch 11 (steps 44..47) reuses the cache of each batch.
-    fresh = [teacher.teaching_set(s, coords, values, predict) for s in range(40, 44)]
-    reused = [teacher.teaching_set(s, coords, values, predict) for s in range(44, 48)]
+    points = PointTable(coords, values, gids)
+    fresh = [teacher.teaching_set(s, points, predict) for s in range(40, 44)]
+    reused = [teacher.teaching_set(s, points, predict) for s in range(44, 48)]
     assert all(b.selected for b in fresh) and not any(b.selected for b in reused)
     for b1, b2 in zip(fresh, reused):
         assert torch.equal(b1.rows, b2.rows) and b1.count == b2.count
@@ -133,7 +135,7 @@ def test_one_cached_selection_per_batch():
 
 def test_full_strategy_takes_everything():
     teacher, gids = _teacher("full", 1)
-    batch = teacher.teaching_set(3, torch.zeros(gids.numel(), 1), None, None)
+    batch = teacher.teaching_set(3, PointTable(torch.zeros(gids.numel(), 1), None, gids), None)
     assert batch.rows is None and batch.count == 256
 
 
@@ -145,7 +147,7 @@ def test_teacher_state_moves_between_world_sizes(tmp_path):
     t, gids = _teacher("uniform", 2)
     n = gids.numel()
     for s in range(2):
-        t.teaching_set(s, torch.zeros(n, 1), torch.zeros(n, 1), None)
+        t.teaching_set(s, PointTable(torch.zeros(n, 1), torch.zeros(n, 1), gids), None)
     t.save_chunks(tmp_path / "all")
     state = t.state_dict()
     loaded = []

@@ -3,6 +3,7 @@ import tracemalloc
 import numpy as np
 import pytest
 import tifffile
+import torch
 import zarr
 from PIL import Image
 
@@ -37,8 +38,13 @@ def test_jpeg_and_16bit_png(tmp_path):
     Image.fromarray(img16).save(tmp_path / "b.png")
     store, raw = _roundtrip(tmp_path / "b.png", tmp_path / "b.zarr")
     assert store.meta["value_range"] == [0, 65535]
-    vals = store.read_chunk(0)
-    assert vals.dtype == np.float32 and 0 <= vals.min() and vals.max() <= 1
+    shard = Shard.load(store, [0])
+    assert shard.raw.dtype == torch.int16  # uint16 held bit for bit in the signed type of its width
+    vals = shard.unit_values()
+    assert vals.dtype == torch.float32 and 0 <= vals.min() and vals.max() <= 1
+    expect = store.read_raw_chunk(0).astype(np.float64) / 65535
+    np.testing.assert_allclose(vals.numpy(), expect, atol=1e-6)
+    assert float(vals.max()) > 0.5  # values above 32767 are not read as negative
 
 
 @pytest.mark.parametrize("kind", ["tiff", "bigtiff", "ome"])
@@ -60,8 +66,8 @@ def test_float_tiff_normalizes_by_its_range(tmp_path):
     tifffile.imwrite(tmp_path / "f.tif", img)
     store, _ = _roundtrip(tmp_path / "f.tif", tmp_path / "f.zarr")
     assert store.meta["value_range"] == [-2.0, 6.0]
-    all_vals = np.concatenate([store.read_chunk(c) for c in range(store.num_chunks)])
-    assert all_vals.min() == 0.0 and all_vals.max() == 1.0
+    all_vals = Shard.load(store, list(range(store.num_chunks))).unit_values()
+    assert float(all_vals.min()) == 0.0 and float(all_vals.max()) == 1.0
 
 
 def test_large_tiff_is_ingested_lazily(tmp_path):
@@ -129,7 +135,7 @@ def test_corrupt_store(tmp_path, png_image):
     store = SignalStore(dest)
     with pytest.raises(SignalError, match="corrupt"):
         for c in range(store.num_chunks):
-            store.read_chunk(c)
+            store.read_raw_chunk(c)
     (dest / "zarr.json").write_text("{ not json")
     with pytest.raises(SignalError, match="corrupt"):
         SignalStore(dest)
@@ -158,13 +164,34 @@ def test_shard_points_cover_signal(tmp_path, png_image):
     store = SignalStore(tmp_path / "s.zarr")
     owners = assign_chunks(store.num_chunks, 3, 0)
     shards = [Shard.load(store, o) for o in owners]
-    gids = np.concatenate([s.gids.numpy() for s in shards])
+    gids = np.concatenate([s.gids().numpy() for s in shards])
     assert np.array_equal(np.sort(gids), np.arange(64 * 64))
     img = smooth_image() / 255.0
     for s in shards:
-        yx = np.stack(np.unravel_index(s.gids.numpy(), (64, 64)), 1)
-        np.testing.assert_allclose(s.values.numpy(), img[yx[:, 0], yx[:, 1]], atol=1e-6)
-        np.testing.assert_allclose(s.coords.numpy(), yx / 63 * 2 - 1, atol=1e-6)
+        # Compact: nothing per point but the raw values in the source dtype.
+        assert s.raw.dtype == torch.uint8 and s.raw.shape == (s.num_points, 3)
+        yx = np.stack(np.unravel_index(s.gids().numpy(), (64, 64)), 1)
+        np.testing.assert_allclose(s.unit_values().numpy(), img[yx[:, 0], yx[:, 1]], atol=1e-6)
+        np.testing.assert_allclose(s.coords().numpy(), yx / 63 * 2 - 1, atol=1e-6)
+        rows = torch.tensor([0, 5, s.num_points - 1])
+        assert torch.equal(s.gids(rows), s.gids()[rows]) and torch.equal(s.coords(rows), s.coords()[rows])
+
+
+def test_shard_geometry_on_uneven_chunks_and_target_ranges(tmp_path):
+    """Edge chunks smaller than the chunk size, positions and targets per row, [-1, 1] and [0, 1]."""
+    from dist_int.signal import TargetRange
+
+    img = smooth_image(37, 23, 1)[..., 0]
+    Image.fromarray(img).save(tmp_path / "odd.png")
+    store = SignalStore(ingest(str(tmp_path / "odd.png"), tmp_path / "odd.zarr", 16))
+    shard = Shard.load(store, [5, 0, 3], target_range=TargetRange.named("symmetric"))
+    pos = shard.positions(shard.all_rows()).numpy()
+    expect = np.concatenate([np.stack(np.meshgrid(np.arange(*sl[0].indices(37)), np.arange(*sl[1].indices(23)),
+                                                  indexing="ij"), -1).reshape(-1, 2)
+                             for sl in (store.chunk_slices(c) for c in (5, 0, 3))])
+    assert np.array_equal(pos, expect)
+    unit = img[pos[:, 0], pos[:, 1]] / 255.0
+    np.testing.assert_allclose(shard.targets().numpy()[:, 0], unit * 2 - 1, atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", ["int16", "uint16", "uint8", "float32", "int32"])

@@ -12,7 +12,7 @@ from dist_int.engine.metrics import MetricsLog
 from dist_int.engine.state import RunState
 from dist_int.render import psnr_db
 from dist_int.rundir import RunDir
-from dist_int.signal import TargetRange
+from dist_int.signal import PointTable, TargetRange
 from dist_int.teacher import BatchPlan, Teacher
 
 
@@ -72,10 +72,10 @@ def test_teacher_state_round_trips_through_chunk_files(tmp_path):
     start = torch.tensor([0, 64, 128, 192, 256]).numpy()
     gids = torch.arange(256)
     cfg = TeacherConfig(strategy="uniform", ratio=0.25, num_batches=2)
-    t = Teacher(cfg, 10, 0, Comm(), BatchPlan(sizes, own, start, 2, 0), gids, 256)
+    t = Teacher(cfg, 10, 0, Comm(), BatchPlan(sizes, own, start, 2, 0), 256)
     for s in range(2):
-        t.teaching_set(s, torch.zeros(256, 1), torch.zeros(256, 1), None)
-    t2 = Teacher(cfg, 10, 0, Comm(), BatchPlan(sizes, own, start, 2, 0), gids, 256)
+        t.teaching_set(s, PointTable(torch.zeros(256, 1), torch.zeros(256, 1), gids), None)
+    t2 = Teacher(cfg, 10, 0, Comm(), BatchPlan(sizes, own, start, 2, 0), 256)
     t.save_chunks(tmp_path / "teacher")
     assert sorted(p.name for p in (tmp_path / "teacher").iterdir()) == [f"chunk-{c:08d}.npy" for c in own]
     t2.load_chunks(tmp_path / "teacher", json.loads(json.dumps(t.state_dict())))  # as meta.json keeps it
@@ -89,7 +89,7 @@ def test_signal_too_large_for_order_keys_is_refused():
 
     with pytest.raises(SignalError, match="at most 2\\^32"):
         Teacher(TeacherConfig(), 10, 0, Comm(), BatchPlan([4], [0], torch.tensor([0, 4]).numpy(), 1, 0),
-                torch.arange(4), (1 << 32) + 1)
+                (1 << 32) + 1)
 
 
 def test_collect_reports_a_stopped_run_from_its_checkpoint(tmp_path):

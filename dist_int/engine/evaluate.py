@@ -1,7 +1,8 @@
 """Exact PSNR over the whole signal (every rank's sum of squared errors, summed) and over a fixed probe set.
 
-Evaluation runs at fp32 (TF32 where enabled), in pieces of `train.eval_chunk` points, and reports PSNR on
-the source's [0, 1] range whatever range training uses (signal/targets.py).
+Evaluation runs at fp32 (TF32 where enabled), in pieces of `train.eval_chunk` points whose coordinates and
+targets are made piece by piece, and reports PSNR on the source's [0, 1] range whatever range training
+uses (signal/targets.py).
 """
 
 from __future__ import annotations
@@ -9,34 +10,43 @@ from __future__ import annotations
 import torch
 
 from ..comm import Comm
-from ..model import Predict
-from ..render.metrics import psnr_db, sse_unit
-from ..signal import TargetRange
+from ..model import Predict, forward_rows
+from ..render.metrics import psnr_db
 from ..teacher import hash_uniform
 
 PROBE_SALT = 0x9B0BE  # keeps the probe set's hash apart from the teacher's
 
 
+@torch.no_grad()
+def sse_rows(predict: Predict, points, rows: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Sum over the rows and channels of the squared [0, 1]-scale error, float64 on the device."""
+    total = torch.zeros((), dtype=torch.float64, device=rows.device)
+    for part, pred in forward_rows(predict, points, rows, chunk):
+        total += points.target_range.squared_error_unit(pred, points.targets(part))
+    return total
+
+
 class Evaluator:
-    def __init__(self, predict: Predict, coords: torch.Tensor, targets: torch.Tensor, gids: torch.Tensor,
-                 target_range: TargetRange, comm: Comm, num_points: int, num_channels: int, chunk: int,
+    def __init__(self, predict: Predict, shard, comm: Comm, num_points: int, num_channels: int, chunk: int,
                  probe_points: int, seed: int):
-        self.predict, self.coords, self.targets = predict, coords, targets
-        self.target_range, self.comm, self.chunk = target_range, comm, chunk
+        self.predict, self.shard, self.comm, self.chunk = predict, shard, comm, chunk
         self.num_values = num_points * num_channels
         self.num_channels = num_channels
-        # A fixed random probe set, the same points for any world size (hashed by global id).
+        # A fixed random probe set, the same points for any world size (hashed by global id), found in
+        # pieces so that no per-point array of the whole shard is made.
         frac = min(1.0, probe_points / num_points)
-        self.probe_rows = torch.nonzero(hash_uniform(gids, seed, PROBE_SALT) < frac).squeeze(1)
+        rows = shard.all_rows()
+        self.probe_rows = torch.cat([part[hash_uniform(shard.gids(part), seed, PROBE_SALT) < frac]
+                                     for part in rows.split(chunk)])
 
     def psnr(self) -> float:
-        sse = sse_unit(self.predict, self.coords, self.targets, self.target_range, self.chunk)
+        sse = sse_rows(self.predict, self.shard, self.shard.all_rows(), self.chunk)
         return psnr_db(float(self.comm.all_reduce_sum(sse)), self.num_values)
 
     def probe_psnr(self) -> float:
         """PSNR on the probe set: the divergence guard's signal."""
         rows = self.probe_rows
-        sse = sse_unit(self.predict, self.coords[rows], self.targets[rows], self.target_range, self.chunk)
+        sse = sse_rows(self.predict, self.shard, rows, self.chunk)
         count = torch.tensor(float(rows.numel()), dtype=torch.float64, device=sse.device)
         total = self.comm.all_reduce_sum(torch.stack([sse, count])).tolist()
         return psnr_db(total[0], max(int(total[1]), 1) * self.num_channels)

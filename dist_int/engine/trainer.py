@@ -8,7 +8,6 @@ steps every rank knows in advance (docs/design.md, "Ranks agree before they act"
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import shutil
@@ -88,9 +87,9 @@ def _agree_on_failure(comm: Comm, error: Exception | None, what: str) -> None:
     raise PeerFailed(f"rank {failed[0]} failed to {what} (its error is above)")
 
 
-def _prepare_run(cfg: Config, comm: Comm, run: RunDir) -> tuple[SignalStore, Shard]:
+def _prepare_run(cfg: Config, comm: Comm, run: RunDir, device: torch.device) -> tuple[SignalStore, Shard]:
     """Rank 0 creates the run folder, saves the resolved config and ingests the signal; then every rank
-    loads its shard. When any of it fails, a run folder made just now is removed again."""
+    loads its shard onto `device`. When any of it fails, a run folder made just now is removed again."""
     created = comm.is_rank_zero and not run.path.exists()
     error = None
     try:
@@ -106,7 +105,7 @@ def _prepare_run(cfg: Config, comm: Comm, run: RunDir) -> tuple[SignalStore, Sha
         try:
             store = SignalStore(signal_store_path(cfg.signal.path, run.signal_store))
             owners = assign_chunks(store.num_chunks, comm.world_size, cfg.seed)
-            shard = Shard.load(store, owners[comm.rank])
+            shard = Shard.load(store, owners[comm.rank], device, TargetRange.named(cfg.signal.target_range))
         except Exception as e:  # noqa: BLE001
             error = e
         _agree_on_failure(comm, error, "load its shard of the signal")
@@ -135,11 +134,8 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
     precision = Precision(cfg.train.precision, device)
     precision.apply()
 
-    # Signal: this rank's chunks, values mapped to the training range once, on the device.
-    store, shard = _prepare_run(cfg, comm, run)
-    targets = TargetRange.named(cfg.signal.target_range)
-    shard = shard.to(device)
-    shard = dataclasses.replace(shard, values=targets.encode(shard.values))
+    # Signal: this rank's chunks on the device, in the source dtype (targets are made per row as needed).
+    store, shard = _prepare_run(cfg, comm, run, device)
 
     # Model and engine.
     torch.manual_seed(cfg.seed)
@@ -156,10 +152,9 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
     # Teacher, evaluation, guard, step.
     plan = BatchPlan([store.chunk_size(c) for c in range(store.num_chunks)], shard.chunk_ids,
                      shard.chunk_start, cfg.teacher.num_batches, cfg.seed, device)
-    teacher = Teacher(cfg.teacher, cfg.train.steps, cfg.seed, comm, plan, shard.gids, store.num_points)
-    evaluator = Evaluator(render_predict, shard.coords, shard.values, shard.gids, targets, comm,
-                          store.num_points, store.channels, cfg.train.eval_chunk, cfg.train.probe_points,
-                          cfg.seed)
+    teacher = Teacher(cfg.teacher, cfg.train.steps, cfg.seed, comm, plan, store.num_points)
+    evaluator = Evaluator(render_predict, shard, comm, store.num_points, store.channels, cfg.train.eval_chunk,
+                          cfg.train.probe_points, cfg.seed)
     guard = DivergenceGuard(engine, schedule, teacher, cfg.train.divergence_db, cfg.train.rollback_lr_factor,
                             cfg.train.max_rollbacks)
     train_step = TrainStep(engine, comm.world_size, store.channels, device, cfg.train.max_points_per_pass)
@@ -196,11 +191,8 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
             stopped_by = stop.agreed(state.step)
             if stopped_by:
                 break
-            batch = teacher.teaching_set(state.step, shard.coords, shard.values, score)
-            if batch.rows is None:
-                train_step(shard.coords, shard.values, batch.count, batch.max_rows)
-            else:
-                train_step(shard.coords[batch.rows], shard.values[batch.rows], batch.count, batch.max_rows)
+            batch = teacher.teaching_set(state.step, shard, score)
+            train_step(shard.coords(batch.rows), shard.targets(batch.rows), batch.count, batch.max_rows)
             meter.add(batch.count)
             state.step += 1
             step = state.step
@@ -266,8 +258,8 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
             return EXIT_INTERRUPTED
         if status == "complete" and not ckpt.exists(state.step):
             ckpt.save(state.step, "complete")
-        summary = _finish(cfg, comm, store, shard, targets, render_predict, run, state, guard.rollbacks,
-                          status, model.num_params)
+        summary = _finish(cfg, comm, store, shard, render_predict, run, state, guard.rollbacks, status,
+                          model.num_params)
     if comm.is_rank_zero:
         print(f"PSNR {summary['psnr_db']:.2f} dB  SSIM {summary['ssim']}  train time "
               f"{summary['train_time_s']:.1f} s  -> {summary['reconstruction']}", flush=True)
@@ -276,8 +268,8 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
     return EXIT_DIVERGED if status == "diverged" else 0
 
 
-def _finish(cfg: Config, comm: Comm, store: SignalStore, shard: Shard, targets: TargetRange, predict,
-            run: RunDir, state: RunState, rollbacks: int, status: str, num_params: int) -> dict:
+def _finish(cfg: Config, comm: Comm, store: SignalStore, shard: Shard, predict, run: RunDir, state: RunState,
+            rollbacks: int, status: str, num_params: int) -> dict:
     """Every rank renders its chunks into one Zarr store; rank 0 exports it and writes summary.json."""
     tmp = run.reconstruction_tmp
     if comm.is_rank_zero:
@@ -286,9 +278,9 @@ def _finish(cfg: Config, comm: Comm, store: SignalStore, shard: Shard, targets: 
                           dtype="float32", fill_value=0.0)
     comm.barrier()
     out = zarr.open_array(tmp, mode="r+")
-    sse = render_shard(predict, shard, store, targets, out, cfg.train.eval_chunk)
+    sse = render_shard(predict, shard, store, out, cfg.train.eval_chunk)
     sse = float(comm.all_reduce_sum(torch.tensor([sse], dtype=torch.float64)))
-    memory = _memory(comm, shard.coords.device)
+    memory = _memory(comm, shard.device)
     comm.barrier()
     summary = {}
     if comm.is_rank_zero:

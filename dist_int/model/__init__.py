@@ -1,4 +1,4 @@
-from .infer import Predict, forward_chunks
+from .infer import Predict, forward_rows
 from .siren import Siren
 
-__all__ = ["Predict", "Siren", "forward_chunks"]
+__all__ = ["Predict", "Siren", "forward_rows"]

@@ -10,9 +10,8 @@ Predict = Callable[[torch.Tensor], torch.Tensor]
 
 
 @torch.no_grad()
-def forward_chunks(predict: Predict, coords: torch.Tensor, chunk: int) -> Iterator[tuple[slice, torch.Tensor]]:
-    """(rows, predict(coords[rows])) for consecutive pieces of at most `chunk` points, so memory stays
-    bounded however many points there are. coords: (n, D); each prediction (rows, C)."""
-    for start in range(0, coords.shape[0], chunk):
-        rows = slice(start, min(start + chunk, coords.shape[0]))
-        yield rows, predict(coords[rows])
+def forward_rows(predict: Predict, points, rows: torch.Tensor, chunk: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(part, predict(points.coords(part))) for consecutive pieces `part` of at most `chunk` of the rows:
+    coordinates are made and predicted piece by piece, so memory stays bounded however many rows."""
+    for part in rows.split(chunk):
+        yield part, predict(points.coords(part))

@@ -1,6 +1,6 @@
 """render: each rank renders its chunks into the output Zarr store; metrics and export."""
 
-from .metrics import psnr_db, sse_unit, ssim_of
+from .metrics import psnr_db, ssim_of
 from .render import export, render_shard
 
-__all__ = ["export", "psnr_db", "render_shard", "sse_unit", "ssim_of"]
+__all__ = ["export", "psnr_db", "render_shard", "ssim_of"]

@@ -5,10 +5,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
-
-from ..model import Predict, forward_chunks
-from ..signal import TargetRange
 
 SSIM_MAX_PIXELS = 4096 * 4096  # skimage's SSIM holds ~10 float64 copies of the image
 
@@ -17,17 +13,6 @@ def psnr_db(sse: float, count: int) -> float:
     """PSNR with data range 1 on [0, 1] values (the paper's definition, docs/method.md)."""
     mse = sse / count
     return float("inf") if mse == 0 else 10.0 * math.log10(1.0 / mse)
-
-
-@torch.no_grad()
-def sse_unit(predict: Predict, coords: torch.Tensor, targets: torch.Tensor, target_range: TargetRange,
-             chunk: int) -> torch.Tensor:
-    """Sum over points and channels of the squared [0, 1]-scale error of clamped predictions, float64 on
-    the device (read it only when needed: reading waits for the device)."""
-    total = torch.zeros((), dtype=torch.float64, device=coords.device)
-    for rows, pred in forward_chunks(predict, coords, chunk):
-        total += target_range.squared_error_unit(pred, targets[rows])
-    return total
 
 
 def ssim_of(recon, store) -> float | None:

@@ -9,23 +9,22 @@ import numpy as np
 import torch
 import zarr
 
-from ..model import Predict, forward_chunks
-from ..signal import TargetRange
+from ..model import Predict, forward_rows
 
 PNG_MAX_PIXELS = 8192 * 8192
 
 
 @torch.no_grad()
-def render_shard(predict: Predict, shard, store, target_range: TargetRange, out: zarr.Array,
-                 chunk: int) -> float:
+def render_shard(predict: Predict, shard, store, out: zarr.Array, chunk: int) -> float:
     """Write the field, mapped to [0, 1] and clamped, for every chunk of the shard into `out`; return the
-    shard's sum of squared errors on the [0, 1] scale (shard.values are training targets)."""
-    sse = torch.zeros((), dtype=torch.float64, device=shard.coords.device)
+    shard's sum of squared errors on the [0, 1] scale."""
+    target_range = shard.target_range
+    sse = torch.zeros((), dtype=torch.float64, device=shard.device)
     for i, cid in enumerate(shard.chunk_ids):
         lo, hi = int(shard.chunk_start[i]), int(shard.chunk_start[i + 1])
         preds = []
-        for rows, pred in forward_chunks(predict, shard.coords[lo:hi], chunk):
-            sse += target_range.squared_error_unit(pred, shard.values[lo + rows.start:lo + rows.stop])
+        for part, pred in forward_rows(predict, shard, torch.arange(lo, hi, device=shard.device), chunk):
+            sse += target_range.squared_error_unit(pred, shard.targets(part))
             preds.append(target_range.decode(pred))
         slices = store.chunk_slices(cid)
         out[slices] = torch.cat(preds).cpu().numpy().reshape(*(s.stop - s.start for s in slices), -1)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ import zarr
 
 from .errors import SignalError
 from .ingest import ATTR
+from .targets import TargetRange
 
 
 class SignalStore:
@@ -61,29 +61,17 @@ class SignalStore:
     def chunk_size(self, cid: int) -> int:
         return math.prod(s.stop - s.start for s in self.chunk_slices(cid))
 
-    def chunk_gids(self, cid: int) -> np.ndarray:
-        """Global ids of a chunk's points, in the chunk's row-major order (its offsets)."""
-        axes = [np.arange(s.start, s.stop) for s in self.chunk_slices(cid)]
-        mesh = np.meshgrid(*axes, indexing="ij")
-        return np.ravel_multi_index([m.ravel() for m in mesh], self.spatial).astype(np.int64)
-
-    def read_chunk(self, cid: int) -> np.ndarray:
-        """Normalized values of one chunk, (n, C) float32 in chunk row-major order."""
+    def read_raw_chunk(self, cid: int) -> np.ndarray:
+        """One chunk's values as stored (the source dtype), (n, C) in chunk row-major order."""
         try:
             raw = self.array[self.chunk_slices(cid)]
         except Exception as e:
             raise SignalError(f"cannot read chunk {cid} of {self.path}: {e}. The store may be corrupt or "
                               f"truncated; ingest the source again") from None
-        values = (raw.reshape(-1, self.channels).astype(np.float64) - self.offset) * self.scale
-        if not np.isfinite(values).all():
+        raw = raw.reshape(-1, self.channels)
+        if raw.dtype.kind == "f" and not np.isfinite(raw).all():
             raise SignalError(f"chunk {cid} of {self.path} contains NaN or Inf values")
-        return values.astype(np.float32)
-
-    def coords(self, gids: np.ndarray) -> np.ndarray:
-        """Coordinates in [-1, 1] per axis (SIREN and INT both use [-1, 1]; docs/method.md), (n, D) float32."""
-        idx = np.unravel_index(gids, self.spatial)
-        cols = [(2.0 * i / max(n - 1, 1) - 1.0) for i, n in zip(idx, self.spatial)]
-        return np.stack(cols, axis=1).astype(np.float32)
+        return raw
 
 
 def assign_chunks(num_chunks: int, world_size: int, seed: int) -> list[list[int]]:
@@ -104,33 +92,120 @@ def assign_chunks(num_chunks: int, world_size: int, seed: int) -> list[list[int]
     return owners
 
 
-@dataclass
-class Shard:
-    """One rank's chunks, held resident as tensors (rows grouped by chunk, in `chunk_ids` order).
+# Unsigned types are held as the signed type of the same width (bit-identical) and widened when converted:
+# GPUs index and copy the signed types everywhere.
+_AS_SIGNED = {np.dtype("uint16"): (np.int16, 0xFFFF), np.dtype("uint32"): (np.int32, 0xFFFFFFFF)}
 
-    Readers call `load`; a streaming reader can later replace it with per-step `read_chunk` calls
-    without the teacher noticing, since the teacher only sees (chunk id, offset) spans.
+
+class Shard:
+    """One rank's chunks, resident: raw values in the source dtype (3 B per 8-bit RGB point), nothing else
+    per point. Positions, coordinates, global ids and training targets are computed from (chunk, offset)
+    for the rows asked for, on the device that holds the shard (docs/design.md, "Compact shards").
+
+    Rows are grouped by chunk, in `chunk_ids` order; chunk i holds rows chunk_start[i]..chunk_start[i+1].
     """
 
-    chunk_ids: list[int]
-    chunk_start: np.ndarray     # (num_chunks + 1,) row where each chunk begins
-    gids: torch.Tensor          # (n,) int64
-    coords: torch.Tensor        # (n, D) float32
-    values: torch.Tensor        # (n, C) float32
+    def __init__(self, store: "SignalStore", chunk_ids: list[int], raw: torch.Tensor, device="cpu",
+                 target_range: TargetRange = TargetRange(0.0, 1.0)):
+        device = torch.device(device)
+        self.target_range = target_range
+        self.chunk_ids = list(chunk_ids)
+        self.spatial = tuple(store.spatial)
+        self.channels = store.channels
+        sizes = [store.chunk_size(c) for c in self.chunk_ids]
+        self.chunk_start = np.fromiter(itertools.accumulate(sizes, initial=0), dtype=np.int64)
+        slices = [store.chunk_slices(c) for c in self.chunk_ids]
+        # Per-chunk geometry (a few numbers per chunk): first position and extent along every axis.
+        self._origin = torch.tensor([[s.start for s in sl] for sl in slices], dtype=torch.int64,
+                                    device=device).reshape(len(slices), len(self.spatial))
+        self._extent = torch.tensor([[s.stop - s.start for s in sl] for sl in slices], dtype=torch.int64,
+                                    device=device).reshape(len(slices), len(self.spatial))
+        self._starts = torch.from_numpy(self.chunk_start).to(device)
+        self._axis_len = torch.tensor(self.spatial, dtype=torch.int64, device=device)
+        self._strides = torch.tensor([math.prod(self.spatial[d + 1:]) for d in range(len(self.spatial))],
+                                     dtype=torch.int64, device=device)
+        self.raw = raw.to(device)
+        self.device = device
+        self._mask = None
+        self._source_dtype = np.dtype(store.array.dtype)
+        if self._source_dtype in _AS_SIGNED:
+            self._mask = _AS_SIGNED[self._source_dtype][1]
+        # targets = raw * a + b: the store's normalization to [0, 1], then the training range.
+        self._a, self._b = store.scale, -store.offset * store.scale
+        self._wide = self._source_dtype.itemsize >= 4  # 32-bit values need float64 for the affine map
 
     @property
     def num_points(self) -> int:
-        return int(self.gids.numel())
+        return int(self.chunk_start[-1])
 
-    def to(self, device) -> "Shard":
-        return Shard(self.chunk_ids, self.chunk_start, self.gids.to(device),
-                     self.coords.to(device), self.values.to(device))
+    def all_rows(self) -> torch.Tensor:
+        return torch.arange(self.num_points, device=self.device)
+
+    def positions(self, rows: torch.Tensor) -> torch.Tensor:
+        """Integer grid positions of the rows, (n, D) int64."""
+        chunk = torch.searchsorted(self._starts[1:], rows, right=True)
+        offset = rows - self._starts[chunk]
+        extent = self._extent[chunk]
+        pos = torch.empty((rows.numel(), len(self.spatial)), dtype=torch.int64, device=rows.device)
+        for d in reversed(range(len(self.spatial))):  # row-major inside the chunk: the last axis fastest
+            pos[:, d] = offset % extent[:, d]
+            offset = offset // extent[:, d]
+        return pos + self._origin[chunk]
+
+    def coords(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Coordinates in [-1, 1] per axis (SIREN and INT both use [-1, 1]; docs/method.md), (n, D) float32."""
+        pos = self.positions(self.all_rows() if rows is None else rows)
+        return (2.0 * pos.double() / (self._axis_len - 1).clamp(min=1) - 1.0).float()
+
+    def gids(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Global ids (row-major index over the whole grid), (n,) int64."""
+        return self.positions(self.all_rows() if rows is None else rows) @ self._strides
+
+    def unit_values(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The source values mapped to [0, 1] (the store's normalization), (n, C) float32."""
+        raw = self.raw if rows is None else self.raw[rows]
+        if self._mask is not None:
+            raw = raw.to(torch.int64) & self._mask
+        if self._wide:
+            return (raw.double() * self._a + self._b).float()
+        return raw.float() * self._a + self._b
+
+    def targets(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Training targets: the [0, 1] values mapped to `target_range`, (n, C) float32."""
+        return self.target_range.encode(self.unit_values(rows))
 
     @staticmethod
-    def load(store: SignalStore, chunk_ids: list[int]) -> "Shard":
-        gids = [store.chunk_gids(c) for c in chunk_ids]
-        values = [store.read_chunk(c) for c in chunk_ids]
-        gid = np.concatenate(gids)
-        start = np.fromiter(itertools.accumulate((len(g) for g in gids), initial=0), dtype=np.int64)
-        return Shard(list(chunk_ids), start, torch.from_numpy(gid),
-                     torch.from_numpy(store.coords(gid)), torch.from_numpy(np.concatenate(values)))
+    def load(store: "SignalStore", chunk_ids: list[int], device="cpu",
+             target_range: TargetRange = TargetRange(0.0, 1.0)) -> "Shard":
+        """Read the chunks one by one into one preallocated array of the source dtype (the host holds the
+        raw shard once, no float copy), checking each for NaN/Inf, then move it to `device`."""
+        sizes = [store.chunk_size(c) for c in chunk_ids]
+        dtype = np.dtype(store.array.dtype)
+        host = np.empty((sum(sizes), store.channels), dtype=_AS_SIGNED.get(dtype, (dtype,))[0])
+        row = 0
+        for cid, n in zip(chunk_ids, sizes):
+            host[row:row + n] = store.read_raw_chunk(cid).view(host.dtype)
+            row += n
+        return Shard(store, chunk_ids, torch.from_numpy(host), device, target_range)
+
+
+class PointTable:
+    """Points held as explicit tensors (coordinates, targets, global ids): the same interface as `Shard`
+    for point sets that are not a grid (sampled points; small tests)."""
+
+    def __init__(self, coords: torch.Tensor, targets: torch.Tensor, gids: torch.Tensor):
+        self._coords, self._targets, self._gids = coords, targets, gids
+        self.device = coords.device
+
+    @property
+    def num_points(self) -> int:
+        return int(self._gids.numel())
+
+    def coords(self, rows=None):
+        return self._coords if rows is None else self._coords[rows]
+
+    def targets(self, rows=None):
+        return self._targets if rows is None else self._targets[rows]
+
+    def gids(self, rows=None):
+        return self._gids if rows is None else self._gids[rows]

@@ -22,19 +22,18 @@ import torch
 
 from ..comm import Comm
 from ..config import TeacherConfig
-from ..model import Predict, forward_chunks
+from ..model import Predict, forward_rows
 from .batches import BatchPlan
 from .schedules import ratio_at, should_select
 from .select import SEARCH_BYTES, check_num_points, global_topk, hash_order, order_keys, score_order
 
 
 @torch.no_grad()
-def l1_error(predict: Predict, coords: torch.Tensor, values: torch.Tensor, chunk: int) -> torch.Tensor:
-    """sum_c |f(x) - y| for every point, scored in pieces of `chunk` points. (n,) float32."""
-    out = torch.empty(coords.shape[0], dtype=torch.float32, device=coords.device)
-    for rows, pred in forward_chunks(predict, coords, chunk):
-        out[rows] = (pred.float() - values[rows]).abs().sum(dim=1)
-    return out
+def l1_error(predict: Predict, points, rows: torch.Tensor, chunk: int) -> torch.Tensor:
+    """sum_c |f(x) - y| for the given rows of `points`, scored in pieces of `chunk` points (coordinates
+    and targets are made piece by piece too). (n,) float32."""
+    return torch.cat([(pred.float() - points.targets(part)).abs().sum(dim=1)
+                      for part, pred in forward_rows(predict, points, rows, chunk)])
 
 
 @dataclass
@@ -47,11 +46,10 @@ class TeachingSet:
 
 class Teacher:
     def __init__(self, cfg: TeacherConfig, total_steps: int, seed: int, comm: Comm, plan: BatchPlan,
-                 gids: torch.Tensor, num_points: int):
-        """gids: (n,) global ids of this rank's shard rows; num_points: points in the whole signal."""
+                 num_points: int):
+        """plan: this rank's mini-batches; num_points: points in the whole signal."""
         check_num_points(num_points)
         self.cfg, self.total_steps, self.seed, self.comm, self.plan = cfg, total_steps, seed, comm, plan
-        self.gids = gids
         # Mini-batch mode advances the schedules per epoch (the authors' Pluto run); else per step.
         self.num_units = math.ceil(total_steps / plan.num_batches)
         # One cached teaching set per batch: batch -> (rows, global count).
@@ -69,15 +67,14 @@ class Teacher:
         r = ratio_at(self.cfg.ratio_schedule, self.schedule_time(step), self.num_units, self.cfg.ratio)
         return max(1, min(num_candidates, round(r * num_candidates)))
 
-    def teaching_set(self, step: int, coords: torch.Tensor, values: torch.Tensor,
-                     predict: Predict) -> TeachingSet:
-        """coords/values: the whole shard on the compute device; predict: the model at the precision
-        training uses (the teacher never scores at a lower one)."""
+    def teaching_set(self, step: int, points, predict: Predict) -> TeachingSet:
+        """points: this rank's shard (coords/targets/gids of rows, on the compute device); predict: the
+        model at the precision training uses (the teacher never scores at a lower one)."""
         _, b = self.plan.locate(step)
         total = self.plan.global_count(b)
         if self.cfg.strategy == "full":
             rows = None if self.plan.num_batches == 1 else self.plan.rows(step)
-            n = coords.shape[0] if rows is None else rows.numel()
+            n = points.num_points if rows is None else rows.numel()
             return TeachingSet(rows, total, False, self.max_rows(b, n))
         reselect = should_select(self.cfg.interval_schedule, self.schedule_time(step), self.num_units)
         if not reselect and b in self.cache:
@@ -85,11 +82,11 @@ class Teacher:
             return TeachingSet(rows, k, False, self.max_rows(b, rows.numel()))
         rows = self.plan.rows(step)
         k = self.budget(step, total)
-        gids = self.gids[rows]
+        gids = points.gids(rows)
         if self.cfg.strategy == "uniform":
             order = hash_order(gids, self.seed, step)
         else:
-            order = score_order(l1_error(predict, coords[rows], values[rows], self.cfg.score_chunk))
+            order = score_order(l1_error(predict, points, rows, self.cfg.score_chunk))
         # Ascending rows: the same order however the set was reached (fresh, or loaded from a checkpoint).
         rows = torch.sort(rows[global_topk(order_keys(order, gids), k, self.comm, total)]).values
         self.bytes_moved += SEARCH_BYTES if self.comm.world_size > 1 else 0
@@ -154,7 +151,7 @@ class Teacher:
                                  f"{hi - lo}-point chunk")
             for j in range(len(batches)):
                 parts[j].append(np.flatnonzero(np.unpackbits(packed[j], count=hi - lo)) + lo)
-        device = self.gids.device
+        device = self.plan.device
         self.cache = {b: (torch.from_numpy(np.concatenate(p) if p else np.zeros(0, np.int64)).to(device),
                           budgets[b]) for b, p in zip(batches, parts)}
         self._max_rows.clear()
