@@ -35,3 +35,29 @@ def test_forward_shape_and_activation_statistics():
         h = layer(h)
     # SIREN's init keeps activations arcsine-distributed in [-1, 1] with std ~ 1/sqrt(2) through depth.
     assert 0.6 < h.std().item() < 0.8
+
+
+def test_long_axes_keep_neighbouring_samples_apart(tmp_path):
+    """An axis longer than float32 resolves on [-1, 1]: coordinates come from integer positions in float64
+    and the first layer runs in float64, so the last two samples of a 2^27-long axis stay different."""
+    import zarr
+
+    from dist_int.signal import Shard, SignalStore
+    from dist_int.signal.ingest import ATTR
+
+    n = 1 << 27
+    arr = zarr.create_array(tmp_path / "long.zarr", shape=(n, 2, 1), chunks=(1 << 16, 2, 1), dtype="uint8",
+                            fill_value=0)
+    arr.attrs[ATTR] = {"kind": "image", "source": "test", "source_dtype": "uint8", "value_range": [0, 255]}
+    store = SignalStore(tmp_path / "long.zarr")
+    last = store.num_chunks - 1
+    shard = Shard(store, [last], torch.zeros(store.chunk_size(last), 1, dtype=torch.uint8))
+    rows = torch.tensor([shard.num_points - 4, shard.num_points - 2])  # positions (n-2, 0) and (n-1, 0)
+    coords = shard.coords(rows)
+    assert coords.dtype == torch.float64 and coords[0, 0] < coords[1, 0] == 1.0
+    assert coords[0, 0].float() == coords[1, 0].float()  # float32 could not tell them apart
+    torch.manual_seed(0)
+    model = Siren(2, 1, 16, 3, w0=30.0, w0_first=3000.0)
+    with torch.no_grad():
+        out = model(coords)
+    assert out.dtype == torch.float32 and out[0, 0] != out[1, 0]

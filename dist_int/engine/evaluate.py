@@ -35,12 +35,11 @@ class Evaluator:
         # A fixed random probe set, the same points for any world size (hashed by global id), found in
         # pieces so that no per-point array of the whole shard is made.
         frac = min(1.0, probe_points / num_points)
-        rows = shard.all_rows()
         self.probe_rows = torch.cat([part[hash_uniform(shard.gids(part), seed, PROBE_SALT) < frac]
-                                     for part in rows.split(chunk)])
+                                     for part in shard.row_pieces(chunk)])
 
     def psnr(self) -> float:
-        sse = sse_rows(self.predict, self.shard, self.shard.all_rows(), self.chunk)
+        sse = sum(sse_rows(self.predict, self.shard, part, self.chunk) for part in self.shard.row_pieces(self.chunk))
         return psnr_db(float(self.comm.all_reduce_sum(sse)), self.num_values)
 
     def probe_psnr(self) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -44,8 +45,14 @@ class Siren(nn.Module):
     def forward(self, coords: torch.Tensor) -> torch.Tensor:
         # (N, D) -> (N, hidden): the first layer always runs in fp32, even under autocast. Coordinates and
         # w0 * (W x + b) need more than bf16's 8-bit mantissa, or neighbouring points become the same input.
+        # float64 coordinates (an axis too long for float32 to resolve) run it in float64.
         with torch.autocast(coords.device.type, enabled=False):
-            h = self.net[0](coords.float())
+            if coords.dtype == torch.float64:
+                first = self.net[0]
+                h = torch.sin(first.w0 * F.linear(coords, first.linear.weight.double(),
+                                                  first.linear.bias.double())).float()
+            else:
+                h = self.net[0](coords.float())
         # (N, hidden) -> (N, C)
         return self.out(self.net[1:](h))
 

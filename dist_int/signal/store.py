@@ -92,6 +92,8 @@ def assign_chunks(num_chunks: int, world_size: int, seed: int) -> list[list[int]
     return owners
 
 
+LONG_AXIS = 1 << 22  # longer axes get float64 coordinates (a margin below float32's 2^23 steps on [-1, 1])
+
 # Unsigned types are held as the signed type of the same width (bit-identical) and widened when converted:
 # GPUs index and copy the signed types everywhere.
 _AS_SIGNED = {np.dtype("uint16"): (np.int16, 0xFFFF), np.dtype("uint32"): (np.int32, 0xFFFFFFFF)}
@@ -133,6 +135,8 @@ class Shard:
         # targets = raw * a + b: the store's normalization to [0, 1], then the training range.
         self._a, self._b = store.scale, -store.offset * store.scale
         self._wide = self._source_dtype.itemsize >= 4  # 32-bit values need float64 for the affine map
+        # float32 has a 24-bit mantissa: on [-1, 1] it tells apart neighbours of an axis up to ~2^23 long.
+        self.long_axis = max(self.spatial) > LONG_AXIS
 
     @property
     def num_points(self) -> int:
@@ -140,6 +144,11 @@ class Shard:
 
     def all_rows(self) -> torch.Tensor:
         return torch.arange(self.num_points, device=self.device)
+
+    def row_pieces(self, size: int):
+        """All rows as consecutive pieces of at most `size` (no array of every row is made)."""
+        for start in range(0, self.num_points, size):
+            yield torch.arange(start, min(start + size, self.num_points), device=self.device)
 
     def positions(self, rows: torch.Tensor) -> torch.Tensor:
         """Integer grid positions of the rows, (n, D) int64."""
@@ -153,9 +162,12 @@ class Shard:
         return pos + self._origin[chunk]
 
     def coords(self, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """Coordinates in [-1, 1] per axis (SIREN and INT both use [-1, 1]; docs/method.md), (n, D) float32."""
+        """Coordinates in [-1, 1] per axis (SIREN and INT both use [-1, 1]; docs/method.md), (n, D):
+        float32, or float64 when an axis is longer than float32 can resolve (its neighbouring samples
+        would share a coordinate; the SIREN's first layer then runs in float64, model/siren.py)."""
         pos = self.positions(self.all_rows() if rows is None else rows)
-        return (2.0 * pos.double() / (self._axis_len - 1).clamp(min=1) - 1.0).float()
+        coords = 2.0 * pos.double() / (self._axis_len - 1).clamp(min=1) - 1.0
+        return coords if self.long_axis else coords.float()
 
     def gids(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Global ids (row-major index over the whole grid), (n,) int64."""
