@@ -152,6 +152,7 @@ class Shard:
 
     def positions(self, rows: torch.Tensor) -> torch.Tensor:
         """Integer grid positions of the rows, (n, D) int64."""
+        rows = rows.long()
         chunk = torch.searchsorted(self._starts[1:], rows, right=True)
         offset = rows - self._starts[chunk]
         extent = self._extent[chunk]

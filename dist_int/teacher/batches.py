@@ -16,6 +16,7 @@ from ..errors import ConfigError
 from .select import hash64
 
 BATCH_SALT = 0xBA7C4  # keeps the batch permutation's hash apart from the other hashes
+BUILD_BLOCK = 1 << 18  # points hashed and sorted at once when an epoch's batches are built
 
 
 class BatchPlan:
@@ -37,6 +38,9 @@ class BatchPlan:
         own_sizes = np.diff(np.asarray(chunk_start, dtype=np.int64))
         self._local_counts = (own_sizes[None, :] // num_batches + (b < own_sizes[None, :] % num_batches)).sum(1)
         self._num_local = int(chunk_start[-1])
+        self._own_sizes = own_sizes
+        # Row indices as int32 where they fit: 4 bytes per point for a whole epoch's batches.
+        self.row_dtype = torch.int32 if self._num_local < (1 << 31) else torch.int64
         # Copied to the device once: host-to-device copies from pageable memory synchronize.
         dev = self.device
         self._sizes = torch.from_numpy(own_sizes).to(dev)
@@ -54,32 +58,53 @@ class BatchPlan:
         return divmod(step, self.num_batches)
 
     def _build(self, epoch: int) -> list[torch.Tensor]:
-        """The epoch's batches, all on the device with no host read (output sizes come from the host)."""
-        dev, G, sizes, starts = self.device, self.num_batches, self._sizes, self._starts
-        local = torch.repeat_interleave(torch.arange(len(self.own_chunks), device=dev), sizes,
-                                        output_size=self._num_local)                    # row -> chunk
-        rows = torch.arange(self._num_local, device=dev)
-        offset = rows - starts[local]
-        ident = (self._chunk_ids[local] << 32) | offset
+        """The epoch's batches, all on the device with no host read (output sizes come from the host).
+        Chunks are processed in blocks of about BUILD_BLOCK points, so the temporaries of hashing and
+        sorting stay bounded; what remains is one row index per point."""
+        out = [torch.empty(int(n), dtype=self.row_dtype, device=self.device) for n in self._local_counts]
+        filled = [0] * self.num_batches
+        i0 = 0
+        while i0 < len(self.own_chunks):
+            i1 = i0 + 1
+            while i1 < len(self.own_chunks) and self.chunk_start[i1 + 1] - self.chunk_start[i0] <= BUILD_BLOCK:
+                i1 += 1
+            for b, rows in enumerate(self._build_block(epoch, i0, i1)):
+                out[b][filled[b]:filled[b] + rows.numel()] = rows
+                filled[b] += rows.numel()
+            i0 = i1
+        return out
+
+    def _build_block(self, epoch: int, i0: int, i1: int) -> list[torch.Tensor]:
+        """Batches' rows from the shard's chunks i0..i1-1."""
+        dev, G = self.device, self.num_batches
+        sizes, starts = self._sizes[i0:i1], self._starts[i0:i1]
+        lo, hi = int(self.chunk_start[i0]), int(self.chunk_start[i1])
+        local = torch.repeat_interleave(torch.arange(i1 - i0, device=dev), sizes, output_size=hi - lo)
+        rows = torch.arange(lo, hi, device=dev)
+        ident = (self._chunk_ids[i0:i1][local] << 32) | (rows - starts[local])  # (chunk id, offset)
         key = hash64(ident, self.seed, epoch, BATCH_SALT)
+        del ident
         # Rows grouped by chunk (in shard order), ordered by key inside each chunk.
         order = torch.argsort(key)
+        del key
         order = order[torch.argsort(local[order], stable=True)]
         chunk = local[order]
-        rank = torch.arange(self._num_local, device=dev) - starts[chunk]   # position inside its chunk
+        rank = rows - lo - (starts[chunk] - lo)                   # position inside its chunk
         n = sizes[chunk]
         q, rem = n // G, n % G
         big = rem * (q + 1)  # the first `rem` groups hold q + 1 points, the others q
         group = torch.where(rank < big, rank // (q + 1), rem + (rank - big) // q.clamp(min=1))
-        by_group = order[torch.argsort(group, stable=True)]
-        return list(torch.split(by_group, self._local_counts.tolist()))
+        by_group = order[torch.argsort(group, stable=True)] + lo
+        own = self._own_sizes[i0:i1]
+        counts = (own[None, :] // G + (np.arange(G)[:, None] < own[None, :] % G)).sum(1)
+        return list(torch.split(by_group, counts.tolist()))
 
     def rows(self, step: int) -> torch.Tensor:
         """This rank's shard rows of the batch used at `step`, (n_b,) int64 on the device."""
         epoch, b = self.locate(step)
         if self.num_batches == 1:
             if not self._batches:
-                self._batches = [torch.arange(self._num_local, device=self.device)]
+                self._batches = [torch.arange(self._num_local, dtype=self.row_dtype, device=self.device)]
             return self._batches[0]
         if epoch != self._epoch:
             self._batches = self._build(epoch)

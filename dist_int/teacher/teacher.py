@@ -151,7 +151,7 @@ class Teacher:
                                  f"{hi - lo}-point chunk")
             for j in range(len(batches)):
                 parts[j].append(np.flatnonzero(np.unpackbits(packed[j], count=hi - lo)) + lo)
-        device = self.plan.device
-        self.cache = {b: (torch.from_numpy(np.concatenate(p) if p else np.zeros(0, np.int64)).to(device),
+        device, dtype = self.plan.device, self.plan.row_dtype
+        self.cache = {b: (torch.from_numpy(np.concatenate(p) if p else np.zeros(0, np.int64)).to(device, dtype),
                           budgets[b]) for b, p in zip(batches, parts)}
         self._max_rows.clear()
