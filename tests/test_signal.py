@@ -284,3 +284,20 @@ def test_images_beyond_the_decompression_bomb_limit_need_an_explicit_yes(tmp_pat
         assert PILImage.MAX_IMAGE_PIXELS == 1000  # the guard is back for everything else
     finally:
         PILImage.MAX_IMAGE_PIXELS = limit
+
+
+@pytest.mark.parametrize("tile", [5, 16, 1024])
+def test_tiled_ssim_equals_whole_image_ssim(tmp_path, png_image, tile):
+    """SSIM in tiles with a half-window halo is the whole-image value (bounded memory at any size)."""
+    import zarr
+    from skimage.metrics import structural_similarity
+
+    from dist_int.render import ssim_of
+
+    store = SignalStore(ingest(str(png_image), tmp_path / "s.zarr", 16))
+    target = ((store.array[...].astype(np.float64) - store.offset) * store.scale).astype(np.float32)
+    noisy = np.clip(target + np.random.default_rng(0).normal(0, 0.05, target.shape), 0, 1).astype(np.float32)
+    recon = zarr.create_array(tmp_path / "r.zarr", shape=store.shape, chunks=(16, 16, 3), dtype="float32")
+    recon[...] = noisy
+    whole = structural_similarity(target, noisy, data_range=1.0, channel_axis=-1)
+    assert ssim_of(recon, store, tile=tile) == pytest.approx(whole, abs=1e-6)
