@@ -23,7 +23,9 @@ def main() -> None:
     p.add_argument("--sizes", default="512,1024,2048,4096")
     p.add_argument("--nproc", default="1,2")
     p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--batches", type=int, default=16)
+    p.add_argument("--batch-points", type=int, default=65536,
+                   help="points per mini-batch (num_batches = pixels / this, at most a chunk's points); "
+                        "also the most points per forward/backward pass")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "scale.md"))
     args = p.parse_args()
     from dist_int.synth import synth_gigapixel
@@ -35,8 +37,10 @@ def main() -> None:
             store = synth_gigapixel(work / f"s{size}.zarr", size, chunk=256)
             for nproc in (int(n) for n in args.nproc.split(",")):
                 run = work / f"run-{size}-{nproc}"
+                batches = max(1, min(size * size // args.batch_points, 256 * 256))
                 r = train([f"signal.path={store}", f"run.dir={run}", "model.hidden=32", "model.layers=3",
-                           "teacher.strategy=int", f"teacher.num_batches={args.batches}",
+                           "teacher.strategy=int", f"teacher.num_batches={batches}",
+                           f"train.max_points_per_pass={args.batch_points}",
                            f"train.steps={args.steps}", f"train.log_every={args.steps}", "train.eval_every=0",
                            "checkpoint.every=0", "train.probe_points=4096", "render.format=tiff"],
                           nproc if nproc > 1 else 0)
@@ -54,10 +58,11 @@ def main() -> None:
     table = markdown_table(["signal", "ranks", "M pixels per rank", "peak RSS per rank (MiB)",
                             "RSS bytes per owned pixel", "bytes sent per selection per rank"], rows)
     command = (f"python bench/scale.py --sizes {args.sizes} --nproc {args.nproc} --steps {args.steps} "
-               f"--batches {args.batches}")
+               f"--batch-points {args.batch_points}")
     header = (f"machine: {machine()}\ncommand: {command}\nprocedural RGB uint8 images (synth gigapixel, "
-              f"256^2 chunks), SIREN 3x32, mini-batch INT with {args.batches} batches, {args.steps} steps, "
-              f"render and tiled-TIFF export included")
+              f"256^2 chunks), SIREN 3x32, mini-batch INT with batches of about {args.batch_points} points "
+              f"(all ranks) and passes of at most that many, {args.steps} steps, render, tiled-TIFF export "
+              f"and SSIM included")
     text = header + "\n\n" + table + "\n"
     print(text)
     Path(args.out).write_text(text)
