@@ -72,7 +72,8 @@ def _check_steps(cfg, device, store, shard, forbidden):
         torch.cuda.synchronize = torch.cuda.Event.synchronize = forbidden
         torch.cuda.set_sync_debug_mode("error")
         try:
-            for t in range(28, 32):  # interval 10 from step 25 (reuse the cache); full: same epoch
+            for t in range(28, 32):  # interval 10 from step 25 (reuse the cache); full: epoch 7 is built
+                                     # at step 28, inside the checked steps
                 assert not one(t).selected
         finally:
             torch.cuda.set_sync_debug_mode(0)

@@ -172,7 +172,8 @@ class Shard:
 
     def gids(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Global ids (row-major index over the whole grid), (n,) int64."""
-        return self.positions(self.all_rows() if rows is None else rows) @ self._strides
+        # A sum of products, not `@`: CUDA has no integer matrix-vector product.
+        return (self.positions(self.all_rows() if rows is None else rows) * self._strides).sum(dim=1)
 
     def unit_values(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """The source values mapped to [0, 1] (the store's normalization), (n, C) float32."""
