@@ -112,3 +112,25 @@ def read_summary(run_dir: Path) -> dict:
 
 def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+class PointTable:
+    """Points held as explicit tensors (coordinates, targets, global ids): the interface of
+    dist_int.signal.Shard that the teacher uses, for small hand-made point sets."""
+
+    def __init__(self, coords, targets, gids):
+        self._coords, self._targets, self._gids = coords, targets, gids
+        self.device = coords.device
+
+    @property
+    def num_points(self) -> int:
+        return int(self._gids.numel())
+
+    def coords(self, rows=None):
+        return self._coords if rows is None else self._coords[rows]
+
+    def targets(self, rows=None):
+        return self._targets if rows is None else self._targets[rows]
+
+    def gids(self, rows=None):
+        return self._gids if rows is None else self._gids[rows]

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import PointTable
 from dist_int.comm import Comm
 from dist_int.config import TeacherConfig
-from dist_int.signal import PointTable
 from dist_int.teacher import BatchPlan, Teacher, global_topk, hash_uniform, order_keys, score_order
 
 

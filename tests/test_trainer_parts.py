@@ -12,7 +12,8 @@ from dist_int.engine.metrics import MetricsLog
 from dist_int.engine.state import RunState
 from dist_int.render import psnr_db
 from dist_int.rundir import RunDir
-from dist_int.signal import PointTable, TargetRange
+from conftest import PointTable
+from dist_int.signal import TargetRange
 from dist_int.teacher import BatchPlan, Teacher
 
 

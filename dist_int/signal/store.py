@@ -201,25 +201,3 @@ class Shard:
             host[row:row + n] = store.read_raw_chunk(cid).view(host.dtype)
             row += n
         return Shard(store, chunk_ids, torch.from_numpy(host), device, target_range)
-
-
-class PointTable:
-    """Points held as explicit tensors (coordinates, targets, global ids): the same interface as `Shard`
-    for point sets that are not a grid (sampled points; small tests)."""
-
-    def __init__(self, coords: torch.Tensor, targets: torch.Tensor, gids: torch.Tensor):
-        self._coords, self._targets, self._gids = coords, targets, gids
-        self.device = coords.device
-
-    @property
-    def num_points(self) -> int:
-        return int(self._gids.numel())
-
-    def coords(self, rows=None):
-        return self._coords if rows is None else self._coords[rows]
-
-    def targets(self, rows=None):
-        return self._targets if rows is None else self._targets[rows]
-
-    def gids(self, rows=None):
-        return self._gids if rows is None else self._gids[rows]

@@ -19,6 +19,13 @@ BATCH_SALT = 0xBA7C4  # keeps the batch permutation's hash apart from the other 
 BUILD_BLOCK = 1 << 18  # points hashed and sorted at once when an epoch's batches are built
 
 
+def group_sizes(chunk_sizes: np.ndarray, num_batches: int) -> np.ndarray:
+    """(num_batches,) points of each batch over the given chunks: group b of a chunk with n points holds
+    n // G + (b < n % G) of them."""
+    n = np.asarray(chunk_sizes, dtype=np.int64)[None, :]
+    return (n // num_batches + (np.arange(num_batches)[:, None] < n % num_batches)).sum(1)
+
+
 class BatchPlan:
     def __init__(self, chunk_sizes: list[int], own_chunks: list[int], chunk_start: np.ndarray,
                  num_batches: int, seed: int, device: torch.device | str = "cpu"):
@@ -32,11 +39,9 @@ class BatchPlan:
         self.device = torch.device(device)
         self.own_chunks = own_chunks
         self.chunk_start = chunk_start
-        sizes = np.asarray(chunk_sizes, dtype=np.int64)
-        b = np.arange(num_batches)[:, None]
-        self._global_counts = (sizes[None, :] // num_batches + (b < sizes[None, :] % num_batches)).sum(1)
         own_sizes = np.diff(np.asarray(chunk_start, dtype=np.int64))
-        self._local_counts = (own_sizes[None, :] // num_batches + (b < own_sizes[None, :] % num_batches)).sum(1)
+        self._global_counts = group_sizes(chunk_sizes, num_batches)
+        self._local_counts = group_sizes(own_sizes, num_batches)
         self._num_local = int(chunk_start[-1])
         self._own_sizes = own_sizes
         # Row indices as int32 where they fit: 4 bytes per point for a whole epoch's batches.
@@ -95,9 +100,7 @@ class BatchPlan:
         big = rem * (q + 1)  # the first `rem` groups hold q + 1 points, the others q
         group = torch.where(rank < big, rank // (q + 1), rem + (rank - big) // q.clamp(min=1))
         by_group = order[torch.argsort(group, stable=True)] + lo
-        own = self._own_sizes[i0:i1]
-        counts = (own[None, :] // G + (np.arange(G)[:, None] < own[None, :] % G)).sum(1)
-        return list(torch.split(by_group, counts.tolist()))
+        return list(torch.split(by_group, group_sizes(self._own_sizes[i0:i1], G).tolist()))
 
     def rows(self, step: int) -> torch.Tensor:
         """This rank's shard rows of the batch used at `step`, (n_b,) int64 on the device."""
