@@ -7,6 +7,12 @@ Two kinds of collective: *data* collectives (`all_gather`, `all_reduce_sum`) run
 and never wait for it; *control* collectives (`agree_max`, `all_gather_scalar`, `barrier`) carry a few
 Python numbers. With NCCL those go over a separate gloo group on the CPU, so agreeing on a stop signal
 never synchronizes the GPU (docs/training.md, "No waste per step").
+
+Control collectives time out after train.timeout_s, which is how a dead rank ends the job. Work that can
+take longer than that on one rank (ingesting a source, writing a TIFF, rendering a large shard) must not
+be waited for under that timeout: those waits (`long=True`) use a third gloo group whose timeout is days.
+A rank that dies meanwhile still ends the wait, since gloo fails a collective whose peer's connection
+closes (docs/cluster.md, "Long work and timeouts").
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 import torch
+
+LONG_WORK_TIMEOUT = timedelta(days=7)  # waits on another rank's long work; a dead peer ends them sooner
 
 
 class Comm:
@@ -41,13 +49,17 @@ class Comm:
         """Every rank's host number, (world_size,) float64 on the CPU (control plane)."""
         return torch.tensor([float(value)], dtype=torch.float64)
 
-    def barrier(self) -> None:
+    def barrier(self, long: bool = False) -> None:
         pass
+
+    def gather_strings(self, text: str, long: bool = False) -> list[str]:
+        """Every rank's string, by rank (control plane; `long`: the wait may last through long work)."""
+        return [text]
 
 
 class DistComm(Comm):
     """Collectives over the default process group; tensors travel on `device`. Control collectives use
-    a gloo group on the CPU when the default group is NCCL."""
+    their own gloo group on the CPU (with NCCL, and on CPUs too, so their timeout is always timeout_s)."""
 
     def __init__(self, rank: int, world_size: int, device: torch.device, timeout_s: float | None = None):
         import torch.distributed as dist
@@ -57,7 +69,8 @@ class DistComm(Comm):
         # Every rank constructs a DistComm at the same point, as new_group requires. The control group
         # gets the same timeout as the default group, so a dead rank ends the job as configured.
         timeout = timedelta(seconds=timeout_s) if timeout_s else None
-        self._cpu_group = dist.new_group(backend="gloo", timeout=timeout) if device.type != "cpu" else None
+        self._cpu_group = dist.new_group(backend="gloo", timeout=timeout)
+        self._long_group = dist.new_group(backend="gloo", timeout=LONG_WORK_TIMEOUT)
 
     def all_gather(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device).contiguous()
@@ -81,5 +94,10 @@ class DistComm(Comm):
         self._dist.all_gather(out, t, group=self._cpu_group)
         return torch.cat(out)
 
-    def barrier(self) -> None:
-        self._dist.barrier(group=self._cpu_group)
+    def barrier(self, long: bool = False) -> None:
+        self._dist.barrier(group=self._long_group if long else self._cpu_group)
+
+    def gather_strings(self, text: str, long: bool = False) -> list[str]:
+        out: list = [None] * self.world_size
+        self._dist.all_gather_object(out, text, group=self._long_group if long else self._cpu_group)
+        return out

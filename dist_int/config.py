@@ -19,6 +19,7 @@ from .errors import ConfigError
 RATIO_SCHEDULES = ("constant", "step", "linear", "cosine", "reverse-cosine")
 INTERVAL_SCHEDULES = ("dense", "incremental", "step-incremental", "decremental")
 STRATEGIES = ("full", "uniform", "int")
+BATCH_LAYOUTS = ("stratified", "chunks")
 PRECISIONS = ("fp32", "tf32", "bf16")
 TARGET_RANGES = ("symmetric", "unit")
 # Keys that were renamed: an old config gets told the new spelling instead of a list of every key.
@@ -44,6 +45,10 @@ class SignalConfig:
     allow_large_image: bool = False
     """Read PNG/JPEG files beyond Pillow's decompression-bomb limit (~179 M pixels), with a warning; they
     are decoded whole into memory. Tiled TIFFs are read lazily at any size."""
+    cache_mb: float = 4096.0
+    """Host memory per rank for the signal's values, MiB. A shard that fits stays resident (on the GPU
+    where there is one); a larger one is streamed from the Zarr store batch by batch, read ahead in the
+    background, which needs teacher.batches = "chunks" (docs/design.md, "Streaming shards")."""
     target_range: str = "symmetric"
     """Values the SIREN is trained on: symmetric = [-1, 1] (SIREN's own code; its output layer is centred
     on 0, measured 7.4 dB better, docs/training.md), unit = [0, 1] (the INT authors' protocol). PSNR is
@@ -74,6 +79,10 @@ class TeacherConfig:
     """How often selection reruns: dense, incremental, step-incremental, decremental."""
     num_batches: int = 1
     """Mini-batches per epoch; 1 = whole-signal INT. >1: each chunk is cut into this many groups."""
+    batches: str = "stratified"
+    """How mini-batches are made (num_batches > 1): stratified = every batch samples every chunk (best
+    quality), chunks = each batch is a set of whole chunks (needed to stream a shard from disk). Both
+    visit every point once per epoch and are the same for any number of ranks."""
     score_chunk: int = 65536
     """Points per forward pass while the teacher scores candidates (no gradients); bounds scoring memory."""
 
@@ -138,7 +147,9 @@ class CheckpointConfig:
 @dataclass
 class RenderConfig:
     format: str = "auto"
-    """Exported reconstruction: png, tiff or auto (PNG up to 8192^2 pixels, tiled BigTIFF above)."""
+    """Picture exported beside the OME-Zarr pyramid (reconstruction.zarr, always written): png, tiff (tiled
+    pyramidal BigTIFF), zarr (the pyramid only) or auto (PNG for 8/16-bit images up to 8192^2 pixels,
+    else the pyramid only)."""
 
 
 @dataclass
@@ -169,6 +180,8 @@ class Config:
             (self.teacher.interval_schedule in INTERVAL_SCHEDULES,
              f"teacher.interval_schedule must be one of {INTERVAL_SCHEDULES}"),
             (self.teacher.num_batches >= 1, "teacher.num_batches must be >= 1"),
+            (self.teacher.batches in BATCH_LAYOUTS, f"teacher.batches must be one of {BATCH_LAYOUTS}"),
+            (self.signal.cache_mb > 0, "signal.cache_mb must be > 0"),
             (self.teacher.score_chunk >= 1, "teacher.score_chunk must be >= 1"),
             (self.optim.lr > 0, "optim.lr must be > 0"),
             (0 <= self.optim.lr_min <= self.optim.lr, "optim.lr_min must be in [0, optim.lr]"),
@@ -190,7 +203,7 @@ class Config:
             (self.checkpoint.every >= 0, "checkpoint.every must be >= 0"),
             (self.checkpoint.keep >= 1, "checkpoint.keep must be >= 1"),
             (self.signal.chunk >= 8, "signal.chunk must be >= 8 pixels"),
-            (self.render.format in ("auto", "png", "tiff"), "render.format must be auto, png or tiff"),
+            (self.render.format in ("auto", "png", "tiff", "zarr"), "render.format must be auto, png, tiff or zarr"),
             (bool(self.run.dir), "run.dir must not be empty"),
             (bool(self.signal.path), "signal.path must not be empty"),
         ]

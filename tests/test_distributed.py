@@ -248,3 +248,42 @@ def test_gradient_clipping_clips_the_global_gradient(tmp_path):
     assert norm > 1e-2  # the clip really acts
     for ref, got in zip(model.parameters(), torch.load(out)):
         torch.testing.assert_close(got, ref.grad, rtol=1e-5, atol=1e-9)
+
+
+def _long_work(rank, world, out):
+    """Rank 0 works for 4 s while rank 1 waits, under a 1 s collective timeout: a long wait passes, a
+    normal one times out; an error on one rank reaches the other with its message."""
+    import time
+
+    from dist_int.comm import DistComm
+    from dist_int.engine.trainer import _agree_on_failure
+    from dist_int.errors import PeerFailed
+
+    comm = DistComm(rank, world, torch.device("cpu"), timeout_s=1.0)
+    results = {}
+    if rank == 0:
+        time.sleep(4)
+    _agree_on_failure(comm, None, "ingest", long=True)
+    results["long"] = "ok"
+    try:
+        _agree_on_failure(comm, ValueError("chunk 7 is corrupt") if rank == 1 else None, "read chunks", long=True)
+    except PeerFailed as e:
+        results["peer"] = str(e)
+    except ValueError as e:
+        results["own"] = str(e)
+    if rank == 0:
+        time.sleep(4)
+    try:
+        _agree_on_failure(comm, None, "ingest")  # the control group: its 1 s timeout ends the wait
+        results["short"] = "ok"
+    except Exception as e:  # noqa: BLE001
+        results["short"] = type(e).__name__
+    torch.save(results, f"{out}.{rank}")
+
+
+def test_long_work_waits_without_the_collective_timeout_and_errors_reach_every_rank(tmp_path):
+    run_distributed(_long_work, 2, (tmp_path / "r",))
+    r0, r1 = torch.load(f"{tmp_path / 'r'}.0"), torch.load(f"{tmp_path / 'r'}.1")
+    assert r0["long"] == r1["long"] == "ok"
+    assert r0["peer"] == "rank 1 failed to read chunks: chunk 7 is corrupt" and r1["own"] == "chunk 7 is corrupt"
+    assert r1["short"] != "ok"  # the same wait under the dead-rank timeout fails: the test can fail

@@ -7,7 +7,8 @@ import torch
 from conftest import PointTable
 from dist_int.comm import Comm
 from dist_int.config import TeacherConfig
-from dist_int.teacher import BatchPlan, Teacher, global_topk, hash_uniform, order_keys, score_order
+from dist_int.errors import ConfigError
+from dist_int.teacher import BatchPlan, Teacher, make_plan, global_topk, hash_uniform, order_keys, score_order
 
 
 def reference_topk(keys, gids, k):
@@ -61,10 +62,10 @@ def test_hash_is_a_pure_function():
     assert (counts / len(gids) - 0.1).abs().max() < 0.01
 
 
-def _plan(chunk_sizes, owners, rank, num_batches, seed=0):
+def _plan(chunk_sizes, owners, rank, num_batches, seed=0, layout="stratified"):
     own = owners[rank]
     start = np.concatenate([[0], np.cumsum([chunk_sizes[c] for c in own])])
-    return BatchPlan(chunk_sizes, own, start, num_batches, seed)
+    return make_plan(layout, chunk_sizes, own, start, num_batches, seed)
 
 
 def _global_ids(chunk_sizes, owners, rank):
@@ -82,12 +83,38 @@ def test_minibatches_visit_every_point_once_per_epoch_for_any_world_size():
             plan, gids = _plan(sizes, owners, rank, 5), _global_ids(sizes, owners, rank)
             for step in range(5, 10):  # epoch 1
                 per_batch[step - 5] += gids[plan.rows(step)].tolist()
-                assert plan.global_count(step % 5) == sum(len(np.array_split(range(n), 5)[step % 5])
+                assert plan.count(step) == sum(len(np.array_split(range(n), 5)[step % 5])
                                                           for n in sizes)
         everything = sorted(g for b in per_batch for g in b)
         assert everything == sorted(_global_ids(sizes, [list(range(6))], 0).tolist())
         batches_by_world[world] = [sorted(b) for b in per_batch]
     assert batches_by_world[1] == batches_by_world[2] == batches_by_world[3]
+
+
+def test_chunk_batches_are_whole_chunks_visit_every_point_and_ignore_world_size():
+    sizes = [37, 64, 64, 50, 11, 64, 64, 20, 5]
+    batches_by_world = {}
+    for world in (1, 2, 3):
+        owners = [list(range(r, len(sizes), world)) for r in range(world)]
+        per_batch = [[] for _ in range(4)]
+        for rank in range(world):
+            plan, gids = _plan(sizes, owners, rank, 4, layout="chunks"), _global_ids(sizes, owners, rank)
+            for step in range(8, 12):  # epoch 2
+                got = gids[plan.rows(step)]
+                per_batch[step - 8] += got.tolist()
+                # whole chunks: a chunk's points are all in the batch or none are
+                assert sorted(set((got // 1000).tolist())) == [plan.own_chunks[i] for i in plan.chunk_indices(step)]
+                assert sum(sizes[plan.own_chunks[i]] for i in plan.chunk_indices(step)) == got.numel()
+        for step in range(8, 12):
+            assert plan.count(step) == len(per_batch[step - 8])
+        assert sorted(g for b in per_batch for g in b) == sorted(_global_ids(sizes, [list(range(9))], 0).tolist())
+        batches_by_world[world] = [sorted(b) for b in per_batch]
+        assert sorted(len(set(g // 1000 for g in b)) for b in per_batch) == [2, 2, 2, 3]  # near-equal runs
+    assert batches_by_world[1] == batches_by_world[2] == batches_by_world[3]
+    epoch0 = _plan(sizes, [list(range(9))], 0, 4, layout="chunks")
+    assert [g.tolist() for g in epoch0.groups(0)] != [g.tolist() for g in epoch0.groups(1)]
+    with pytest.raises(ConfigError, match="exceeds the 9 chunks"):
+        _plan(sizes, [list(range(9))], 0, 10, layout="chunks")
 
 
 def test_epochs_differ():
@@ -159,8 +186,8 @@ def test_teacher_state_moves_between_world_sizes(tmp_path):
             name = f"chunk-{cid:08d}.npy"
             shutil.copy(tmp_path / "all" / name, mine / name)
         t3.load_chunks(mine, state)
-        loaded.append({b: set(gids3[r].tolist()) for b, (r, _) in t3.cache.items()})
-    for b, (rows, k) in t.cache.items():
+        loaded.append({b: set(gids3[r].tolist()) for b, (r, _, _) in t3.cache.items()})
+    for b, (rows, k, _) in t.cache.items():
         assert set().union(*(part[b] for part in loaded)) == set(gids[rows].tolist())
         assert sum(len(part[b]) for part in loaded) == k == state["batches"][str(b)]
 

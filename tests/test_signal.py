@@ -194,12 +194,24 @@ def test_shard_geometry_on_uneven_chunks_and_target_ranges(tmp_path):
     np.testing.assert_allclose(shard.targets().numpy()[:, 0], unit * 2 - 1, atol=1e-6)
 
 
+def _perfect_output(tmp_path, store, name="r.zarr"):
+    """The output pyramid of a perfect reconstruction: level 0 holds the source values, built as the
+    trainer builds it (render, then each level from the one below)."""
+    from dist_int.render import build_level, create_output, num_levels, open_level
+
+    path = tmp_path / name
+    create_output(path, store)
+    open_level(path, 0, "r+")[...] = store.array[...].transpose(2, 0, 1)
+    for level in range(1, num_levels(path)):
+        build_level(path, level, 0, 1)
+    return path
+
+
 @pytest.mark.parametrize("dtype", ["int16", "uint16", "uint8", "float32", "int32"])
 def test_export_returns_the_source_values(tmp_path, dtype):
     """A perfect reconstruction exports as the source, in its dtype and value range: signed integers
     too (raw -12600 is not 16384 + offset), and floats on their own scale."""
     import tifffile
-    import zarr
 
     from dist_int.render import export
 
@@ -211,19 +223,56 @@ def test_export_returns_the_source_values(tmp_path, dtype):
         src = rng.integers(max(info.min, -12600), min(info.max, 12700), (20, 24, 1), endpoint=True).astype(dtype)
     tifffile.imwrite(tmp_path / "src.tif", src[..., 0])
     store = SignalStore(ingest(str(tmp_path / "src.tif"), tmp_path / "s.zarr", 8))
-    recon = zarr.create_array(tmp_path / "r.zarr", shape=store.shape, chunks=(8, 8, 1), dtype="float32")
-    recon[...] = ((store.array[...].astype(np.float64) - store.offset) * store.scale).astype(np.float32)
-    out = export(tmp_path / "r.zarr", tmp_path / "recon", "auto", store.meta["source_dtype"],
-                 tuple(store.meta["value_range"]))
-    back = tifffile.imread(out) if out.suffix == ".tif" else np.asarray(Image.open(out))
-    back = back.reshape(src.shape)
-    assert back.dtype == src.dtype
-    if dtype.startswith("float"):
-        np.testing.assert_allclose(back, src, rtol=1e-5, atol=1e-4)
-    else:
-        # The float32 reconstruction holds 24 bits of [0, 1]: exact for 8/16-bit sources; an int32 source
-        # mapped over its whole dtype range comes back within 2^32 / 2^24 = 256.
-        assert np.abs(back.astype(np.int64) - src.astype(np.int64)).max() <= (256 if dtype == "int32" else 0)
+    path = _perfect_output(tmp_path, store)
+    for fmt in ("auto", "tiff"):
+        out = export(path, tmp_path / "recon", fmt)
+        if out.suffix == ".zarr":  # auto: signed and float sources get the pyramid only
+            assert dtype in ("int16", "float32", "int32") and out == path
+            continue
+        back = tifffile.imread(out) if out.suffix == ".tif" else np.asarray(Image.open(out))
+        back = back.reshape(src.shape)
+        assert back.dtype == src.dtype and np.array_equal(back, src)
+
+
+def test_output_is_an_ome_zarr_pyramid_and_a_pyramidal_tiff(tmp_path):
+    """Levels halve the image down to 256 px (odd edges repeat their last pixel), each the rounded 2x2
+    mean of the one below; the OME-Zarr metadata names them with their scale; the BigTIFF carries the
+    same levels as SubIFDs; two ranks sharing the levels write what one writes."""
+    import tifffile
+    import zarr
+
+    from dist_int.render import build_level, create_output, export, num_levels, open_level
+
+    img = np.random.default_rng(1).integers(0, 256, (1030, 600, 3), dtype=np.uint8)
+    Image.fromarray(img).save(tmp_path / "big.png")
+    store = SignalStore(ingest(str(tmp_path / "big.png"), tmp_path / "s.zarr", 128))
+    path = _perfect_output(tmp_path, store)
+    assert num_levels(path) == 4
+    shapes = [open_level(path, i).shape for i in range(4)]
+    assert shapes == [(3, 1030, 600), (3, 515, 300), (3, 258, 150), (3, 129, 75)]
+    ome = dict(zarr.open_group(path, mode="r").attrs)["ome"]
+    assert ome["version"] == "0.5" and [a["name"] for a in ome["multiscales"][0]["axes"]] == ["c", "y", "x"]
+    assert ome["multiscales"][0]["datasets"][2]["coordinateTransformations"][0]["scale"] == [1.0, 4.0, 4.0]
+    one = open_level(path, 1)[...].astype(np.float64)
+    expect = np.round(img.transpose(2, 0, 1).astype(np.float64).reshape(3, 515, 2, 300, 2).mean(axis=(2, 4)))
+    assert np.array_equal(one, expect)
+    two = open_level(path, 2)[...]
+    padded = np.pad(one, ((0, 0), (0, 1), (0, 0)), mode="edge")  # 515 rows: the last one repeats
+    assert np.array_equal(two, np.round(padded.reshape(3, 258, 2, 150, 2).mean(axis=(2, 4))))
+    # Two ranks, each its own chunks of every level, write the same pyramid.
+    other = tmp_path / "two.zarr"
+    create_output(other, store)
+    open_level(other, 0, "r+")[...] = img.transpose(2, 0, 1)
+    for level in range(1, 4):
+        for rank in (1, 0):
+            build_level(other, level, rank, 2)
+    assert all(np.array_equal(open_level(other, i)[...], open_level(path, i)[...]) for i in range(4))
+    tif = export(path, tmp_path / "recon", "tiff")
+    with tifffile.TiffFile(tif) as t:
+        levels = t.series[0].levels
+        assert [lv.shape for lv in levels] == [(1030, 600, 3), (515, 300, 3), (258, 150, 3), (129, 75, 3)]
+        assert t.pages[0].is_tiled and np.array_equal(levels[2].asarray(), two.transpose(1, 2, 0))
+        assert np.array_equal(levels[0].asarray(), img)
 
 
 def test_ssim_on_tiny_images(tmp_path):
@@ -236,10 +285,7 @@ def test_ssim_on_tiny_images(tmp_path):
         path = tmp_path / f"tiny{side}.png"
         Image.fromarray((np.arange(side * side).reshape(side, side) * 7 % 256).astype(np.uint8)).save(path)
         store = SignalStore(ingest(str(path), tmp_path / f"t{side}.zarr", 8))
-        recon = zarr.create_array(tmp_path / f"r{side}.zarr", shape=store.shape, chunks=(8, 8, 1),
-                                  dtype="float32")
-        recon[...] = ((store.array[...].astype(np.float64) - store.offset) * store.scale).astype(np.float32)
-        value = ssim_of(recon, store)
+        value = ssim_of(store.array[...].transpose(2, 0, 1), store)
         assert (value is None) if side < 3 else value == pytest.approx(1.0)
 
 
@@ -294,10 +340,15 @@ def test_tiled_ssim_equals_whole_image_ssim(tmp_path, png_image, tile):
 
     from dist_int.render import ssim_of
 
+    from dist_int.render import ssim_mean, ssim_sums
+
     store = SignalStore(ingest(str(png_image), tmp_path / "s.zarr", 16))
-    target = ((store.array[...].astype(np.float64) - store.offset) * store.scale).astype(np.float32)
-    noisy = np.clip(target + np.random.default_rng(0).normal(0, 0.05, target.shape), 0, 1).astype(np.float32)
-    recon = zarr.create_array(tmp_path / "r.zarr", shape=store.shape, chunks=(16, 16, 3), dtype="float32")
-    recon[...] = noisy
-    whole = structural_similarity(target, noisy, data_range=1.0, channel_axis=-1)
+    target = store.array[...].astype(np.float32) / 255
+    noisy = np.clip(target * 255 + np.random.default_rng(0).normal(0, 12, target.shape), 0, 255).round()
+    recon = zarr.create_array(tmp_path / "r.zarr", shape=(3, 64, 64), chunks=(3, 16, 16), dtype="uint8")
+    recon[...] = noisy.astype(np.uint8).transpose(2, 0, 1)
+    whole = structural_similarity(target, (noisy / 255).astype(np.float32), data_range=1.0, channel_axis=-1)
     assert ssim_of(recon, store, tile=tile) == pytest.approx(whole, abs=1e-6)
+    # Shared by 3 ranks, tile by tile: the sums add up to the same value.
+    parts = sum(ssim_sums(recon, store, tile, rank, 3) for rank in range(3))
+    assert ssim_mean(parts, store) == pytest.approx(whole, abs=1e-6)

@@ -34,18 +34,28 @@ class Evaluator:
         self.num_channels = num_channels
         # A fixed random probe set, the same points for any world size (hashed by global id), found in
         # pieces so that no per-point array of the whole shard is made.
+        # Their targets are kept (a few numbers per probe point), so a streamed shard is read only once here.
         frac = min(1.0, probe_points / num_points)
-        self.probe_rows = torch.cat([part[hash_uniform(shard.gids(part), seed, PROBE_SALT) < frac]
-                                     for part in shard.row_pieces(chunk)])
+        rows, targets = [], []
+        for _, group in shard.sweep(chunk):
+            for part in group.split(chunk):
+                part = part[hash_uniform(shard.gids(part), seed, PROBE_SALT) < frac]
+                rows.append(part)
+                targets.append(shard.targets(part))
+        self.probe_rows, self.probe_targets = torch.cat(rows), torch.cat(targets)
 
     def psnr(self) -> float:
-        sse = sum(sse_rows(self.predict, self.shard, part, self.chunk) for part in self.shard.row_pieces(self.chunk))
+        sse = sum(sse_rows(self.predict, self.shard, rows, self.chunk) for _, rows in self.shard.sweep(self.chunk))
         return psnr_db(float(self.comm.all_reduce_sum(sse)), self.num_values)
 
     def probe_psnr(self) -> float:
         """PSNR on the probe set: the divergence guard's signal."""
         rows = self.probe_rows
-        sse = sse_rows(self.predict, self.shard, rows, self.chunk)
+        sse = torch.zeros((), dtype=torch.float64, device=rows.device)
+        with torch.no_grad():
+            for part, targets in zip(rows.split(self.chunk), self.probe_targets.split(self.chunk)):
+                pred = self.predict(self.shard.coords(part))
+                sse += self.shard.target_range.squared_error_unit(pred, targets)
         count = torch.tensor(float(rows.numel()), dtype=torch.float64, device=sse.device)
         total = self.comm.all_reduce_sum(torch.stack([sse, count])).tolist()
         return psnr_db(total[0], max(int(total[1]), 1) * self.num_channels)

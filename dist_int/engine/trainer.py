@@ -14,17 +14,17 @@ import shutil
 import signal
 
 import torch
-import zarr
 
 from ..comm import Comm
 from ..config import Config
 from ..errors import PeerFailed
 from ..model import Siren
 from ..progress import Progress
-from ..render import export, psnr_db, render_shard, ssim_of
+from ..render import (build_level, create_output, export, num_levels, open_level, psnr_db, render_shard,
+                      ssim_mean, ssim_sums)
 from ..rundir import RunDir, atomic_write
-from ..signal import Shard, SignalStore, TargetRange, assign_chunks, prepare_signal, signal_store_path
-from ..teacher import BatchPlan, Teacher
+from ..signal import Shard, SignalStore, TargetRange, assign_chunks, open_shard, prepare_signal, signal_store_path
+from ..teacher import Teacher, make_plan
 from .checkpoint import Checkpointer
 from .deepspeed_engine import build_engine
 from .evaluate import Evaluator
@@ -77,14 +77,17 @@ def _memory(comm: Comm, device: torch.device) -> dict:
     return out
 
 
-def _agree_on_failure(comm: Comm, error: Exception | None, what: str) -> None:
-    """Every rank fails together when any rank failed; the first failing rank raises its own error."""
-    failed = [r for r, f in enumerate(comm.all_gather_scalar(1.0 if error else 0.0).tolist()) if f]
+def _agree_on_failure(comm: Comm, error: Exception | None, what: str, long: bool = False) -> None:
+    """Every rank fails together when any rank failed, and every rank says why: the first failing rank
+    raises its own error, the others PeerFailed with its message. `long`: the step just done may take one
+    rank much longer than the others (no collective timeout while they wait; comm.py)."""
+    messages = comm.gather_strings("" if error is None else (str(error) or type(error).__name__), long)
+    failed = [r for r, m in enumerate(messages) if m]
     if not failed:
         return
     if error is not None and comm.rank == failed[0]:
         raise error
-    raise PeerFailed(f"rank {failed[0]} failed to {what} (its error is above)")
+    raise PeerFailed(f"rank {failed[0]} failed to {what}: {messages[failed[0]]}")
 
 
 def _prepare_run(cfg: Config, comm: Comm, run: RunDir, device: torch.device) -> tuple[SignalStore, Shard]:
@@ -100,15 +103,16 @@ def _prepare_run(cfg: Config, comm: Comm, run: RunDir, device: torch.device) -> 
                 run.write_config(cfg)
             except Exception as e:  # noqa: BLE001 - shared with the other ranks, then re-raised
                 error = e
-        _agree_on_failure(comm, error, "prepare the run folder and signal")
+        _agree_on_failure(comm, error, "prepare the run folder and signal", long=True)
         shard = None
         try:
             store = SignalStore(signal_store_path(cfg.signal.path, run.signal_store))
             owners = assign_chunks(store.num_chunks, comm.world_size, cfg.seed)
-            shard = Shard.load(store, owners[comm.rank], device, TargetRange.named(cfg.signal.target_range))
+            shard = open_shard(store, owners[comm.rank], device, TargetRange.named(cfg.signal.target_range),
+                               cfg.signal.cache_mb)
         except Exception as e:  # noqa: BLE001
             error = e
-        _agree_on_failure(comm, error, "load its shard of the signal")
+        _agree_on_failure(comm, error, "load its shard of the signal", long=True)
         return store, shard
     except Exception:
         if created:
@@ -150,8 +154,15 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
     render_predict = engine.module  # evaluation and rendering: fp32 (TF32 where enabled)
 
     # Teacher, evaluation, guard, step.
-    plan = BatchPlan([store.chunk_size(c) for c in range(store.num_chunks)], shard.chunk_ids,
-                     shard.chunk_start, cfg.teacher.num_batches, cfg.seed, device)
+    plan, error = None, None
+    try:
+        plan = make_plan(cfg.teacher.batches, [store.chunk_size(c) for c in range(store.num_chunks)],
+                         shard.chunk_ids, shard.chunk_start, cfg.teacher.num_batches, cfg.seed, device)
+        if shard.streamed:  # ranks may differ here (shards differ by a chunk), so they agree on failure
+            shard.check_plan(plan)
+    except Exception as e:  # noqa: BLE001
+        error = e
+    _agree_on_failure(comm, error, "plan its mini-batches")
     teacher = Teacher(cfg.teacher, cfg.train.steps, cfg.seed, comm, plan, store.num_points)
     evaluator = Evaluator(render_predict, shard, comm, store.num_points, store.channels, cfg.train.eval_chunk,
                           cfg.train.probe_points, cfg.seed)
@@ -173,7 +184,8 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
         _agree_on_failure(comm, error, f"load checkpoint {tag}")
         log.message(f"resuming {run.path} from step {state.step} ({run.checkpoints / tag}, saved by "
                     f"{meta['world_size']} rank(s); now {comm.world_size})")
-    log.message(f"{store.shape} signal, {store.num_chunks} chunks over {comm.world_size} rank(s); "
+    log.message(f"{store.shape} signal, {store.num_chunks} chunks over {comm.world_size} rank(s)"
+                f"{' (streamed from disk)' if shard.streamed else ''}; "
                 f"SIREN {cfg.model.layers}x{cfg.model.hidden} ({model.num_params:,} params); teacher "
                 f"{cfg.teacher.strategy}; {cfg.train.precision}{' compiled' if cfg.train.compile else ''}; "
                 f"{cfg.train.steps} steps on {device}")
@@ -184,6 +196,7 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
     with contextlib.ExitStack() as stack:
         metrics = stack.enter_context(MetricsLog(run.metrics, comm.is_rank_zero, state.step))
         stop = stack.enter_context(StopFlag(comm))
+        stack.callback(shard.close)
         stack.callback(log.close)
         guard.start(state.step)  # the state we start (or resume) from is the first good one
         meter.start()
@@ -191,6 +204,7 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
             stopped_by = stop.agreed(state.step)
             if stopped_by:
                 break
+            shard.stage(plan, state.step)  # a streamed shard swaps in this batch's chunks (read ahead)
             batch = teacher.teaching_set(state.step, shard, score)
             train_step(shard.coords(batch.rows), shard.targets(batch.rows), batch.count, batch.max_rows)
             meter.add(batch.count)
@@ -272,24 +286,40 @@ def _finish(cfg: Config, comm: Comm, store: SignalStore, shard: Shard, predict, 
             rollbacks: int, status: str, num_params: int) -> dict:
     """Every rank renders its chunks into one Zarr store; rank 0 exports it and writes summary.json."""
     tmp = run.reconstruction_tmp
-    if comm.is_rank_zero:
-        shutil.rmtree(tmp, ignore_errors=True)
-        zarr.create_array(tmp, shape=store.shape, chunks=(*store.chunk_shape, store.channels),
-                          dtype="float32", fill_value=0.0)
-    comm.barrier()
-    out = zarr.open_array(tmp, mode="r+")
-    sse = render_shard(predict, shard, store, out, cfg.train.eval_chunk)
+
+    def everywhere(what: str, work, long: bool = True, rank_zero_only: bool = False):
+        """Run `work` (here or on rank 0 only); every rank fails together and says why."""
+        result, error = None, None
+        if comm.is_rank_zero or not rank_zero_only:
+            try:
+                result = work()
+            except Exception as e:  # noqa: BLE001 - shared with the other ranks, then re-raised
+                error = e
+        _agree_on_failure(comm, error, what, long)
+        return result
+
+    everywhere("create the output pyramid", lambda: (shutil.rmtree(tmp, ignore_errors=True),
+                                                     create_output(tmp, store)), rank_zero_only=True)
+    # Rendering, the pyramid and SSIM are shared by all ranks; waits on them are long (comm.py).
+    sse = everywhere("render its chunks", lambda: render_shard(predict, shard, store, open_level(tmp, 0, "r+"),
+                                                               cfg.train.eval_chunk))
     sse = float(comm.all_reduce_sum(torch.tensor([sse], dtype=torch.float64)))
+    for level in range(1, num_levels(tmp)):
+        everywhere(f"build pyramid level {level}", lambda: build_level(tmp, level, comm.rank, comm.world_size))
+    sums = everywhere("compute its share of SSIM", lambda: ssim_sums(open_level(tmp, 0), store, rank=comm.rank,
+                                                                        world_size=comm.world_size))
+    ssim = None if sums is None else ssim_mean(comm.all_reduce_sum(torch.from_numpy(sums)).numpy(), store)
     memory = _memory(comm, shard.device)
-    comm.barrier()
-    summary = {}
-    if comm.is_rank_zero:
+
+    def publish():
         final = run.reconstruction_zarr
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
-        image = export(final, run.reconstruction_stem, cfg.render.format, store.meta["source_dtype"],
-                       tuple(store.meta["value_range"]))
-        ssim = ssim_of(zarr.open_array(final, mode="r"), store)
+        return export(final, run.reconstruction_stem, cfg.render.format)
+
+    image = everywhere("export the reconstruction", publish, rank_zero_only=True)
+    summary = {}
+    if comm.is_rank_zero:
         psnr = psnr_db(sse, store.num_points * store.channels)
         summary = {
             "psnr_db": round(psnr, 4),

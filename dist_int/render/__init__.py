@@ -1,6 +1,7 @@
-"""render: each rank renders its chunks into the output Zarr store; metrics and export."""
+"""render: every rank renders its chunks into the output pyramid; metrics and export."""
 
-from .metrics import psnr_db, ssim_of
-from .render import export, render_shard
+from .metrics import psnr_db, ssim_mean, ssim_of, ssim_sums
+from .render import FORMATS, build_level, num_levels, create_output, export, open_level, render_shard, to_source
 
-__all__ = ["export", "psnr_db", "render_shard", "ssim_of"]
+__all__ = ["FORMATS", "build_level", "num_levels", "create_output", "export", "open_level", "psnr_db", "render_shard",
+           "ssim_mean", "ssim_of", "ssim_sums", "to_source"]

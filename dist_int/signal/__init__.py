@@ -5,6 +5,7 @@ from pathlib import Path
 from .errors import SignalError
 from .ingest import BUILTINS, TIFF_SUFFIXES, file_sha256, ingest, load_source
 from .store import Shard, SignalStore, assign_chunks
+from .stream import StreamedShard, open_shard
 from .targets import TargetRange
 
 
@@ -35,5 +36,5 @@ def prepare_signal(path: str, ingested: Path, chunk: int, allow_large: bool = Fa
     return ingest(path, dest, chunk, allow_large=allow_large)
 
 
-__all__ = ["BUILTINS", "TIFF_SUFFIXES", "Shard", "SignalError", "SignalStore", "assign_chunks",
+__all__ = ["BUILTINS", "TIFF_SUFFIXES", "Shard", "SignalError", "StreamedShard", "open_shard", "SignalStore", "assign_chunks",
            "TargetRange", "ingest", "is_zarr_store", "load_source", "prepare_signal", "signal_store_path"]

@@ -175,9 +175,39 @@ class Shard:
         # A sum of products, not `@`: CUDA has no integer matrix-vector product.
         return (self.positions(self.all_rows() if rows is None else rows) * self._strides).sum(dim=1)
 
+    def raw_rows(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The stored values of the rows (all rows: None), (n, C) in the held dtype."""
+        return self.raw if rows is None else self.raw[rows]
+
+    # A resident shard holds every chunk: nothing to stage, and a sweep is one pass over the rows.
+    # StreamedShard (signal/stream.py) reads chunks from the store for both.
+    streamed = False
+
+    def stage(self, plan, step: int) -> None:
+        """Make the rows of the batch at `step` readable (a resident shard always is)."""
+
+    def sweep(self, max_points: int):
+        """(chunk positions, rows) for consecutive groups of this shard's chunks holding at most
+        `max_points` points (at least one chunk), each readable while it is being used: evaluation and
+        rendering visit every point this way, resident or streamed."""
+        for idx in self._sweep_groups(max_points):
+            yield idx, torch.arange(int(self.chunk_start[idx[0]]), int(self.chunk_start[idx[-1] + 1]),
+                                    device=self.device)
+
+    def close(self) -> None:
+        """Stop background reads (a resident shard has none)."""
+
+    def _sweep_groups(self, max_points: int) -> list[list[int]]:
+        groups, first = [], 0
+        for i in range(1, len(self.chunk_ids) + 1):
+            if i == len(self.chunk_ids) or self.chunk_start[i + 1] - self.chunk_start[first] > max_points:
+                groups.append(list(range(first, i)))
+                first = i
+        return groups
+
     def unit_values(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """The source values mapped to [0, 1] (the store's normalization), (n, C) float32."""
-        raw = self.raw if rows is None else self.raw[rows]
+        raw = self.raw_rows(rows)
         if self._mask is not None:
             raw = raw.to(torch.int64) & self._mask
         if self._wide:
@@ -193,11 +223,27 @@ class Shard:
              target_range: TargetRange = TargetRange(0.0, 1.0)) -> "Shard":
         """Read the chunks one by one into one preallocated array of the source dtype (the host holds the
         raw shard once, no float copy), checking each for NaN/Inf, then move it to `device`."""
-        sizes = [store.chunk_size(c) for c in chunk_ids]
-        dtype = np.dtype(store.array.dtype)
-        host = np.empty((sum(sizes), store.channels), dtype=_AS_SIGNED.get(dtype, (dtype,))[0])
-        row = 0
-        for cid, n in zip(chunk_ids, sizes):
-            host[row:row + n] = store.read_raw_chunk(cid).view(host.dtype)
-            row += n
-        return Shard(store, chunk_ids, torch.from_numpy(host), device, target_range)
+        return Shard(store, chunk_ids, torch.from_numpy(read_chunks(store, chunk_ids)), device, target_range)
+
+
+def held_dtype(store: "SignalStore") -> np.dtype:
+    """The dtype a shard holds the store's values in (unsigned 16/32-bit as the signed type)."""
+    dtype = np.dtype(store.array.dtype)
+    return np.dtype(_AS_SIGNED.get(dtype, (dtype,))[0])
+
+
+def read_chunks(store: "SignalStore", chunk_ids: list[int], pin: bool = False) -> np.ndarray:
+    """The chunks' raw values one after another, (points, C) in `held_dtype`, read one chunk at a time
+    into one preallocated array (pinned host memory when `pin`, for asynchronous copies to a GPU)."""
+    sizes = [store.chunk_size(c) for c in chunk_ids]
+    dtype = held_dtype(store)
+    shape = (sum(sizes), store.channels)
+    if pin:
+        host = torch.empty(shape, dtype=torch.from_numpy(np.zeros(0, dtype)).dtype, pin_memory=True).numpy()
+    else:
+        host = np.empty(shape, dtype=dtype)
+    row = 0
+    for cid, n in zip(chunk_ids, sizes):
+        host[row:row + n] = store.read_raw_chunk(cid).view(dtype)
+        row += n
+    return host

@@ -54,9 +54,13 @@ class BatchPlan:
         self._epoch = None
         self._batches: list[torch.Tensor] = []
 
-    def global_count(self, b: int) -> int:
-        """Points in batch b summed over all chunks of the signal: no communication needed."""
-        return int(self._global_counts[b])
+    def count(self, step: int) -> int:
+        """Points in the batch used at `step`, summed over all chunks of the signal: no communication."""
+        return int(self._global_counts[self.locate(step)[1]])
+
+    def chunk_indices(self, step: int) -> list[int]:
+        """Positions in `own_chunks` of the chunks the batch at `step` draws from: all of them."""
+        return list(range(len(self.own_chunks)))
 
     def locate(self, step: int) -> tuple[int, int]:
         """(epoch, batch) of a step."""
@@ -113,3 +117,71 @@ class BatchPlan:
             self._batches = self._build(epoch)
             self._epoch = epoch
         return self._batches[b]
+
+
+CHUNK_SALT = 0xC4A11  # keeps the chunk-to-batch hash apart from the other hashes
+
+
+class ChunkBatchPlan(BatchPlan):
+    """Mini-batches made of whole chunks (teacher.batches = "chunks"), so a batch can be read from disk
+    on its own: a shard too large for memory is streamed batch by batch (signal/stream.py).
+
+    In epoch e every chunk of the signal gets the hash of (seed, e, chunk id); chunks sorted by it are cut
+    into `num_batches` runs of near-equal length, and batch b is run b. The grouping depends only on the
+    chunk ids, so it is the same for any number of ranks; every point is visited once per epoch
+    (docs/design.md, "Mini-batches"). A rank's part of batch b is the chunks of run b it owns.
+    """
+
+    def __init__(self, chunk_sizes: list[int], own_chunks: list[int], chunk_start: np.ndarray,
+                 num_batches: int, seed: int, device: torch.device | str = "cpu"):
+        if num_batches > len(chunk_sizes):
+            raise ConfigError(f"teacher.num_batches={num_batches} exceeds the {len(chunk_sizes)} chunks of the "
+                              f"signal, and teacher.batches = \"chunks\" puts whole chunks in a batch; lower "
+                              f"num_batches or ingest with smaller chunks (signal.chunk)")
+        super().__init__([max(chunk_sizes)], own_chunks, chunk_start, 1, seed, device)
+        self.num_batches = num_batches
+        self._all_sizes = np.asarray(chunk_sizes, dtype=np.int64)
+        self._index_of = {c: i for i, c in enumerate(own_chunks)}
+        self._groups_epoch, self._groups = None, []
+        self._rows_key, self._rows = None, None
+
+    def groups(self, epoch: int) -> list[np.ndarray]:
+        """Every batch's chunk ids in `epoch` (all ranks' chunks), each ascending."""
+        if epoch != self._groups_epoch:
+            ids = torch.arange(len(self._all_sizes), dtype=torch.int64)
+            order = torch.argsort(hash64(ids, self.seed, epoch, CHUNK_SALT)).numpy()
+            cuts = [len(order) * b // self.num_batches for b in range(self.num_batches + 1)]
+            self._groups = [np.sort(order[cuts[b]:cuts[b + 1]]) for b in range(self.num_batches)]
+            self._groups_epoch = epoch
+        return self._groups
+
+    def count(self, step: int) -> int:
+        epoch, b = self.locate(step)
+        return int(self._all_sizes[self.groups(epoch)[b]].sum())
+
+    def chunk_indices(self, step: int) -> list[int]:
+        """Positions in `own_chunks` of this rank's chunks of the batch at `step`, ascending."""
+        epoch, b = self.locate(step)
+        return sorted(self._index_of[c] for c in self.groups(epoch)[b].tolist() if c in self._index_of)
+
+    def rows(self, step: int) -> torch.Tensor:
+        key = self.locate(step)
+        if key != self._rows_key:
+            idx = self.chunk_indices(step)
+            starts = self.chunk_start
+            n = sum(int(starts[i + 1] - starts[i]) for i in idx)
+            sel = torch.tensor(idx, dtype=torch.int64, device=self.device)
+            sizes, first = self._sizes[sel], self._starts[sel]
+            local = torch.repeat_interleave(torch.arange(len(idx), device=self.device), sizes, output_size=n)
+            offset = torch.arange(n, device=self.device) - torch.repeat_interleave(
+                torch.cumsum(sizes, 0) - sizes, sizes, output_size=n)
+            self._rows = (first[local] + offset).to(self.row_dtype)
+            self._rows_key = key
+        return self._rows
+
+
+def make_plan(layout: str, chunk_sizes: list[int], own_chunks: list[int], chunk_start: np.ndarray,
+              num_batches: int, seed: int, device: torch.device | str = "cpu") -> BatchPlan:
+    """The batch plan of teacher.batches: "stratified" (every batch samples every chunk) or "chunks"."""
+    cls = ChunkBatchPlan if layout == "chunks" and num_batches > 1 else BatchPlan
+    return cls(chunk_sizes, own_chunks, chunk_start, num_batches, seed, device)

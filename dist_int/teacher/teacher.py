@@ -52,8 +52,11 @@ class Teacher:
         self.cfg, self.total_steps, self.seed, self.comm, self.plan = cfg, total_steps, seed, comm, plan
         # Mini-batch mode advances the schedules per epoch (the authors' Pluto run); else per step.
         self.num_units = math.ceil(total_steps / plan.num_batches)
-        # One cached teaching set per batch: batch -> (rows, global count).
-        self.cache: dict[int, tuple[torch.Tensor, int]] = {}
+        # One cached teaching set per batch: batch -> (rows, global count, epoch it was selected in).
+        self.cache: dict[int, tuple[torch.Tensor, int, int]] = {}
+        # Chunk batches are different chunks every epoch, so a set selected in an earlier epoch names
+        # points the batch no longer holds (and a streamed shard no longer has in memory): reselect.
+        self.per_epoch = hasattr(plan, "groups")
         # batch -> the most rows any rank holds of its current set. Every rank adds and drops entries at
         # the same steps (selections, loads, rollbacks), so the collective that fills one runs everywhere.
         self._max_rows: dict[int, int] = {}
@@ -70,15 +73,15 @@ class Teacher:
     def teaching_set(self, step: int, points, predict: Predict) -> TeachingSet:
         """points: this rank's shard (coords/targets/gids of rows, on the compute device); predict: the
         model at the precision training uses (the teacher never scores at a lower one)."""
-        _, b = self.plan.locate(step)
-        total = self.plan.global_count(b)
+        epoch, b = self.plan.locate(step)
+        total = self.plan.count(step)
         if self.cfg.strategy == "full":
             rows = None if self.plan.num_batches == 1 else self.plan.rows(step)
             n = points.num_points if rows is None else rows.numel()
             return TeachingSet(rows, total, False, self.max_rows(b, n))
         reselect = should_select(self.cfg.interval_schedule, self.schedule_time(step), self.num_units)
-        if not reselect and b in self.cache:
-            rows, k = self.cache[b]
+        if not reselect and b in self.cache and (not self.per_epoch or self.cache[b][2] == epoch):
+            rows, k, _ = self.cache[b]
             return TeachingSet(rows, k, False, self.max_rows(b, rows.numel()))
         rows = self.plan.rows(step)
         k = self.budget(step, total)
@@ -90,7 +93,7 @@ class Teacher:
         # Ascending rows: the same order however the set was reached (fresh, or loaded from a checkpoint).
         rows = torch.sort(rows[global_topk(order_keys(order, gids), k, self.comm, total)]).values
         self.bytes_moved += SEARCH_BYTES if self.comm.world_size > 1 else 0
-        self.cache[b] = (rows, k)
+        self.cache[b] = (rows, k, epoch)
         self._max_rows.pop(b, None)
         self.selections += 1
         return TeachingSet(rows, k, True, self.max_rows(b, rows.numel()))
@@ -118,7 +121,8 @@ class Teacher:
     # one file per chunk; each rank writes and reads only the chunks it owns, on any world size.
     def state_dict(self) -> dict:
         """What every rank shares: the cached batches and their global budgets (chunk files hold the rest)."""
-        return {"batches": {str(b): k for b, (_, k) in sorted(self.cache.items())}}
+        return {"batches": {str(b): k for b, (_, k, _) in sorted(self.cache.items())},
+                "epochs": {str(b): e for b, (_, _, e) in sorted(self.cache.items())}}
 
     def _chunk_spans(self):
         starts = self.plan.chunk_start
@@ -141,6 +145,7 @@ class Teacher:
 
     def load_chunks(self, folder: Path, state: dict) -> None:
         budgets = {int(b): int(k) for b, k in state["batches"].items()}
+        epochs = {int(b): int(e) for b, e in state.get("epochs", {}).items()}
         batches = sorted(budgets)
         parts: list[list[np.ndarray]] = [[] for _ in batches]
         for cid, lo, hi in self._chunk_spans():
@@ -153,5 +158,5 @@ class Teacher:
                 parts[j].append(np.flatnonzero(np.unpackbits(packed[j], count=hi - lo)) + lo)
         device, dtype = self.plan.device, self.plan.row_dtype
         self.cache = {b: (torch.from_numpy(np.concatenate(p) if p else np.zeros(0, np.int64)).to(device, dtype),
-                          budgets[b]) for b, p in zip(batches, parts)}
+                          budgets[b], epochs.get(b, 0)) for b, p in zip(batches, parts)}
         self._max_rows.clear()

@@ -1,0 +1,200 @@
+"""Shards larger than memory: chunks read from the Zarr store by a background prefetcher into a bounded
+cache, batch by batch (docs/design.md, "Streaming shards").
+
+A StreamedShard answers the same questions as a resident Shard (positions, coordinates and global ids
+come from the chunk geometry either way); only the raw values live in a *window* that holds the chunks
+of the current batch. Mini-batches must then be made of whole chunks (teacher.batches = "chunks"), so
+the chunks of the next batch are known in advance and read while the current one trains.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import deque
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from .errors import SignalError
+from .store import Shard, SignalStore, held_dtype, read_chunks
+from .targets import TargetRange
+
+TRAIN_SHARE = 0.75  # of signal.cache_mb: the batch being trained and those read ahead; the rest: sweeps
+def _size(n: float) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
+
+
+_UNLOADED = 1 << 62  # window offset of a chunk that is not loaded: indexing it fails loudly
+
+
+class Prefetcher:
+    """Reads lists of chunks in a background thread, in order, holding at most `budget` bytes (the list
+    handed out last included; one list larger than the budget is still read, alone)."""
+
+    _END = object()
+
+    def __init__(self, read: Callable[[list[int]], np.ndarray], nbytes: Callable[[list[int]], int], budget: int):
+        self._read, self._nbytes, self.budget = read, nbytes, budget
+        self._cv = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stop = False
+        self._queue: deque = deque()
+        self._held = 0      # bytes queued or handed out and not yet released
+        self._out = 0       # bytes of the list handed out last
+        self._error: BaseException | None = None
+
+    def start(self, loads: Iterator[tuple[object, list[int]]]) -> None:
+        """Drop whatever was read ahead and read `loads` ((key, chunk positions) pairs) from now on."""
+        self.close()
+        self._stop, self._queue, self._held, self._out, self._error = False, deque(), 0, 0, None
+        self._thread = threading.Thread(target=self._work, args=(loads,), daemon=True, name="dist_int-prefetch")
+        self._thread.start()
+
+    def _work(self, loads) -> None:
+        try:
+            for key, idx in loads:
+                n = self._nbytes(idx)
+                with self._cv:
+                    self._cv.wait_for(lambda: self._stop or self._held == 0 or self._held + n <= self.budget)
+                    if self._stop:
+                        return
+                    self._held += n  # reserved before reading: the budget bounds what is in memory
+                arr = self._read(idx)
+                with self._cv:
+                    self._queue.append((key, arr, n))
+                    self._cv.notify_all()
+            item = self._END
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which raises it
+            item = e
+        with self._cv:
+            if isinstance(item, BaseException):
+                self._error = item
+            else:
+                self._queue.append(item)
+            self._cv.notify_all()
+
+    def next(self) -> tuple[object, np.ndarray] | None:
+        """The next (key, values) read; releases the previous one. None when the loads are exhausted."""
+        with self._cv:
+            self._held -= self._out
+            self._out = 0
+            self._cv.notify_all()
+            self._cv.wait_for(lambda: self._queue or self._error is not None)
+            if self._error is not None and not self._queue:
+                raise self._error
+            item = self._queue.popleft()
+            if item is self._END:
+                return None
+            key, arr, self._out = item
+            return key, arr
+
+    def close(self) -> None:
+        if self._thread is not None:
+            with self._cv:
+                self._stop = True
+                self._cv.notify_all()
+            self._thread.join()
+            self._thread = None
+
+
+class StreamedShard(Shard):
+    """A shard whose values are read from the store when a batch or a sweep needs them."""
+
+    streamed = True
+
+    def __init__(self, store: SignalStore, chunk_ids: list[int], device="cpu",
+                 target_range: TargetRange = TargetRange(0.0, 1.0), cache_bytes: int = 1 << 30):
+        dtype = held_dtype(store)
+        super().__init__(store, chunk_ids, torch.from_numpy(np.zeros((0, store.channels), dtype)), device,
+                         target_range)
+        self.store = store
+        self.cache_bytes = cache_bytes
+        self._point_bytes = store.channels * dtype.itemsize
+        pin = self.device.type == "cuda"
+        read = lambda idx: read_chunks(store, [self.chunk_ids[i] for i in idx], pin)  # noqa: E731
+        self._train = Prefetcher(read, self._bytes, int(cache_bytes * TRAIN_SHARE))
+        self._sweeps = Prefetcher(read, self._bytes, int(cache_bytes * (1 - TRAIN_SHARE)))
+        self._staged: int | None = None     # step whose batch the training window holds
+        self._expected: int | None = None   # the step the training prefetcher reads next
+        self._window = self._win_start = None
+        self._set_window([], self.raw)
+
+    def _bytes(self, idx: list[int]) -> int:
+        return sum(int(self.chunk_start[i + 1] - self.chunk_start[i]) for i in idx) * self._point_bytes
+
+    def check_plan(self, plan) -> None:
+        """Refuse a batch plan that cannot stream: batches must be whole chunks, and two of them (the one
+        training and the next, read meanwhile) must fit the training share of the cache."""
+        if not hasattr(plan, "groups"):
+            raise ConfigError(
+                f"this rank's shard ({_size(self._bytes(range(len(self.chunk_ids))))}) exceeds "
+                f"signal.cache_mb ({_size(self.cache_bytes)}), so it is streamed from disk, which needs "
+                f"mini-batches of whole chunks: set teacher.batches = \"chunks\" and teacher.num_batches > 1 "
+                f"(or raise signal.cache_mb to keep the shard in memory)")
+        runs = -(-self.store.num_chunks // plan.num_batches)            # the most chunks in one batch
+        most = min(runs, len(self.chunk_ids)) * self.store.chunk_size(0) * self._point_bytes
+        if 2 * most > self.cache_bytes * TRAIN_SHARE:
+            need = 2 * most / TRAIN_SHARE / 2**20
+            raise ConfigError(
+                f"a batch of up to {runs} chunks takes up to {_size(most)} on this rank, and two must fit "
+                f"in {TRAIN_SHARE:.0%} of signal.cache_mb ({_size(self.cache_bytes)}): raise "
+                f"signal.cache_mb to at least {need:.4g} or teacher.num_batches")
+
+    def _set_window(self, idx: list[int], values: torch.Tensor) -> None:
+        """Make the chunks at positions `idx` (in this order, back to back in `values`) readable."""
+        start = np.full(len(self.chunk_ids), _UNLOADED, dtype=np.int64)
+        sizes = np.diff(self.chunk_start)[idx] if idx else np.zeros(0, np.int64)
+        start[idx] = np.concatenate([[0], np.cumsum(sizes)[:-1]]) - self.chunk_start[idx] if idx else []
+        self._window = values.to(self.device, non_blocking=True)
+        self._win_start = torch.from_numpy(start).to(self.device)
+
+    def raw_rows(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        if rows is None:
+            raise SignalError("a streamed shard cannot give every row at once; read it with sweep()")
+        rows = rows.long()
+        chunk = torch.searchsorted(self._starts[1:], rows, right=True)
+        return self._window[self._win_start[chunk] + rows]
+
+    def stage(self, plan, step: int) -> None:
+        """Load the chunks of the batch at `step`: read ahead already when steps run in order; after a
+        jump (resume, rollback) the prefetcher restarts there."""
+        if step == self._staged:
+            return
+        if step != self._expected:
+            self._train.start((s, plan.chunk_indices(s)) for s in itertools.count(step))
+        key, values = self._train.next()
+        assert key == step, (key, step)
+        self._set_window(plan.chunk_indices(step), torch.from_numpy(values))
+        self._staged, self._expected = step, step + 1
+
+    def sweep(self, max_points: int):
+        limit = max(1, self._sweeps.budget // 2 // self._point_bytes)  # two groups in flight at a time
+        groups = self._sweep_groups(min(max_points, limit))
+        window, win_start, staged = self._window, self._win_start, self._staged
+        self._sweeps.start(((g[0], g) for g in groups))
+        try:
+            for idx in groups:
+                _, values = self._sweeps.next()
+                self._set_window(idx, torch.from_numpy(values))
+                yield idx, torch.arange(int(self.chunk_start[idx[0]]), int(self.chunk_start[idx[-1] + 1]),
+                                        device=self.device)
+        finally:
+            self._sweeps.close()
+            self._window, self._win_start, self._staged = window, win_start, staged
+
+    def close(self) -> None:
+        self._train.close()
+        self._sweeps.close()
+
+
+def open_shard(store: SignalStore, chunk_ids: list[int], device, target_range: TargetRange,
+               cache_mb: float) -> Shard:
+    """This rank's shard: resident when its raw values fit in `cache_mb` MiB, streamed otherwise."""
+    sizes = sum(store.chunk_size(c) for c in chunk_ids)
+    nbytes = sizes * store.channels * held_dtype(store).itemsize
+    if nbytes <= cache_mb * 2**20:
+        return Shard.load(store, chunk_ids, device, target_range)
+    return StreamedShard(store, chunk_ids, device, target_range, int(cache_mb * 2**20))

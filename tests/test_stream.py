@@ -1,0 +1,127 @@
+"""Streaming shards: the prefetcher's budget and order, a streamed shard reads what a resident one holds,
+and a streamed run on 2 ranks ends where a resident 1-rank run ends (also when stopped and resumed)."""
+
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import read_metrics, read_summary, run_train, smooth_image
+from dist_int.errors import ConfigError
+from dist_int.signal import Shard, SignalStore, StreamedShard, ingest
+from dist_int.signal.stream import Prefetcher
+from dist_int.teacher import make_plan
+
+
+def test_prefetcher_reads_in_order_within_its_budget_and_restarts():
+    held, peak, lock = [0], [0], threading.Lock()
+
+    def read(idx):
+        with lock:
+            held[0] += len(idx)
+            peak[0] = max(peak[0], held[0])
+        time.sleep(0.002)
+        return np.array(idx, dtype=np.int64)
+
+    pf = Prefetcher(read, nbytes=len, budget=5)
+    pf.start(((k, [k] * (1 + k % 3)) for k in range(20)))
+    got = []
+    for _ in range(20):
+        key, arr = pf.next()
+        got.append(key)
+        assert arr.tolist() == [key] * (1 + key % 3)
+        with lock:
+            held[0] -= arr.size  # what the consumer gives back at its next call
+        time.sleep(0.004)  # a slow consumer: the reader runs ahead until the budget stops it
+    assert got == list(range(20)) and pf.next() is None
+    assert peak[0] <= 5 + 3  # the budget, plus the list being handed back
+    pf.start(((k, [k]) for k in range(100, 103)))  # a jump (resume, rollback): read from there
+    assert [pf.next()[0] for _ in range(3)] == [100, 101, 102]
+    pf.close()
+
+
+def test_prefetcher_hands_read_errors_to_the_consumer():
+    def read(idx):
+        if idx == [2]:
+            raise OSError("disk gone")
+        return np.zeros(1)
+
+    pf = Prefetcher(read, nbytes=len, budget=10)
+    pf.start(((k, [k]) for k in range(5)))
+    assert pf.next()[0] == 0 and pf.next()[0] == 1
+    with pytest.raises(OSError, match="disk gone"):
+        pf.next()
+    pf.close()
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("s") / "img.png"
+    Image.fromarray(smooth_image(40, 56)).save(path)
+    return SignalStore(ingest(str(path), path.with_suffix(".zarr"), chunk=8))  # 5 x 7 chunks, uneven edges
+
+
+def test_streamed_shard_reads_what_the_resident_one_holds(store):
+    own = list(range(1, store.num_chunks, 2))
+    resident = Shard.load(store, own)
+    streamed = StreamedShard(store, own, cache_bytes=4096)
+    plan = make_plan("chunks", [store.chunk_size(c) for c in range(store.num_chunks)], own,
+                     resident.chunk_start, 6, seed=3)
+    streamed.check_plan(plan)
+    for step in [0, 1, 2, 3, 9, 10, 4]:  # in order, a jump ahead, a jump back
+        streamed.stage(plan, step)
+        rows = plan.rows(step)
+        assert torch.equal(streamed.targets(rows), resident.targets(rows))
+        assert torch.equal(streamed.coords(rows), resident.coords(rows))
+        others = [i for i in range(len(own)) if i not in plan.chunk_indices(step)]
+        if others:  # a chunk of another batch is not in memory: reading it fails loudly
+            with pytest.raises(IndexError):
+                streamed.targets(torch.tensor([int(resident.chunk_start[others[0]])]))
+    seen = []
+    for idx, rows in streamed.sweep(100):  # groups bounded by the sweep share of the cache, too
+        assert torch.equal(streamed.targets(rows), resident.targets(rows))
+        assert rows.numel() <= max(100, max(store.chunk_size(c) for c in own))
+        seen.append(rows)
+    assert torch.equal(torch.cat(seen), resident.all_rows())
+    # After a sweep, the training batch is readable again.
+    rows = plan.rows(4)
+    assert torch.equal(streamed.targets(rows), resident.targets(rows))
+    streamed.close()
+
+
+def test_streaming_needs_chunk_batches_that_fit_the_cache(store):
+    own = list(range(store.num_chunks))
+    streamed = StreamedShard(store, own, cache_bytes=2048)
+    sizes = [store.chunk_size(c) for c in own]
+    start = Shard.load(store, own).chunk_start
+    with pytest.raises(ConfigError, match='teacher.batches = "chunks"'):
+        streamed.check_plan(make_plan("stratified", sizes, own, start, 4, 0))
+    with pytest.raises(ConfigError, match="raise signal.cache_mb to at least"):
+        streamed.check_plan(make_plan("chunks", sizes, own, start, 2, 0))
+    streamed.check_plan(make_plan("chunks", sizes, own, start, 12, 0))
+
+
+def test_streamed_two_rank_run_equals_resident_one_rank_run_and_resumes(tmp_path):
+    """teacher.batches=chunks with 8 batches: 1 rank holds its shard; 2 ranks stream theirs (a 4 KiB
+    cache), are stopped by SIGTERM at step 30 and resumed. Both end at the same PSNR."""
+    from test_train_e2e import TINY, _interrupt
+
+    image = tmp_path / "img.png"
+    Image.fromarray(smooth_image()).save(image)
+    args = [f"signal.path={image}", *TINY, "train.steps=160", "teacher.num_batches=8", "teacher.batches=chunks",
+            "checkpoint.every=20"]
+    one = run_train([f"run.dir={tmp_path / 'one'}", *args], nproc=0)
+    assert one.returncode == 0, one.stdout + one.stderr
+    stream = [f"run.dir={tmp_path / 'two'}", *args, "signal.cache_mb=0.004"]
+    rc, out = _interrupt(stream, 2, signal.SIGTERM, tmp_path / "two")
+    assert rc != 0 and "stopped by" in out and "(streamed from disk)" in out, out
+    two = run_train(stream, nproc=2)
+    assert two.returncode == 0, two.stdout + two.stderr
+    s1, s2 = read_summary(tmp_path / "one"), read_summary(tmp_path / "two")
+    assert s1["psnr_db"] > 20 and abs(s1["psnr_db"] - s2["psnr_db"]) <= 0.05, (s1["psnr_db"], s2["psnr_db"])
+    steps = [m["step"] for m in read_metrics(tmp_path / "two")]
+    assert steps == sorted(set(steps)) and steps[-1] == 160
