@@ -1,5 +1,6 @@
 """Real 2-process gloo runs of every collective path, each checked against a single-process reference."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -287,3 +288,57 @@ def test_long_work_waits_without_the_collective_timeout_and_errors_reach_every_r
     assert r0["long"] == r1["long"] == "ok"
     assert r0["peer"] == "rank 1 failed to read chunks: chunk 7 is corrupt" and r1["own"] == "chunk 7 is corrupt"
     assert r1["short"] != "ok"  # the same wait under the dead-rank timeout fails: the test can fail
+
+
+def _prepare(rank, world, src, run_dir, out):
+    """The trainer's start on `world` ranks: plan, shared ingest, finish, shard."""
+    from dist_int.comm import DistComm
+    from dist_int.config import load_config
+    from dist_int.engine.trainer import _prepare_run
+    from dist_int.rundir import RunDir
+
+    cfg = load_config(None, [f"signal.path={src}", f"run.dir={run_dir}", "signal.chunk=16"])
+    store, shard = _prepare_run(cfg, DistComm(rank, world, torch.device("cpu"), 60.0), RunDir(run_dir),
+                                torch.device("cpu"))
+    torch.save({"shape": store.shape, "chunks": store.chunk_shape, "meta": store.meta,
+                "values": store.array[...], "shard_points": shard.num_points}, f"{out}.{rank}")
+
+
+def _zarr_sources(tmp_path):
+    """Sources of every kind the shared ingest reads: a tiled TIFF, float TIFF, Zarr (H, W, C) chunked with
+    all channels (linked, not copied), Zarr (H, W), and an OME-Zarr group (c, y, x)."""
+    import tifffile
+    import zarr
+
+    rng = np.random.default_rng(5)
+    img = rng.integers(0, 65535, (70, 50, 3), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "tiled.tif", img, tile=(16, 16), photometric="rgb")
+    flt = (rng.random((40, 36)) * 9 - 4).astype(np.float32)
+    tifffile.imwrite(tmp_path / "float.tif", flt)
+    linked = zarr.create_array(tmp_path / "hwc.zarr", shape=img.shape, chunks=(32, 32, 3), dtype="uint16")
+    linked[...] = img
+    gray = zarr.create_array(tmp_path / "hw.zarr", shape=(70, 50), chunks=(64, 64), dtype="uint16")
+    gray[...] = img[..., 0]
+    ome = zarr.open_group(tmp_path / "ome.zarr", mode="w")
+    ome.create_array("0", shape=(3, 70, 50), chunks=(1, 32, 32), dtype="uint16")[...] = img.transpose(2, 0, 1)
+    ome.attrs["ome"] = {"version": "0.5", "multiscales": [{"axes": [{"name": "c"}, {"name": "y"}, {"name": "x"}],
+                                                          "datasets": [{"path": "0"}]}]}
+    return {"tiled.tif": img, "float.tif": flt[..., None], "hwc.zarr": img, "hw.zarr": img[..., :1],
+            "ome.zarr": img}
+
+
+def test_ranks_share_the_ingest_of_tiff_and_zarr_sources(tmp_path):
+    """Every rank copies its bands; the store equals the source (floats normalized by the min/max over all
+    ranks' bands); a Zarr array with all channels in each chunk is linked in place, not copied."""
+    for name, expect in _zarr_sources(tmp_path).items():
+        run = tmp_path / f"run-{name}"
+        run_distributed(_prepare, 2, (str(tmp_path / name), str(run), tmp_path / f"out-{name}"))
+        r0, r1 = (torch.load(f"{tmp_path / f'out-{name}'}.{r}", weights_only=False) for r in (0, 1))
+        assert np.array_equal(r0["values"], expect), name
+        assert r0["shard_points"] + r1["shard_points"] == expect.shape[0] * expect.shape[1]
+        if name == "float.tif":
+            assert r0["meta"]["value_range"] == pytest.approx([float(expect.min()), float(expect.max())])
+        linked = name == "hwc.zarr"
+        assert (run / "signal.zarr" / "c").is_symlink() == linked, name
+        assert r0["chunks"] == ((32, 32) if linked else (16, 16)), name
+        assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no temporary folder left

@@ -23,7 +23,8 @@ from ..progress import Progress
 from ..render import (build_level, create_output, export, num_levels, open_level, psnr_db, render_shard,
                       ssim_mean, ssim_sums)
 from ..rundir import RunDir, atomic_write
-from ..signal import Shard, SignalStore, TargetRange, assign_chunks, open_shard, prepare_signal, signal_store_path
+from ..signal import (Shard, SignalStore, TargetRange, assign_chunks, finish_ingest, ingest_part, open_shard,
+                      plan_signal, signal_store_path)
 from ..teacher import Teacher, make_plan
 from .checkpoint import Checkpointer
 from .deepspeed_engine import build_engine
@@ -90,31 +91,54 @@ def _agree_on_failure(comm: Comm, error: Exception | None, what: str, long: bool
     raise PeerFailed(f"rank {failed[0]} failed to {what}: {messages[failed[0]]}")
 
 
-def _prepare_run(cfg: Config, comm: Comm, run: RunDir, device: torch.device) -> tuple[SignalStore, Shard]:
-    """Rank 0 creates the run folder, saves the resolved config and ingests the signal; then every rank
-    loads its shard onto `device`. When any of it fails, a run folder made just now is removed again."""
-    created = comm.is_rank_zero and not run.path.exists()
-    error = None
-    try:
-        if comm.is_rank_zero:
-            try:
-                run.path.mkdir(parents=True, exist_ok=True)
-                prepare_signal(cfg.signal.path, run.signal_store, cfg.signal.chunk, cfg.signal.allow_large_image)
-                run.write_config(cfg)
-            except Exception as e:  # noqa: BLE001 - shared with the other ranks, then re-raised
-                error = e
-        _agree_on_failure(comm, error, "prepare the run folder and signal", long=True)
-        shard = None
+def _everywhere(comm: Comm, what: str, work, rank_zero_only: bool = False):
+    """Run `work` on every rank (or on rank 0 only) and wait for all without the dead-rank timeout (the
+    work may be long; comm.py); every rank fails together and says why. Returns work()'s result."""
+    result, error = None, None
+    if comm.is_rank_zero or not rank_zero_only:
         try:
+            result = work()
+        except Exception as e:  # noqa: BLE001 - shared with the other ranks, then re-raised
+            error = e
+    _agree_on_failure(comm, error, what, long=True)
+    return result
+
+
+def _prepare_run(cfg: Config, comm: Comm, run: RunDir, device: torch.device) -> tuple[SignalStore, Shard]:
+    """Rank 0 creates the run folder and plans the ingest of the signal; every rank copies its share of
+    a TIFF or Zarr source; rank 0 finishes the store and saves the resolved config; then every rank
+    loads its shard onto `device`. Every wait here is long (one rank may decode a large PNG meanwhile;
+    comm.py). When any of it fails, a run folder made just now is removed again."""
+    created = comm.is_rank_zero and not run.path.exists()
+
+    def everywhere(what, work, rank_zero_only=False):
+        return _everywhere(comm, what, work, rank_zero_only)
+
+    def begin():
+        run.path.mkdir(parents=True, exist_ok=True)
+        return plan_signal(cfg.signal.path, run.signal_store, cfg.signal.chunk, cfg.signal.allow_large_image)
+
+    plan = None
+    try:
+        plan = everywhere("prepare the run folder and signal", begin, rank_zero_only=True)
+        plan = json.loads(comm.gather_strings(json.dumps(plan), long=True)[0])  # rank 0's plan, everywhere
+        if plan is not None:
+            lo, hi = plan.get("range") or everywhere(
+                "copy its share of the signal", lambda: ingest_part(plan, comm.rank, comm.world_size))
+            lo, hi = -comm.agree_max([-lo])[0], comm.agree_max([hi])[0]
+            everywhere("finish the signal store", lambda: finish_ingest(plan, lo, hi), rank_zero_only=True)
+        everywhere("save the run config", lambda: run.write_config(cfg), rank_zero_only=True)
+
+        def load():
             store = SignalStore(signal_store_path(cfg.signal.path, run.signal_store))
             owners = assign_chunks(store.num_chunks, comm.world_size, cfg.seed)
-            shard = open_shard(store, owners[comm.rank], device, TargetRange.named(cfg.signal.target_range),
-                               cfg.signal.cache_mb)
-        except Exception as e:  # noqa: BLE001
-            error = e
-        _agree_on_failure(comm, error, "load its shard of the signal", long=True)
-        return store, shard
+            return store, open_shard(store, owners[comm.rank], device, TargetRange.named(cfg.signal.target_range),
+                                     cfg.signal.cache_mb)
+
+        return everywhere("load its shard of the signal", load)
     except Exception:
+        if comm.is_rank_zero and plan is not None:
+            shutil.rmtree(plan["tmp"], ignore_errors=True)
         if created:
             shutil.rmtree(run.path, ignore_errors=True)  # leave no half-made folder behind
         raise
@@ -287,16 +311,8 @@ def _finish(cfg: Config, comm: Comm, store: SignalStore, shard: Shard, predict, 
     """Every rank renders its chunks into one Zarr store; rank 0 exports it and writes summary.json."""
     tmp = run.reconstruction_tmp
 
-    def everywhere(what: str, work, long: bool = True, rank_zero_only: bool = False):
-        """Run `work` (here or on rank 0 only); every rank fails together and says why."""
-        result, error = None, None
-        if comm.is_rank_zero or not rank_zero_only:
-            try:
-                result = work()
-            except Exception as e:  # noqa: BLE001 - shared with the other ranks, then re-raised
-                error = e
-        _agree_on_failure(comm, error, what, long)
-        return result
+    def everywhere(what, work, rank_zero_only=False):
+        return _everywhere(comm, what, work, rank_zero_only)
 
     everywhere("create the output pyramid", lambda: (shutil.rmtree(tmp, ignore_errors=True),
                                                      create_output(tmp, store)), rank_zero_only=True)

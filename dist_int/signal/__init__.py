@@ -1,16 +1,23 @@
 """signal: source files -> Zarr store -> each rank's shard of chunks."""
 
+import json
 from pathlib import Path
 
 from .errors import SignalError
-from .ingest import BUILTINS, TIFF_SUFFIXES, file_sha256, ingest, load_source
+from .ingest import (ATTR, BUILTINS, TIFF_SUFFIXES, begin_ingest, file_sha256, finish_ingest, ingest, ingest_part,
+                     load_source, open_source, source_fingerprint)
 from .store import Shard, SignalStore, assign_chunks
 from .stream import StreamedShard, open_shard
 from .targets import TargetRange
 
 
 def is_zarr_store(path: str) -> bool:
-    return (Path(path) / "zarr.json").is_file()
+    """Whether `path` is a store dist_int ingested (a Zarr v3 array carrying its attributes)."""
+    meta = Path(path) / "zarr.json"
+    try:
+        return meta.is_file() and ATTR in json.loads(meta.read_text()).get("attributes", {})
+    except (OSError, ValueError):
+        return False
 
 
 def signal_store_path(path: str, ingested: Path) -> Path:
@@ -18,23 +25,25 @@ def signal_store_path(path: str, ingested: Path) -> Path:
     return Path(path) if is_zarr_store(path) else ingested
 
 
-def prepare_signal(path: str, ingested: Path, chunk: int, allow_large: bool = False) -> Path:
-    """The Zarr store to train on: `path` itself when it is one, else `path` ingested into the run
-    folder (once; a later run on the same folder checks that the source has not changed)."""
+def plan_signal(path: str, ingested: Path, chunk: int, allow_large: bool = False) -> dict | None:
+    """On one rank: the ingest still to do for the run (None: nothing), or an error. An ingested store is
+    used as it is; any other source is ingested once into the run folder (`ingested`), and a later run
+    on the same folder checks that the source has not changed. TIFF and Zarr sources are then copied by
+    every rank (ingest_part), PNG/JPEG already here."""
     if is_zarr_store(path):
         SignalStore(path)  # validate now, before any training starts
-        return Path(path)
-    dest = ingested
-    if dest.exists():
-        store = SignalStore(dest)
+        return None
+    if ingested.exists():
+        store = SignalStore(ingested)
         if not path.startswith("builtin:"):
-            if not Path(path).is_file():
+            if not Path(path).exists():
                 raise SignalError(f"signal file not found: {path}")
-            if file_sha256(Path(path)) != store.meta.get("source_sha256"):
-                raise SignalError(f"{path} changed since it was ingested into {dest}; use a new run.dir")
-        return dest
-    return ingest(path, dest, chunk, allow_large=allow_large)
+            if source_fingerprint(path) != store.meta.get("source_sha256"):
+                raise SignalError(f"{path} changed since it was ingested into {ingested}; use a new run.dir")
+        return None
+    return begin_ingest(path, ingested, chunk, allow_large)
 
 
-__all__ = ["BUILTINS", "TIFF_SUFFIXES", "Shard", "SignalError", "StreamedShard", "open_shard", "SignalStore", "assign_chunks",
-           "TargetRange", "ingest", "is_zarr_store", "load_source", "prepare_signal", "signal_store_path"]
+__all__ = ["BUILTINS", "TIFF_SUFFIXES", "Shard", "SignalError", "SignalStore", "StreamedShard", "TargetRange",
+           "assign_chunks", "begin_ingest", "file_sha256", "finish_ingest", "ingest", "ingest_part",
+           "is_zarr_store", "load_source", "open_shard", "open_source", "plan_signal", "signal_store_path"]
