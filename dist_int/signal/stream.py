@@ -22,6 +22,7 @@ from .errors import SignalError
 from .store import Shard, SignalStore, held_dtype, read_chunks
 from .targets import TargetRange
 
+READ_AHEAD = 2  # lists read ahead of the consumer: enough to overlap, and no reading far past a short run
 TRAIN_SHARE = 0.75  # of signal.cache_mb: the batch being trained and those read ahead; the rest: sweeps
 def _size(n: float) -> str:
     return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
@@ -31,8 +32,9 @@ _UNLOADED = 1 << 62  # window offset of a chunk that is not loaded: indexing it 
 
 
 class Prefetcher:
-    """Reads lists of chunks in a background thread, in order, holding at most `budget` bytes (the list
-    handed out last included; one list larger than the budget is still read, alone)."""
+    """Reads lists of chunks in a background thread, in order, at most READ_AHEAD lists ahead and holding
+    at most `budget` bytes (the list handed out last included; one list larger than the budget is still
+    read, alone)."""
 
     _END = object()
 
@@ -58,7 +60,8 @@ class Prefetcher:
             for key, idx in loads:
                 n = self._nbytes(idx)
                 with self._cv:
-                    self._cv.wait_for(lambda: self._stop or self._held == 0 or self._held + n <= self.budget)
+                    self._cv.wait_for(lambda: self._stop or self._held == 0 or (
+                        self._held + n <= self.budget and len(self._queue) < READ_AHEAD))
                     if self._stop:
                         return
                     self._held += n  # reserved before reading: the budget bounds what is in memory
