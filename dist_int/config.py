@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import tomllib
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ RATIO_SCHEDULES = ("constant", "step", "linear", "cosine", "reverse-cosine")
 INTERVAL_SCHEDULES = ("dense", "incremental", "step-incremental", "decremental")
 STRATEGIES = ("full", "uniform", "int")
 BATCH_LAYOUTS = ("stratified", "chunks")
+SIGNAL_KINDS = ("image", "audio", "volume", "video")
 PRECISIONS = ("fp32", "tf32", "bf16")
 TARGET_RANGES = ("symmetric", "unit")
 # Keys that were renamed: an old config gets told the new spelling instead of a list of every key.
@@ -40,8 +42,12 @@ class RunConfig:
 class SignalConfig:
     path: str = "builtin:camera"
     """Zarr store, image file (PNG/JPEG/TIFF/BigTIFF/OME-TIFF), or builtin:camera / builtin:astronaut."""
-    chunk: int = 128
-    """Chunk edge in pixels when an image file is ingested; chunks are the unit of sharding."""
+    kind: str = "auto"
+    """image, audio, volume or video; auto tells by the file (audio/video suffixes, TIFF and Zarr axes)."""
+    chunk: int | list[int] = 0
+    """Chunk edges when a source is ingested: 0 = the modality's default (image 128^2, audio 65536 samples,
+    volume 32^3, video 8x128x128 frames x rows x columns), one edge for every axis, or a list, one per
+    axis. Chunks are the unit of sharding; an edge larger than the signal is cut to it."""
     allow_large_image: bool = False
     """Read PNG/JPEG files beyond Pillow's decompression-bomb limit (~179 M pixels), with a warning; they
     are decoded whole into memory. Tiled TIFFs are read lazily at any size."""
@@ -202,7 +208,10 @@ class Config:
             (self.train.max_rollbacks >= 0, "train.max_rollbacks must be >= 0"),
             (self.checkpoint.every >= 0, "checkpoint.every must be >= 0"),
             (self.checkpoint.keep >= 1, "checkpoint.keep must be >= 1"),
-            (self.signal.chunk >= 8, "signal.chunk must be >= 8 pixels"),
+            (self.signal.chunk == 0 or (self.signal.chunk >= 8 if isinstance(self.signal.chunk, int) else
+                                        all(c >= 1 for c in self.signal.chunk)),
+             "signal.chunk must be 0 (the default), an edge >= 8, or a list of edges >= 1"),
+            (self.signal.kind in ("auto",) + SIGNAL_KINDS, f"signal.kind must be auto or one of {SIGNAL_KINDS}"),
             (self.render.format in ("auto", "png", "tiff", "zarr"), "render.format must be auto, png, tiff or zarr"),
             (bool(self.run.dir), "run.dir must not be empty"),
             (bool(self.signal.path), "signal.path must not be empty"),
@@ -225,6 +234,12 @@ def _valid_keys(cls, prefix: str = "") -> list[str]:
 
 def _coerce(key: str, value, typ):
     """Check a TOML/CLI value against the field's type; ints are accepted where floats are expected."""
+    if typing.get_origin(typ) in (typing.Union, types.UnionType):  # int | list[int]
+        if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer or a list of integers, got {value!r}")
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if typ is bool and not isinstance(value, bool):

@@ -91,15 +91,113 @@ def synth_gigapixel(dest: str | Path, size: int, chunk: int = 512, seed: int = 0
     return dest
 
 
+def _fresh(dest: Path) -> Path:
+    if dest.exists():
+        raise SignalError(f"{dest} already exists; choose another destination or delete it first")
+    return dest.with_name(f".{dest.name}.tmp-{os.getpid()}{dest.suffix}")
+
+
+def synth_speech(dest: str | Path, seconds: float = 2.0, rate: int = 16000, seed: int = 0) -> Path:
+    """A voiced, speech-like mono int16 WAV: a glottal pulse train (pitch gliding around 90-220 Hz with
+    vibrato) shaped by three formants that move from syllable to syllable, under a syllable envelope."""
+    import soundfile as sf
+
+    dest = Path(dest)
+    tmp = _fresh(dest)
+    rng = np.random.default_rng([seed, 0x5EEC])
+    n = max(2, int(seconds * rate))
+    t = np.arange(n) / rate
+    syllable = 0.25
+    count = int(np.ceil(seconds / syllable)) + 1
+    formants = rng.uniform([300, 900, 2200], [800, 2200, 3200], (count, 3))
+    pitch0 = rng.uniform(90, 220, count)
+    k = np.minimum((t / syllable).astype(int), count - 1)
+    frac = t / syllable - k
+    pitch = pitch0[k] * (1 + 0.15 * frac) * (1 + 0.01 * np.sin(2 * np.pi * 5.5 * t))
+    phase = 2 * np.pi * np.cumsum(pitch) / rate
+    wave = np.zeros(n)
+    for h in range(1, 30):  # harmonics of the pitch, weighted by the formant envelope
+        f = h * pitch
+        gain = sum(np.exp(-0.5 * ((f - formants[k, j]) / (80 + 40 * j)) ** 2) for j in range(3)) / h ** 0.5
+        wave += gain * np.sin(h * phase)
+    envelope = np.sin(np.pi * frac) ** 2
+    wave *= envelope * (0.2 + 0.8 * (rng.random(count) > 0.15)[k])
+    wave = 0.8 * wave / max(np.abs(wave).max(), 1e-9)
+    try:
+        sf.write(str(tmp), (wave * 32767).round().astype(np.int16), rate, subtype="PCM_16", format="WAV")
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
+
+
+def synth_video(dest: str | Path, frames: int = 16, size: int = 64, fps: int = 12, seed: int = 0) -> Path:
+    """A short H.264 clip: coloured discs drifting over a moving colour gradient."""
+    import av
+
+    dest = Path(dest)
+    tmp = _fresh(dest)
+    rng = np.random.default_rng([seed, 0x71DE0])
+    size -= size % 2
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    discs = rng.uniform(0, 1, (4, 6))  # y, x, vy, vx, radius, hue
+    try:
+        with av.open(str(tmp), "w") as container:
+            stream = container.add_stream("libx264", rate=fps)
+            stream.width = stream.height = size
+            stream.pix_fmt = "yuv420p"
+            stream.options = {"crf": "10"}
+            for f in range(frames):
+                s = f / max(frames - 1, 1)
+                img = np.stack([0.5 + 0.4 * np.sin(2 * np.pi * (xx + s) + c) * np.cos(np.pi * yy) for c in (0, 2, 4)], -1)
+                for y, x, vy, vx, r, hue in discs:
+                    cy, cx = (y + (vy - 0.5) * s) % 1, (x + (vx - 0.5) * s) % 1
+                    mask = (yy - cy) ** 2 + (xx - cx) ** 2 < (0.08 + 0.12 * r) ** 2
+                    img[mask] = [0.5 + 0.5 * np.cos(2 * np.pi * (hue + c / 3)) for c in range(3)]
+                frame = av.VideoFrame.from_ndarray((img * 255).clip(0, 255).astype(np.uint8), format="rgb24")
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode())
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
+
+
+def synth_volume(dest: str | Path, size: int = 48, seed: int = 0) -> Path:
+    """A uint16 TIFF stack (size^3): nested shells and blobs of different densities, like a CT phantom."""
+    import tifffile
+
+    dest = Path(dest)
+    tmp = _fresh(dest)
+    rng = np.random.default_rng([seed, 0x701])
+    g = (np.arange(size) + 0.5) / size * 2 - 1
+    z, y, x = np.meshgrid(g, g, g, indexing="ij")
+    r = np.sqrt(z ** 2 + (1.2 * y) ** 2 + x ** 2)
+    vol = 0.3 * (r < 0.9) + 0.3 * (r < 0.8)
+    for cz, cy, cx, rad, dens in rng.uniform([-0.5, -0.5, -0.5, 0.08, 0.1], [0.5, 0.5, 0.5, 0.25, 0.4], (6, 5)):
+        vol += dens * (((z - cz) ** 2 + (y - cy) ** 2 + (x - cx) ** 2) < rad ** 2)
+    vol += 0.05 * np.sin(6 * np.pi * x) * np.cos(4 * np.pi * z) * (r < 0.8)
+    try:
+        tifffile.imwrite(tmp, (vol / vol.max() * 60000).round().astype(np.uint16), photometric="minisblack")
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
+
+
 def synth_main(argv: list[str]) -> int:
     import argparse
     import sys
 
     p = argparse.ArgumentParser(prog="python -m dist_int synth",
-                                description="Write a procedural test signal into a new Zarr store.")
-    p.add_argument("kind", choices=["gigapixel"])
-    p.add_argument("dest", help="new Zarr store path (must not exist)")
-    p.add_argument("--size", type=int, required=True, help="image edge in pixels (the image is SIZE x SIZE RGB)")
+                                description="Write a procedural test signal: gigapixel (a Zarr store), speech "
+                                            "(WAV), video (MP4), volume (TIFF stack).")
+    p.add_argument("kind", choices=["gigapixel", "speech", "video", "volume"])
+    p.add_argument("dest", help="new path (must not exist)")
+    p.add_argument("--size", type=int, default=0, help="image edge (gigapixel, required), video frame edge "
+                                                       "(default 64) or volume edge (default 48)")
+    p.add_argument("--seconds", type=float, default=2.0, help="speech length (default 2)")
+    p.add_argument("--frames", type=int, default=16, help="video frames (default 16)")
     p.add_argument("--chunk", type=int, default=512, help="chunk edge in pixels (default 512)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -114,6 +212,17 @@ def synth_main(argv: list[str]) -> int:
                   file=sys.stderr, flush=True)
 
     try:
+        if args.kind == "speech":
+            print(f"wrote {synth_speech(args.dest, args.seconds, seed=args.seed)}")
+            return 0
+        if args.kind == "video":
+            print(f"wrote {synth_video(args.dest, args.frames, args.size or 64, seed=args.seed)}")
+            return 0
+        if args.kind == "volume":
+            print(f"wrote {synth_volume(args.dest, args.size or 48, seed=args.seed)}")
+            return 0
+        if args.size < 2:
+            raise SignalError("synth gigapixel needs --size N (the image edge in pixels)")
         dest = synth_gigapixel(args.dest, args.size, args.chunk, args.seed, progress)
     except SignalError as e:
         print(f"error: {e}", file=sys.stderr)

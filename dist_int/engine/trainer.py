@@ -13,6 +13,7 @@ import math
 import shutil
 import signal
 
+import numpy as np
 import torch
 
 from ..comm import Comm
@@ -20,8 +21,8 @@ from ..config import Config
 from ..errors import PeerFailed
 from ..model import Siren
 from ..progress import Progress
-from ..render import (build_level, create_output, export, num_levels, open_level, psnr_db, render_shard,
-                      ssim_mean, ssim_sums)
+from ..modality import modality_for
+from ..render import psnr_db, render_shard
 from ..rundir import RunDir, atomic_write
 from ..signal import (Shard, SignalStore, TargetRange, assign_chunks, finish_ingest, ingest_part, open_shard,
                       plan_signal, signal_store_path)
@@ -116,7 +117,8 @@ def _prepare_run(cfg: Config, comm: Comm, run: RunDir, device: torch.device) -> 
 
     def begin():
         run.path.mkdir(parents=True, exist_ok=True)
-        return plan_signal(cfg.signal.path, run.signal_store, cfg.signal.chunk, cfg.signal.allow_large_image)
+        return plan_signal(cfg.signal.path, run.signal_store, cfg.signal.chunk, cfg.signal.allow_large_image,
+                           cfg.signal.kind)
 
     plan = None
     try:
@@ -299,7 +301,9 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
         summary = _finish(cfg, comm, store, shard, render_predict, run, state, guard.rollbacks, status,
                           model.num_params)
     if comm.is_rank_zero:
-        print(f"PSNR {summary['psnr_db']:.2f} dB  SSIM {summary['ssim']}  train time "
+        more = "".join(f"  {label} {summary[key]}" for key, label in (("ssim", "SSIM"), ("snr_db", "SNR (dB)"))
+                       if key in summary)
+        print(f"PSNR {summary['psnr_db']:.2f} dB{more}  train time "
               f"{summary['train_time_s']:.1f} s  -> {summary['reconstruction']}", flush=True)
         if "warning" in summary:
             print("warning: " + summary["warning"], flush=True)
@@ -314,24 +318,28 @@ def _finish(cfg: Config, comm: Comm, store: SignalStore, shard: Shard, predict, 
     def everywhere(what, work, rank_zero_only=False):
         return _everywhere(comm, what, work, rank_zero_only)
 
-    everywhere("create the output pyramid", lambda: (shutil.rmtree(tmp, ignore_errors=True),
-                                                     create_output(tmp, store)), rank_zero_only=True)
-    # Rendering, the pyramid and SSIM are shared by all ranks; waits on them are long (comm.py).
-    sse = everywhere("render its chunks", lambda: render_shard(predict, shard, store, open_level(tmp, 0, "r+"),
+    modality = modality_for(store)
+    everywhere("create the output store", lambda: (shutil.rmtree(tmp, ignore_errors=True),
+                                                   modality.create_output(tmp, store)), rank_zero_only=True)
+    # Rendering, pyramid levels and metrics are shared by all ranks; waits on them are long (comm.py).
+    sse = everywhere("render its chunks", lambda: render_shard(predict, shard, modality.writer(tmp, store),
                                                                cfg.train.eval_chunk))
     sse = float(comm.all_reduce_sum(torch.tensor([sse], dtype=torch.float64)))
-    for level in range(1, num_levels(tmp)):
-        everywhere(f"build pyramid level {level}", lambda: build_level(tmp, level, comm.rank, comm.world_size))
-    sums = everywhere("compute its share of SSIM", lambda: ssim_sums(open_level(tmp, 0), store, rank=comm.rank,
-                                                                        world_size=comm.world_size))
-    ssim = None if sums is None else ssim_mean(comm.all_reduce_sum(torch.from_numpy(sums)).numpy(), store)
+    for level in range(1, modality.num_levels(tmp)):
+        everywhere(f"build output level {level}", lambda: modality.build_level(tmp, level, comm.rank,
+                                                                              comm.world_size))
+    sums = everywhere("compute its share of the metrics",
+                      lambda: modality.metric_sums(tmp, store, comm.rank, comm.world_size))
+    if sums is not None:
+        sums = comm.all_reduce_sum(torch.from_numpy(np.asarray(sums, dtype=np.float64))).numpy()
+    extra = modality.metrics(sums, store)
     memory = _memory(comm, shard.device)
 
     def publish():
         final = run.reconstruction_zarr
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
-        return export(final, run.reconstruction_stem, cfg.render.format)
+        return modality.export(final, run.reconstruction_stem, cfg.render.format, store)
 
     image = everywhere("export the reconstruction", publish, rank_zero_only=True)
     summary = {}
@@ -340,7 +348,8 @@ def _finish(cfg: Config, comm: Comm, store: SignalStore, shard: Shard, predict, 
         summary = {
             "psnr_db": round(psnr, 4),
             "psnr_is": "final (not the best seen during training), on the source range mapped to [0, 1]",
-            "ssim": None if ssim is None else round(ssim, 5),
+            "kind": store.meta.get("kind", "image"),
+            **extra,
             "train_time_s": round(state.train_time_s, 3),
             "steps": state.step,
             "world_size": comm.world_size,

@@ -1,4 +1,4 @@
-"""Render the field into an OME-Zarr multiscale pyramid written by every rank, then export a picture.
+"""Render the field chunk by chunk on every rank; for images, an OME-Zarr multiscale pyramid and its export.
 
 Every rank writes the chunks it owns into level 0, in the source's dtype and value range, then the
 coarser levels (each a 2x2 mean of the one below, the chunks of a level dealt over the ranks); different
@@ -68,11 +68,11 @@ def to_source(unit: np.ndarray, dtype: np.dtype, value_range: tuple[float, float
 
 
 @torch.no_grad()
-def render_shard(predict: Predict, shard, store, level0: zarr.Array, chunk: int) -> float:
-    """Write the field for every chunk of the shard into pyramid level 0 (source dtype and range, values
-    clamped to it); return the shard's sum of squared errors on the [0, 1] scale (before rounding)."""
+def render_shard(predict: Predict, shard, write, chunk: int) -> float:
+    """Render every chunk of the shard and hand it to `write(chunk id, values)` (values: the field on the
+    [0, 1] scale, (n, C) in chunk order; the modality stores them); return the shard's sum of squared
+    errors on the [0, 1] scale (before any rounding to the source's dtype)."""
     target_range = shard.target_range
-    dtype, value_range = np.dtype(level0.dtype), tuple(store.meta["value_range"])
     sse = torch.zeros((), dtype=torch.float64, device=shard.device)
     for idx, rows in shard.sweep(chunk):  # groups of whole chunks, readable while used (resident or streamed)
         preds = []
@@ -82,10 +82,7 @@ def render_shard(predict: Predict, shard, store, level0: zarr.Array, chunk: int)
         values = torch.cat(preds).cpu().numpy()
         base = int(shard.chunk_start[idx[0]])
         for i in idx:
-            lo, hi = int(shard.chunk_start[i]) - base, int(shard.chunk_start[i + 1]) - base
-            ys, xs = store.chunk_slices(shard.chunk_ids[i])
-            block = values[lo:hi].reshape(ys.stop - ys.start, xs.stop - xs.start, -1)
-            level0[:, ys, xs] = to_source(block, dtype, value_range).transpose(2, 0, 1)
+            write(shard.chunk_ids[i], values[int(shard.chunk_start[i]) - base:int(shard.chunk_start[i + 1]) - base])
     return float(sse)
 
 

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -107,8 +108,8 @@ def _builtin(src: str):
 
 
 def load_source(src: str, allow_large: bool = False):
-    """Return (array-like (H, W[, C]), name, sha256 or None, closer). allow_large: read PNG/JPEG files
-    beyond Pillow's decompression-bomb limit (with a warning)."""
+    """Return (array-like (H, W[, C]) or (Z, Y, X[, C]) for TIFF, name, sha256 or None, closer).
+    allow_large: read PNG/JPEG files beyond Pillow's decompression-bomb limit (with a warning)."""
     if src.startswith("builtin:"):
         return _builtin(src)
     path = Path(src)
@@ -120,28 +121,14 @@ def load_source(src: str, allow_large: bool = False):
         raise SignalError(f"signal file {src} is empty")
     sha = file_sha256(path)
     if path.name.lower().endswith(TIFF_SUFFIXES):
-        arr, shape, axes, keep, tif = _open_tiff(path)
-        if len(keep) == len(shape):
-            view = arr
-        else:
-            index = tuple(slice(None) if i in keep else 0 for i in range(len(shape)))
-            view = _Squeezed(arr, index, tuple(shape[i] for i in keep))
+        arr, shape, axes, _, tif = _open_tiff(path)
+        try:
+            view = AxesView(arr, axes_of(axes, shape))
+        except SignalError:
+            tif.close()
+            raise
         return view, path.name, sha, tif.close
     return _read_pillow(path, allow_large), path.name, sha, None
-
-
-class _Squeezed:
-    """A lazy view of a zarr array with some singleton axes fixed at 0 (row slicing only)."""
-
-    def __init__(self, arr, index, shape):
-        self.arr, self.index, self.shape, self.dtype = arr, index, shape, arr.dtype
-        self.ndim = len(shape)
-        self._first = next(i for i, s in enumerate(index) if s == slice(None))
-
-    def __getitem__(self, rows: slice):
-        index = list(self.index)
-        index[self._first] = rows
-        return np.asarray(self.arr[tuple(index)])
 
 
 def _zarr_fingerprint(path: Path) -> str:
@@ -167,28 +154,45 @@ def source_fingerprint(src: str) -> str:
     return _zarr_fingerprint(path) if _is_zarr_dir(path) else file_sha256(path)
 
 
-class _ZarrView:
-    """A lazy (H, W, C) view of a Zarr array whose axes may come in another order (OME-Zarr: c, y, x)
-    and carry singleton extra axes; reads bands of rows."""
+class AxesView:
+    """A lazy view of an N-D array as (*spatial, C): `axes` names each source axis, z (a leading spatial
+    axis: depth, time, page), y, x, c (channels) or 1 (a singleton fixed at 0). Reads slabs along the
+    first spatial axis; channels come last (a channel axis is added when there is none)."""
 
     def __init__(self, arr, axes: str):
         self.arr, self.axes = arr, axes
-        keep = [a for a, n in zip(axes, arr.shape) if n > 1 or a in "yx"]
-        extra = [a for a in keep if a not in "yxc"]
-        if extra or "y" not in axes or "x" not in axes:
-            raise SignalError(f"a Zarr array with axes {axes!r} and shape {arr.shape} is not an image: "
-                              f"expected y, x and optionally c (singleton t/z axes are fine)")
+        self.order = [a for a in "zyxc" if a in axes]
         n = dict(zip(axes, arr.shape))
-        self.shape = (n["y"], n["x"], n.get("c", 1))
+        self.shape = tuple(n[a] for a in self.order if a != "c") + (n.get("c", 1),)
         self.dtype = np.dtype(arr.dtype)
-        self.ndim = 3
+        self.ndim = len(self.shape)
 
     def __getitem__(self, rows: slice) -> np.ndarray:
-        index = tuple(rows if a == "y" else slice(None) if a in "xc" else 0 for a in self.axes)
-        band = np.asarray(self.arr[index])
-        order = [a for a in self.axes if a in "yxc"]
-        band = band.transpose([order.index(a) for a in "yxc" if a in order])
-        return band if "c" in order else band[..., None]
+        first = self.order[0]
+        index = tuple(rows if a == first else 0 if a == "1" else slice(None) for a in self.axes)
+        block = np.asarray(self.arr[index])
+        kept = [a for a in self.axes if a != "1"]
+        block = block.transpose([kept.index(a) for a in self.order])
+        return block if "c" in self.order else block[..., None]
+
+
+def axes_of(letters: str, shape: tuple) -> str:
+    """tifffile / OME axis letters -> AxesView axes: S and C are channels, Y and X themselves, any other
+    axis longer than 1 the leading spatial axis z (Z, Q, I, T), singletons are fixed."""
+    out = []
+    for a, n in zip(letters.upper(), shape):
+        if a in "YX":
+            out.append(a.lower())
+        elif n == 1:
+            out.append("1")
+        elif a in "SC":
+            out.append("c")
+        else:
+            out.append("z")
+    if out.count("z") > 1 or out.count("c") > 1:
+        raise SignalError(f"an array with axes {letters!r} and shape {tuple(shape)} has more than one "
+                          f"non-spatial axis longer than 1; dist_int reads (z,) y, x and channels")
+    return "".join(out)
 
 
 def _open_zarr_source(path: Path):
@@ -205,84 +209,151 @@ def _open_zarr_source(path: Path):
         if not ms:
             raise SignalError(f"{path} is a Zarr group, not an image array; give the path of the array inside "
                               f"it (e.g. {path}/0), or an OME-Zarr image")
-        axes = "".join(a["name"][0].lower() if isinstance(a, dict) else str(a)[0].lower() for a in ms[0]["axes"])
-        return _ZarrView(node[ms[0]["datasets"][0]["path"]], axes), False
+        arr = node[ms[0]["datasets"][0]["path"]]
+        letters = "".join(a["name"][0] if isinstance(a, dict) else str(a)[0] for a in ms[0]["axes"])
+        return AxesView(arr, axes_of(letters, arr.shape)), False
     arr = node
-    if arr.ndim == 2:
-        return _ZarrView(arr, "yx"), False
-    if arr.ndim == 3 and arr.shape[-1] <= 4:
-        linkable = (arr.metadata.zarr_format == 3 and arr.chunks[-1] == arr.shape[-1]
-                    and min(arr.chunks[:2]) >= 8)
-        return _ZarrView(arr, "yxc"), linkable
-    raise SignalError(f"{path} holds an array of shape {arr.shape}; an image must be (H, W) or (H, W, C) "
-                      f"with C <= 4")
+    axes = {2: "yx", 3: "yxc" if arr.shape[-1] <= 4 else "zyx", 4: "zyxc"}.get(arr.ndim)
+    if axes is None or (arr.ndim == 4 and arr.shape[-1] > 4):
+        raise SignalError(f"{path} holds an array of shape {arr.shape}; expected an image (H, W) or (H, W, C) "
+                          f"or a volume (Z, Y, X) or (Z, Y, X, C), with C <= 4")
+    axes = "".join("1" if n == 1 and a in "zc" else a for a, n in zip(axes, arr.shape))
+    # Read in place when every chunk holds all channels and the layout is already (*spatial, C).
+    linkable = (arr.metadata.zarr_format == 3 and axes.endswith("c") and arr.chunks[-1] == arr.shape[-1]
+                and min(arr.chunks[:-1]) >= 8)
+    return AxesView(arr, axes), linkable
 
 
-def open_source(src: str, allow_large: bool = False):
-    """(data, name, fingerprint, closer, parallel, link): data is array-like (H, W[, C]); `parallel`:
-    ranks can read bands of it independently (TIFF, Zarr); `link`: a Zarr array dir usable in place."""
+KINDS = ("image", "audio", "volume", "video")
+SPATIAL_DIMS = {"image": 2, "audio": 1, "volume": 3, "video": 3}
+DEFAULT_CHUNK = {"image": (128, 128), "audio": (65536,), "volume": (32, 32, 32), "video": (8, 128, 128)}
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".aif", ".aiff")
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
+
+
+@dataclass
+class Source:
+    """A signal to ingest: `data[i0:i1]` reads a slab along the first axis as (n, *shape[1:])."""
+    data: object
+    shape: tuple              # (*spatial, C)
+    dtype: np.dtype
+    kind: str                 # image, audio, volume, video
+    name: str
+    fingerprint: str
+    parallel: bool            # ranks can read slabs independently (TIFF, Zarr, audio files)
+    close: object = None
+    link: Path | None = None  # a Zarr array dir the run can read in place
+    meta: dict = field(default_factory=dict)  # what the modality keeps (audio: samplerate, subtype; video: fps)
+
+
+def open_source(src: str, allow_large: bool = False, kind: str = "auto") -> Source:
+    """Open any supported source lazily and tell its kind: audio files (soundfile), video files (PyAV),
+    TIFF and Zarr (an image or a volume by their axes), PNG/JPEG and builtins (images). `kind` other
+    than "auto" insists on one and explains a mismatch."""
     path = Path(src)
-    if not src.startswith("builtin:") and _is_zarr_dir(path):
+    lower = path.name.lower()
+    if not src.startswith("builtin:") and lower.endswith(AUDIO_SUFFIXES + VIDEO_SUFFIXES):
+        if not path.is_file():
+            raise SignalError(f"signal file not found: {src}")
+        if lower.endswith(AUDIO_SUFFIXES):
+            from ..modality.audio import open_audio as opener
+        else:
+            from ..modality.video import open_video as opener
+        source = opener(path)
+    elif not src.startswith("builtin:") and _is_zarr_dir(path):
         view, linkable = _open_zarr_source(path)
-        return view, path.name, _zarr_fingerprint(path), None, True, (path if linkable else None)
-    data, name, sha, close = load_source(src, allow_large)
-    return data, name, sha, close, close is not None, None
-
-
-def _check_image(src: str, data) -> tuple[int, int, int]:
-    if data.ndim == 2:
-        channels = 1
-    elif data.ndim == 3 and data.shape[-1] <= 4:
-        channels = data.shape[-1]
+        source = Source(view, view.shape, view.dtype, "", path.name, _zarr_fingerprint(path), True, None,
+                        path if linkable else None)
     else:
-        raise SignalError(f"{src} has shape {tuple(data.shape)}; an image must be (H, W) or (H, W, C) with C <= 4")
-    h, w = data.shape[:2]
-    if h < 2 or w < 2:
-        raise SignalError(f"{src} is {h}x{w}; an image needs at least 2x2 pixels")
-    return h, w, channels
+        data, name, sha, close = load_source(src, allow_large)
+        shape = tuple(data.shape) + ((1,) if data.ndim == 2 else ())
+        if isinstance(data, np.ndarray) and data.ndim == 2:
+            data = data[..., None]
+        source = Source(data, shape, np.dtype(data.dtype), "", name, sha, close is not None, close)
+    if not source.kind:
+        source.kind = {3: "image", 4: "volume"}.get(len(source.shape), "")
+    try:
+        _check_kind(src, source, kind)
+    except SignalError:
+        if source.close:
+            source.close()
+        raise
+    return source
 
 
-def begin_ingest(src: str, dest: str | Path, chunk: int = 128, allow_large: bool = False,
-                 progress=None) -> dict:
+def _check_kind(src: str, source: Source, kind: str) -> None:
+    got = source.kind
+    if not got or (got != "audio" and source.shape[-1] > 4):
+        raise SignalError(f"{src} has shape {tuple(source.shape)}; expected an image (H, W[, C<=4]), a volume "
+                          f"(Z, Y, X[, C<=4]), audio or video")
+    if kind != "auto" and kind != got:
+        if kind == "volume" and got == "image":
+            raise SignalError(f"signal.kind = \"volume\" but {src} is a 2-D image of shape "
+                              f"{tuple(source.shape[:-1])}; a volume needs a 3-D stack (several TIFF pages or a "
+                              f"Z axis)")
+        raise SignalError(f"signal.kind = \"{kind}\" but {src} reads as {got} of shape {tuple(source.shape)}; "
+                          f"set signal.kind = \"auto\" or \"{got}\"")
+    spatial = source.shape[:-1]
+    if min(spatial) < 2:
+        raise SignalError(f"{src} is {'x'.join(map(str, spatial))}; a signal needs at least 2 samples per axis")
+
+
+def resolve_chunk(chunk, kind: str) -> tuple[int, ...]:
+    """signal.chunk: 0 (the modality's default), one edge for every axis, or one per axis."""
+    dims = SPATIAL_DIMS[kind]
+    if chunk in (0, None, []):
+        return DEFAULT_CHUNK[kind]
+    if isinstance(chunk, int):
+        return (chunk,) * dims
+    if len(chunk) != dims:
+        raise SignalError(f"signal.chunk = {list(chunk)} gives {len(chunk)} edges but a {kind} signal has "
+                          f"{dims} axes; give one edge, or {dims}")
+    return tuple(int(c) for c in chunk)
+
+
+def begin_ingest(src: str, dest: str | Path, chunk=0, allow_large: bool = False,
+                 progress=None, kind: str = "auto") -> dict:
     """The first part of an ingest (one rank): open and check the source, create the destination in a
     hidden folder beside `dest`, and copy it all when only one process can read the source (PNG/JPEG,
-    builtins). Returns the plan, plain JSON, that ingest_part and finish_ingest take on every rank.
+    builtins, video). Returns the plan, plain JSON, that ingest_part and finish_ingest take on every rank.
 
     A Zarr array with every channel in its chunks is not copied: the store links its chunk files and
     carries dist_int's attributes in its own metadata (re-chunking only when needed)."""
     dest = Path(dest)
     if dest.exists():
         raise SignalError(f"{dest} already exists; choose another destination or delete it first")
-    data, name, sha, close, parallel, link = open_source(src, allow_large)
+    source = open_source(src, allow_large, kind)
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    plan = {"src": src, "dest": str(dest), "tmp": str(tmp), "chunk": chunk, "name": name, "sha": sha,
-            "allow_large": allow_large, "mode": "link" if link else "copy", "parallel": parallel}
+    plan = {"src": src, "dest": str(dest), "tmp": str(tmp), "name": source.name, "sha": source.fingerprint,
+            "allow_large": allow_large, "mode": "link" if source.link else "copy", "parallel": source.parallel,
+            "kind": source.kind, "meta": source.meta}
     try:
-        h, w, channels = _check_image(src, data)
-        dtype = np.dtype(data.dtype)
-        _check_dtype(dtype)
-        plan.update(shape=[h, w, channels], dtype=dtype.name)
+        _check_dtype(source.dtype)
+        spatial = source.shape[:-1]
+        # A chunk never exceeds the signal: a huge signal.chunk on a small signal costs nothing.
+        edges = tuple(min(e, n) for e, n in zip(resolve_chunk(chunk, source.kind), spatial))
+        plan.update(shape=[int(n) for n in source.shape], dtype=source.dtype.name, chunk=list(edges))
         shutil.rmtree(tmp, ignore_errors=True)
-        if link:
+        if source.link:
             tmp.mkdir(parents=True)
-            meta = json.loads((link / "zarr.json").read_text())
+            meta = json.loads((source.link / "zarr.json").read_text())
             (tmp / "zarr.json").write_text(json.dumps(meta))
-            for entry in link.iterdir():  # the chunk files, read in place through links
+            for entry in source.link.iterdir():  # the chunk files, read in place through links
                 if entry.name != "zarr.json":
                     (tmp / entry.name).symlink_to(entry.resolve())
-            plan["chunk"] = int(data.arr.chunks[0])
+            plan["chunk"] = [int(c) for c in source.data.arr.chunks[:-1]]
         else:
-            zarr.create_array(tmp, shape=(h, w, channels), chunks=(chunk, chunk, channels), dtype=dtype,
-                              fill_value=0)
-        if not parallel:  # decoded whole in this process: copy it now
-            plan["range"] = ingest_part(plan, 0, 1, progress, data)
+            zarr.create_array(tmp, shape=tuple(source.shape), chunks=(*edges, source.shape[-1]),
+                              dtype=source.dtype, fill_value=0)
+        if not source.parallel:  # decoded in this process only: copy it now
+            plan["range"] = ingest_part(plan, 0, 1, progress, source)
             plan["done"] = True
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
-        if close:
-            close()
+        if source.close:
+            source.close()
     return plan
 
 
@@ -292,38 +363,39 @@ def _check_dtype(dtype: np.dtype) -> None:
     if np.issubdtype(dtype, np.integer):
         if dtype.itemsize > 4:
             # (raw - lo) / (hi - lo) cannot be computed exactly in float64 for a 64-bit range (2^64 > 2^53).
-            raise SignalError(f"{dtype} pixels: a 64-bit integer range cannot be normalized to [0, 1] "
-                              f"without overflow or rounding; convert the image to 32-bit integers or float")
+            raise SignalError(f"{dtype} values: a 64-bit integer range cannot be normalized to [0, 1] "
+                              f"without overflow or rounding; convert the data to 32-bit integers or float")
         return
-    raise SignalError(f"unsupported pixel type {dtype}; use integer or floating-point images")
+    raise SignalError(f"unsupported value type {dtype}; use integer or floating-point data")
 
 
-def ingest_part(plan: dict, rank: int, world_size: int, progress=None, data=None) -> list[float]:
-    """This rank's share of the copy (bands of `chunk` rows, band i on rank i % world_size), checking
-    float values for NaN/Inf; returns [min, max] of the float values it read ([inf, -inf] otherwise)."""
+def ingest_part(plan: dict, rank: int, world_size: int, progress=None, source: Source | None = None) -> list[float]:
+    """This rank's share of the copy (slabs of one chunk along the first axis, slab i on rank
+    i % world_size), checking float values for NaN/Inf; returns [min, max] of the float values it read
+    ([inf, -inf] otherwise)."""
     close = None
-    if data is None:
-        data, _, _, close, _, _ = open_source(plan["src"], plan["allow_large"])
+    if source is None:
+        source = open_source(plan["src"], plan["allow_large"], plan["kind"])
+        close = source.close
     lo, hi = np.inf, -np.inf
     try:
-        h, w, channels = plan["shape"]
-        rows = plan["chunk"]
+        n0, rows = plan["shape"][0], plan["chunk"][0]
         is_float = np.issubdtype(np.dtype(plan["dtype"]), np.floating)
         out = zarr.open_array(plan["tmp"], mode="r+") if plan["mode"] == "copy" else None
         if out is None and not is_float:
             return [lo, hi]  # linked integers: nothing to read
-        bands = list(range(0, h, rows))
-        for n, y in enumerate(bands[rank::world_size]):
-            band = np.asarray(data[y:y + rows]).reshape(-1, w, channels)
+        slabs = list(range(0, n0, rows))
+        for n, y in enumerate(slabs[rank::world_size]):
+            slab = np.asarray(source.data[y:y + rows]).reshape(-1, *plan["shape"][1:])
             if is_float:
-                if not np.isfinite(band).all():
-                    raise SignalError(f"{plan['src']} contains NaN or Inf values (rows {y}..{y + len(band)}); "
-                                      f"clean or mask them before ingesting")
-                lo, hi = min(lo, float(band.min())), max(hi, float(band.max()))
+                if not np.isfinite(slab).all():
+                    raise SignalError(f"{plan['src']} contains NaN or Inf values (at {y}..{y + len(slab)} "
+                                      f"along its first axis); clean or mask them before ingesting")
+                lo, hi = min(lo, float(slab.min())), max(hi, float(slab.max()))
             if out is not None:
-                out[y:y + band.shape[0]] = band
+                out[y:y + slab.shape[0]] = slab
             if progress:
-                progress(min((n + 1) * world_size * rows, h), h)
+                progress(min((n + 1) * world_size * rows, n0), n0)
     finally:
         if close:
             close()
@@ -339,13 +411,19 @@ def finish_ingest(plan: dict, value_min: float, value_max: float) -> Path:
     elif np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
         lo, hi = float(info.min), float(info.max)
+    elif plan["kind"] == "audio":
+        # A waveform lives on [-1, 1] (PSNR with data range 2, the INT paper's audio metric); louder
+        # float files keep 0 at the centre.
+        peak = max(1.0, abs(value_min), abs(value_max))
+        lo, hi = -peak, peak
     else:
         lo, hi = (value_min, value_max) if value_max > value_min else (value_min, value_min + 1.0)
     tmp, dest = Path(plan["tmp"]), Path(plan["dest"])
     try:
         arr = zarr.open_array(tmp, mode="r+")
         arr.attrs[ATTR] = {
-            "kind": "image",
+            **plan.get("meta", {}),
+            "kind": plan["kind"],
             "source": plan["name"],
             "source_sha256": plan["sha"],
             "source_dtype": dtype.name,
@@ -359,9 +437,10 @@ def finish_ingest(plan: dict, value_min: float, value_max: float) -> Path:
     return dest
 
 
-def ingest(src: str, dest: str | Path, chunk: int = 128, progress=None, allow_large: bool = False) -> Path:
+def ingest(src: str, dest: str | Path, chunk=0, progress=None, allow_large: bool = False,
+           kind: str = "auto") -> Path:
     """Write `src` into a new Zarr store at `dest` in this process. Never overwrites: `dest` must not exist."""
-    plan = begin_ingest(src, dest, chunk, allow_large, progress)
+    plan = begin_ingest(src, dest, chunk, allow_large, progress, kind)
     try:
         lo, hi = plan["range"] if plan.get("done") else ingest_part(plan, 0, 1, progress)
     except BaseException:
