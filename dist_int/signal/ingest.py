@@ -306,8 +306,8 @@ def resolve_chunk(chunk, kind: str) -> tuple[int, ...]:
     if isinstance(chunk, int):
         return (chunk,) * dims
     if len(chunk) != dims:
-        raise SignalError(f"signal.chunk = {list(chunk)} gives {len(chunk)} edges but a {kind} signal has "
-                          f"{dims} axes; give one edge, or {dims}")
+        raise SignalError(f"signal.chunk = {list(chunk)} gives {len(chunk)} edges but this {kind} signal has "
+                          f"{dims} {'axis' if dims == 1 else 'axes'}; give one edge, or {dims}")
     return tuple(int(c) for c in chunk)
 
 
