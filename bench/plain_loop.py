@@ -20,37 +20,44 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dist_int.model import Siren  # noqa: E402
-from dist_int.signal import load_source  # noqa: E402
+from dist_int.signal import open_source  # noqa: E402
 
 
 def load_image(signal: str) -> np.ndarray:
-    """(H, W, C) float32 in [0, 1] (integer sources over their dtype's range, as dist_int normalizes)."""
-    data, _, _, close = load_source(signal)
-    img = np.asarray(data[:])
-    if close:
-        close()
-    scale = float(np.iinfo(img.dtype).max) if np.issubdtype(img.dtype, np.integer) else 1.0
-    img = img.astype(np.float32) / scale
-    return img[..., None] if img.ndim == 2 else img
+    """Any grid signal (image, audio, volume, video) as (*spatial, C) float32 in [0, 1], normalized as
+    dist_int does: integers over their dtype's range, audio floats from [-1, 1], other floats min..max."""
+    source = open_source(signal)
+    data = np.asarray(source.data[0:source.shape[0]]).reshape(source.shape)
+    if source.close:
+        source.close()
+    if np.issubdtype(data.dtype, np.integer):
+        info = np.iinfo(data.dtype)
+        lo, hi = float(info.min), float(info.max)
+    elif source.kind == "audio":
+        peak = max(1.0, float(np.abs(data).max()))
+        lo, hi = -peak, peak
+    else:
+        lo, hi = float(data.min()), float(data.max())
+    return ((data.astype(np.float64) - lo) / (hi - lo)).astype(np.float32)
 
 
 def fit(signal: str, hidden: int, layers: int, steps: int, lr: float, seed: int = 0,
         target_range: tuple[float, float] = (-1.0, 1.0), strategy: str = "full", precision: str = "fp32",
-        device: str = "cpu", compile: bool = False, lr_min: float = 1e-6) -> dict:
+        device: str = "cpu", compile: bool = False, lr_min: float = 1e-6, w0_first: float = 30.0) -> dict:
     """Fit and return {"psnr_db", "train_s", "steps"}. strategy "int" is the paper's step ratio from 0.2
     with the authors' incremental interval, top-k L1 error (ties by torch.topk)."""
     img = load_image(signal)
-    h, w, c = img.shape
+    spatial, c = img.shape[:-1], img.shape[-1]
     dev = torch.device(device)
-    ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
-    coords = torch.stack([ys.ravel(), xs.ravel()], 1).to(dev)
+    grids = torch.meshgrid(*(torch.linspace(-1, 1, n) for n in spatial), indexing="ij")
+    coords = torch.stack([g.ravel() for g in grids], 1).to(dev)
     lo, hi = target_range
     values = (torch.from_numpy(img.reshape(-1, c)) * (hi - lo) + lo).to(dev)
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = precision != "fp32"
         torch.backends.cudnn.allow_tf32 = precision != "fp32"
     torch.manual_seed(seed)
-    model = Siren(2, c, hidden, layers).to(dev)
+    model = Siren(len(spatial), c, hidden, layers, w0_first=w0_first).to(dev)
     forward = torch.compile(model, dynamic=True) if compile else model
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(

@@ -39,29 +39,34 @@ def train_main(argv: list[str]) -> int:
 
 def ingest_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m dist_int ingest",
-                                     description="Ingest an image (PNG/JPEG/TIFF/BigTIFF/OME-TIFF) into a Zarr v3 store.")
-    parser.add_argument("src", help="image file, or builtin:camera / builtin:astronaut")
+                                     description="Ingest a signal into a Zarr v3 store: an image (PNG/JPEG/TIFF/"
+                                                 "BigTIFF/OME-TIFF/Zarr), audio (WAV/FLAC/OGG/AIFF), a volume "
+                                                 "(TIFF stack, 3-D Zarr) or a video (MP4/MKV/WebM/AVI).")
+    parser.add_argument("src", help="file or Zarr store, or builtin:camera / builtin:astronaut")
     parser.add_argument("dest", help="new Zarr store path (must not exist)")
-    parser.add_argument("--chunk", type=int, default=128, help="chunk edge in pixels (default 128)")
+    parser.add_argument("--chunk", type=int, nargs="+", default=[0],
+                        help="chunk edge for every axis, or one per axis (default: the modality's)")
+    parser.add_argument("--kind", default="auto", choices=["auto", "image", "audio", "volume", "video"])
     parser.add_argument("--allow-large-image", action="store_true",
                         help="read a PNG/JPEG beyond Pillow's decompression-bomb limit (decoded whole)")
     args = parser.parse_args(argv)
     from .signal import SignalStore, ingest
 
     try:
-        if args.chunk < 8:
-            raise ConfigError("--chunk must be >= 8")
+        chunk = args.chunk[0] if len(args.chunk) == 1 else args.chunk
+        if any(c < 1 for c in args.chunk) or (isinstance(chunk, int) and 0 < chunk < 8):
+            raise ConfigError("--chunk must be 0 (the default), an edge >= 8, or one edge >= 1 per axis")
         tty = sys.stderr.isatty()
 
         def progress(done, total):
             if tty:
                 print(f"\ringest {done}/{total} rows", end="", file=sys.stderr, flush=True)
 
-        dest = ingest(args.src, args.dest, args.chunk, progress, allow_large=args.allow_large_image)
+        dest = ingest(args.src, args.dest, chunk, progress, allow_large=args.allow_large_image, kind=args.kind)
         if tty:
             print(file=sys.stderr)
         store = SignalStore(dest)
-        print(f"wrote {dest}: shape {store.shape}, {store.num_chunks} chunks of {store.chunk_shape}, "
+        print(f"wrote {dest}: {store.meta['kind']} of shape {store.shape}, {store.num_chunks} chunks of {store.chunk_shape}, "
               f"{store.meta['source_dtype']} range {store.meta['value_range']}")
         return 0
     except DistIntError as e:

@@ -189,7 +189,8 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
     except Exception as e:  # noqa: BLE001
         error = e
     _agree_on_failure(comm, error, "plan its mini-batches")
-    teacher = Teacher(cfg.teacher, cfg.train.steps, cfg.seed, comm, plan, store.num_points)
+    teacher = Teacher(cfg.teacher, cfg.train.steps, cfg.seed, comm, plan, store.num_points,
+                      modality_for(store).error)
     evaluator = Evaluator(render_predict, shard, comm, store.num_points, store.channels, cfg.train.eval_chunk,
                           cfg.train.probe_points, cfg.seed)
     guard = DivergenceGuard(engine, schedule, teacher, cfg.train.divergence_db, cfg.train.rollback_lr_factor,

@@ -3,7 +3,7 @@ metadata. Adding a kind means a module here, its reader in signal/ingest.py's di
 nothing in the trainer (docs/design.md, "Modalities")."""
 
 from .audio import Audio
-from .base import Modality, l1_error
+from .base import Modality
 from .image import Image
 from .video import Video
 from .volume import Volume
@@ -15,4 +15,4 @@ def modality_for(store) -> Modality:
     return MODALITIES[store.meta.get("kind", "image")]
 
 
-__all__ = ["MODALITIES", "Modality", "l1_error", "modality_for"]
+__all__ = ["MODALITIES", "Modality", "modality_for"]

@@ -11,22 +11,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 import zarr
 
 from ..render import to_source
-
-
-def l1_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The teacher's score of each point: sum over channels of |f(x) - y| (INT, sec. 3)."""
-    return (pred.float() - target).abs().sum(dim=1)
+from ..teacher.teacher import point_l1
 
 
 class Modality:
     """A grid signal whose rendered field is one Zarr array shaped like the store, in the source dtype."""
 
     kind = ""
-    error = staticmethod(l1_error)
+    error = staticmethod(point_l1)  # what the teacher scores (grid kinds: the INT paper's L1)
 
     # ---- output: created by one rank, written chunk by chunk by every rank -------------------------
     def create_output(self, path: Path, store) -> None:

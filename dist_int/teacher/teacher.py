@@ -28,12 +28,16 @@ from .schedules import ratio_at, should_select
 from .select import SEARCH_BYTES, check_num_points, global_topk, hash_order, order_keys, score_order
 
 
+def point_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The INT score of each point: sum over channels of |f(x) - y| (INT, sec. 3)."""
+    return (pred.float() - target).abs().sum(dim=1)
+
+
 @torch.no_grad()
-def l1_error(predict: Predict, points, rows: torch.Tensor, chunk: int) -> torch.Tensor:
-    """sum_c |f(x) - y| for the given rows of `points`, scored in pieces of `chunk` points (coordinates
-    and targets are made piece by piece too). (n,) float32."""
-    return torch.cat([(pred.float() - points.targets(part)).abs().sum(dim=1)
-                      for part, pred in forward_rows(predict, points, rows, chunk)])
+def l1_error(predict: Predict, points, rows: torch.Tensor, chunk: int, error=point_l1) -> torch.Tensor:
+    """error(f(x), y) per point (default: sum_c |f(x) - y|) for the given rows of `points`, scored in
+    pieces of `chunk` points (coordinates and targets are made piece by piece too). (n,) float32."""
+    return torch.cat([error(pred, points.targets(part)) for part, pred in forward_rows(predict, points, rows, chunk)])
 
 
 @dataclass
@@ -46,8 +50,10 @@ class TeachingSet:
 
 class Teacher:
     def __init__(self, cfg: TeacherConfig, total_steps: int, seed: int, comm: Comm, plan: BatchPlan,
-                 num_points: int):
-        """plan: this rank's mini-batches; num_points: points in the whole signal."""
+                 num_points: int, error=point_l1):
+        """plan: this rank's mini-batches; num_points: points in the whole signal; error: the per-point
+        score of a prediction against its target (the modality's; modality/base.py)."""
+        self.error = error
         check_num_points(num_points)
         self.cfg, self.total_steps, self.seed, self.comm, self.plan = cfg, total_steps, seed, comm, plan
         # Mini-batch mode advances the schedules per epoch (the authors' Pluto run); else per step.
@@ -89,7 +95,7 @@ class Teacher:
         if self.cfg.strategy == "uniform":
             order = hash_order(gids, self.seed, step)
         else:
-            order = score_order(l1_error(predict, points, rows, self.cfg.score_chunk))
+            order = score_order(l1_error(predict, points, rows, self.cfg.score_chunk, self.error))
         # Ascending rows: the same order however the set was reached (fresh, or loaded from a checkpoint).
         rows = torch.sort(rows[global_topk(order_keys(order, gids), k, self.comm, total)]).values
         self.bytes_moved += SEARCH_BYTES if self.comm.world_size > 1 else 0
