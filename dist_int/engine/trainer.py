@@ -334,7 +334,6 @@ def _finish(cfg: Config, comm: Comm, store: SignalStore, shard: Shard, predict, 
     if sums is not None:
         sums = comm.all_reduce_sum(torch.from_numpy(np.asarray(sums, dtype=np.float64))).numpy()
     extra = modality.metrics(sums, store)
-    memory = _memory(comm, shard.device)
 
     def publish():
         final = run.reconstruction_zarr
@@ -343,6 +342,7 @@ def _finish(cfg: Config, comm: Comm, store: SignalStore, shard: Shard, predict, 
         return modality.export(final, run.reconstruction_stem, cfg.render.format, store)
 
     image = everywhere("export the reconstruction", publish, rank_zero_only=True)
+    memory = _memory(comm, shard.device)  # peaks over the whole run, export included
     summary = {}
     if comm.is_rank_zero:
         psnr = psnr_db(sse, store.num_points * store.channels)
