@@ -5,7 +5,9 @@
    same precision.
 2. Throughput of a 6x512 SIREN on batches of 2^19 points (a 2048x2048 image in 8 mini-batches) at fp32,
    tf32, bf16 and bf16 + torch.compile, dist_int against the plain loop.
-Prints one Markdown table and writes it to bench/results/gpu_check.md.
+3. The gigapixel check: an 8192x8192 image from `synth gigapixel`, 6x512, mini-batch INT (64 batches),
+   bf16: the time of one epoch and every rank's peak GPU memory (skip with --no-gigapixel).
+Prints Markdown tables and writes them to bench/results/gpu_check.md.
 
     python bench/gpu_check.py                  # on a GPU machine
     python bench/gpu_check.py --quick          # a CPU-sized smoke run of the same code paths
@@ -39,6 +41,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks the script on a CPU")
     p.add_argument("--precision", default="tf32", help="precision of part 1 (both dist_int and plain)")
+    p.add_argument("--no-gigapixel", action="store_true", help="skip part 3")
     p.add_argument("--out", default=None, help="default: bench/results/gpu_check.md (--quick: bench/out/)")
     args = p.parse_args()
     args.out = args.out or str(ROOT / "bench" / ("out" if args.quick else "results") / "gpu_check.md")
@@ -95,13 +98,35 @@ def main() -> None:
                          f"{ours / plain:.2f}"])
             print(rows[-1], flush=True)
         part2 = markdown_table(["precision", "dist_int M points/s", "plain loop M points/s", "ratio"], rows)
+
+        # Part 3: one epoch of configs/gigapixel.toml's recipe on a synth image.
+        part3 = "(skipped)"
+        if not args.no_gigapixel:
+            from dist_int.synth import synth_gigapixel
+
+            giga = 512 if args.quick else 8192
+            t0 = time.time()
+            store = synth_gigapixel(work / "giga.zarr", giga, chunk=min(512, giga // 4))
+            made = time.time() - t0
+            epoch = 64
+            r = train(["--config", str(ROOT / "configs" / "gigapixel.toml"), f"signal.path={store}",
+                       f"run.dir={work / 'giga'}", f"train.steps={epoch}",
+                       f"train.log_every={epoch // 4}", "train.eval_every=0", "checkpoint.every=0",
+                       f"model.hidden={wide}", "render.format=zarr"])
+            part3 = markdown_table(
+                ["image", "SIREN", "epoch (64 steps) train time (s)", "peak GPU memory per rank (MiB)",
+                 "peak host RSS per rank (MiB)", "PSNR after 1 epoch (dB)", "synth time (s)"],
+                [[f"{giga}^2", f"6x{wide}", f"{r['train_time_s']:.1f}", str(r.get("peak_gpu_mb")),
+                  str(r.get("peak_rss_mb")), f"{r['psnr_db']:.2f}", f"{made:.0f}"]])
+            print(part3, flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     header = (f"machine: {machine()}\ncommand: python bench/gpu_check.py{' --quick' if args.quick else ''}\n"
               f"wall time {time.time() - started:.0f} s")
     text = (f"{header}\n\n{size}x{size} cameraman, SIREN {layers}x{hidden}, {steps} steps, [-1, 1] targets, "
             f"1 rank:\n\n{part1}\n\nSIREN 6x{wide}, batches of {batch} points ({big}^2 image, {batches} "
-            f"batches), {tsteps} steps:\n\n{part2}\n")
+            f"batches), {tsteps} steps:\n\n{part2}\n\nconfigs/gigapixel.toml (bf16, mini-batch INT), one epoch:\n\n"
+            f"{part3}\n")
     print(text)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
