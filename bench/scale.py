@@ -235,7 +235,7 @@ def model_table(args) -> str:
         f"(fp32, {torch_threads} threads, batch {args.model_batch}); gloo all-reduce between 2 processes: "
         f"{coll[hist_bytes] * 1e6:.0f} us for a {hist_bytes} B histogram, {coll[grad_bytes] * 1e3:.2f} ms for the "
         f"gradients.\nThe H200 rows use the project's measured H200 throughput (bf16 train step 34.0 M points/s, "
-        f"scoring 95 M; docs/training.md) and ASSUMED NCCL costs (30 us per small all-reduce, 100 GB/s ring "
+        f"scoring 95 M; docs/training.md, last section) and ASSUMED NCCL costs (30 us per small all-reduce, 100 GB/s ring "
         f"bandwidth), since no GPU cluster was available to measure them. Selection bytes per rank are "
         f"{SEARCH_BYTES} B whatever the size and rank count.")
     return header + "\n\n" + table + "\n"
