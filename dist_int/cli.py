@@ -20,6 +20,14 @@ def _fail(e: Exception) -> int:
     return 2
 
 
+def _os_error(e: OSError) -> DistIntError:
+    """An operating-system error (permissions, a full disk, a read-only mount, a path under a file) as the
+    one-line error users get for everything they can cause."""
+    where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+    return DistIntError(f"{e.strerror or e}{where}: check that the path exists, is writable and that the disk "
+                        f"has room, then run the same command again")
+
+
 def train_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="launch/train.py",
@@ -35,6 +43,8 @@ def train_main(argv: list[str]) -> int:
         return train(cfg)
     except DistIntError as e:
         return _fail(e)
+    except OSError as e:
+        return _fail(_os_error(e))
 
 
 def ingest_main(argv: list[str]) -> int:
@@ -71,6 +81,8 @@ def ingest_main(argv: list[str]) -> int:
         return 0
     except DistIntError as e:
         return _fail(e)
+    except OSError as e:
+        return _fail(_os_error(e))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,10 +92,12 @@ def main(argv: list[str] | None = None) -> int:
 
     commands = {"train": train_main, "ingest": ingest_main, "collect": collect_main, "synth": synth_main}
     if not argv or argv[0] not in commands:
+        asked = bool(argv) and argv[0] in ("-h", "--help", "help")
         print("usage: python -m dist_int {train,ingest,collect,synth} ...\n"
               "  train    fit a SIREN (one process; use torchrun launch/train.py for several)\n"
-              "  ingest   turn an image file into a Zarr store\n"
+              "  ingest   turn a signal file (image, audio, volume, video) into a Zarr store\n"
               "  collect  one table of the runs under a folder (e.g. an array job's)\n"
-              "  synth    write a procedural test signal (synth gigapixel OUT.zarr --size N)", file=sys.stderr)
-        return 2
+              "  synth    write a procedural test signal (gigapixel, speech, video, volume)\n"
+              "Each command takes --help.", file=sys.stdout if asked else sys.stderr)
+        return 0 if asked else 2
     return commands[argv[0]](argv[1:])

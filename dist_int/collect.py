@@ -24,7 +24,11 @@ def _row(run_dir: Path) -> dict:
         pass
     summary = RunDir(run_dir).summary
     if summary.is_file():
-        s = json.loads(summary.read_text())
+        try:
+            s = json.loads(summary.read_text())
+        except (OSError, ValueError, UnicodeDecodeError):
+            row["status"] = "damaged summary.json"  # one bad folder must not fail the whole table
+            return row
         row.update({k: s.get(k, "") for k in ("psnr_db", "ssim", "train_time_s", "steps", "status")})
         return row
     run = RunDir(run_dir)
@@ -61,6 +65,10 @@ def collect_main(argv: list[str]) -> int:
         rows = collect(Path(args.dir))
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not rows:
+        print(f"error: {args.dir} holds no run folders (folders with a config.toml); give the folder that "
+              f"holds the runs, e.g. an array job's RUN_ROOT. Nothing was written.", file=sys.stderr)
         return 2
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS)

@@ -7,7 +7,9 @@ out-of-range values raise `ConfigError` before any training starts.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
+import math
 import tomllib
 import types
 import typing
@@ -123,6 +125,9 @@ class TrainConfig:
     max_points_per_pass: int = 0
     """Most points in one forward/backward pass; a larger teaching set is split into pieces whose
     gradients are accumulated into the same update (bounds activation memory). 0: one pass."""
+    memory_gb: float = 0.0
+    """Memory a rank may use, GiB, for the up-front check that refuses runs that cannot fit (0: the
+    machine's memory, or the GPU's)."""
     compile: bool = False
     """Run the SIREN under torch.compile (dynamic shapes, since teaching-set sizes change); the first
     steps pay for the compilation."""
@@ -175,7 +180,13 @@ class Config:
         return dataclasses.asdict(self)
 
     def validate(self) -> "Config":
+        floats = [(f"{section}.{f.name}", getattr(getattr(self, section), f.name))
+                  for section in ("model", "teacher", "optim", "train", "signal")
+                  for f in dataclasses.fields(getattr(self, section)) if f.type in (float, "float")]
         checks = [
+            *[(math.isfinite(v), f"{k} must be a finite number (got {v})") for k, v in floats],
+            (self.seed >= 0, "seed must be >= 0"),
+            (self.train.timeout_s <= 7 * 24 * 3600, "train.timeout_s must be at most a week (604800 s)"),
             (self.model.hidden >= 1, "model.hidden must be >= 1"),
             (self.model.layers >= 2, "model.layers must be >= 2 (at least one sine layer and the output)"),
             (self.model.w0 > 0 and self.model.w0_first > 0, "model.w0 and model.w0_first must be > 0"),
@@ -198,6 +209,7 @@ class Config:
             (self.train.log_every >= 1, "train.log_every must be >= 1"),
             (self.train.eval_every >= 0, "train.eval_every must be >= 0"),
             (self.train.eval_chunk >= 1, "train.eval_chunk must be >= 1"),
+            (self.train.memory_gb >= 0, "train.memory_gb must be >= 0 (0 = the machine's)"),
             (self.train.max_points_per_pass >= 0, "train.max_points_per_pass must be >= 0 (0 = one pass)"),
             (self.train.precision in PRECISIONS, f"train.precision must be one of {PRECISIONS}"),
             (self.signal.target_range in TARGET_RANGES, f"signal.target_range must be one of {TARGET_RANGES}"),
@@ -247,7 +259,10 @@ def _coerce(key: str, value, typ):
     if typ is int and (isinstance(value, bool) or not isinstance(value, int)):
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if not isinstance(value, typ):
-        raise ConfigError(f"{key}: expected {typ.__name__}, got {value!r}")
+        hint = ""
+        if typ is str and isinstance(value, (datetime.date, datetime.time, datetime.datetime)):
+            hint = f"; TOML reads {value} as a date or time: quote it, e.g. {key}='\"{value}\"'"
+        raise ConfigError(f"{key}: expected {typ.__name__}, got {value!r}{hint}")
     return value
 
 

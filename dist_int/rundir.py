@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import time
 import tomllib
 from pathlib import Path
 
@@ -49,6 +51,8 @@ class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.config_changed = True  # whether config.toml must be (re)written; set by `check`
+        self.training = False  # set once setup is done and the config saved: the folder is a run now
+        self.created = False   # set by the start that made the folder (and holds its lock)
 
     # Every path in the folder.
     @property
@@ -103,6 +107,57 @@ class RunDir:
         """reconstruction.png or reconstruction.tif, by the export format."""
         return self.path / "reconstruction"
 
+    # The lock: one run at a time in a folder (docs/design.md, "The run folder").
+    @property
+    def lock(self) -> Path:
+        return self.path / ".lock"
+
+    def _holder(self) -> dict | None:
+        """The lock's holder {host, pid, started}, or None when there is no lock or it is stale (its
+        process, on this host, is gone)."""
+        try:
+            holder = json.loads(self.lock.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {"host": "?", "pid": "?", "started": "?"}  # unreadable: treat as held, let the user decide
+        if holder.get("host") == socket.gethostname():
+            try:
+                os.kill(int(holder["pid"]), 0)
+            except ProcessLookupError:
+                return None  # crashed or killed: the lock is stale
+            except (PermissionError, ValueError, KeyError, TypeError):
+                pass
+        return holder
+
+    def _refuse_if_locked(self) -> None:
+        holder = self._holder()
+        if holder is not None and not (holder.get("host") == socket.gethostname() and holder.get("pid") == os.getpid()):
+            raise RunDirError(f"run.dir {self.path} is in use by process {holder.get('pid')} on host "
+                              f"{holder.get('host')} (since {holder.get('started')}); wait for it to finish or "
+                              f"stop it, or choose another run.dir. If that process is gone, delete {self.lock}")
+
+    def acquire_lock(self) -> None:
+        """Take the folder for this run (rank 0, before it writes anything); a stale lock is taken over."""
+        text = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                           "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+        try:
+            fd = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            self._refuse_if_locked()
+            atomic_write(self.lock, text)  # stale: its holder is gone
+            return
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+
+    def release_lock(self) -> None:
+        try:
+            holder = json.loads(self.lock.read_text())
+            if holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+                self.lock.unlink()
+        except (OSError, ValueError):
+            pass
+
     # Checks and writes.
     def check(self, cfg: Config) -> bool:
         """Read-only, run by every rank before anything is written. True when the folder holds an earlier
@@ -111,7 +166,8 @@ class RunDir:
             return False
         if not self.path.is_dir():
             raise RunDirError(f"run.dir {self.path} is a file; choose a folder path")
-        if not any(self.path.iterdir()):
+        self._refuse_if_locked()
+        if not [p for p in self.path.iterdir() if p.name != self.lock.name]:
             return False
         if not self.config.is_file():
             raise RunDirError(f"run.dir {self.path} is not empty and holds no dist_int run ({self.CONFIG} "

@@ -145,7 +145,7 @@ def _bad_cases(tmp: Path, image: Path) -> dict:
     ingest(str(tmp / "ok.tif"), nan_store, 16)
     arr = zarr.open_array(nan_store, mode="r+")
     arr[40, 40, 0] = float("nan")
-    tifffile.imwrite(tmp / "volume.tif", smooth_image()[None, :, :, :2].repeat(5, 0))
+    tifffile.imwrite(tmp / "volume.tif", np.zeros((2, 3, 16, 16), np.uint8), metadata={"axes": "TZYX"})
     tifffile.imwrite(tmp / "int64.tif", smooth_image()[..., 0].astype("int64"))
     return {
         "missing file": ([f"signal.path={tmp / 'missing.png'}"], "not found", 0),
@@ -157,7 +157,7 @@ def _bad_cases(tmp: Path, image: Path) -> dict:
         "truncated store": ([f"signal.path={truncated_store}"], "corrupt or truncated", 0),
         "NaN/Inf in file": ([f"signal.path={nan_tif}"], "NaN or Inf", 0),
         "NaN in store": ([f"signal.path={nan_store}"], "NaN or Inf", 0),
-        "wrong dimensions": ([f"signal.path={tmp / 'volume.tif'}"], "an image must be (H, W)", 0),
+        "wrong dimensions": ([f"signal.path={tmp / 'volume.tif'}"], "more than one non-spatial axis", 0),
         "more ranks than chunks": ([f"signal.path={image}", "signal.chunk=64"], "only 1 chunks", 2),
         "integer overflow": ([f"signal.path={tmp / 'int64.tif'}"], "64-bit integer range", 0),
         "unknown key": ([f"signal.path={image}", "teacher.rato=0.3"], "unknown config key 'teacher.rato'", 0),

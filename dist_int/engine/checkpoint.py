@@ -70,18 +70,38 @@ class Checkpointer:
                     shutil.rmtree(old, ignore_errors=True)
         self.comm.barrier()
 
+    def _intact(self, tag: str) -> bool:
+        """Whether checkpoint `tag` has a readable meta.json of this format (its payload is checked by load)."""
+        try:
+            return json.loads(self.run.checkpoint_meta(tag).read_text()).get("format") == FORMAT
+        except (OSError, ValueError, UnicodeDecodeError):
+            return False
+
     def latest_tag(self) -> str | None:
-        tag = self.run.latest_tag()
+        """The checkpoint to resume from: the one `latest` names, or, when that one is missing or damaged,
+        the newest intact one (said in self.fallback_note); None when there is none."""
+        self.fallback_note = None
+        try:
+            tag = self.run.latest_tag()
+        except (OSError, UnicodeDecodeError):
+            tag = "(unreadable)"
         if tag is None:
             return None
         folder = self.run.checkpoints / tag
         partial = self.run.checkpoint_partial(tag)
-        if not folder.exists() and (partial / "meta.json").is_file():
+        if tag and not folder.exists() and (partial / "meta.json").is_file():
             try:
                 partial.rename(folder)  # a save cut short between its two renames: finish it
             except OSError:
                 pass  # another rank finished it first
-        return tag if self.run.checkpoint_meta(tag).is_file() else None
+        if tag and "/" not in tag and self._intact(tag):
+            return tag
+        older = sorted((p.name for p in self.run.checkpoints.glob("step-*") if p.is_dir() and self._intact(p.name)),
+                       reverse=True)
+        self.fallback_note = (f"checkpoints/latest names {tag!r}, which is missing or damaged; "
+                              + (f"resuming from the newest intact checkpoint, {older[0]}" if older else
+                                 "no intact checkpoint is left, so the run starts over from step 0"))
+        return older[0] if older else None
 
     def load(self, tag: str) -> dict:
         """Load every part from checkpoint `tag`; returns its meta (step, status, world_size)."""

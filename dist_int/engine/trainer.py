@@ -18,7 +18,7 @@ import torch
 
 from ..comm import Comm
 from ..config import Config
-from ..errors import PeerFailed
+from ..errors import ConfigError, PeerFailed
 from ..model import Siren
 from ..progress import Progress
 from ..modality import modality_for
@@ -27,6 +27,7 @@ from ..rundir import RunDir, atomic_write
 from ..signal import (Shard, SignalStore, TargetRange, assign_chunks, finish_ingest, ingest_part, open_shard,
                       plan_signal, signal_store_path)
 from ..teacher import Teacher, make_plan
+from .budget import check_memory
 from .checkpoint import Checkpointer
 from .deepspeed_engine import build_engine
 from .evaluate import Evaluator
@@ -109,14 +110,18 @@ def _prepare_run(cfg: Config, comm: Comm, run: RunDir, device: torch.device) -> 
     """Rank 0 creates the run folder and plans the ingest of the signal; every rank copies its share of
     a TIFF or Zarr source; rank 0 finishes the store and saves the resolved config; then every rank
     loads its shard onto `device`. Every wait here is long (one rank may decode a large PNG meanwhile;
-    comm.py). When any of it fails, a run folder made just now is removed again."""
-    created = comm.is_rank_zero and not run.path.exists()
-
+    comm.py)."""
     def everywhere(what, work, rank_zero_only=False):
         return _everywhere(comm, what, work, rank_zero_only)
 
     def begin():
-        run.path.mkdir(parents=True, exist_ok=True)
+        try:
+            run.path.mkdir(parents=True)
+            made = True
+        except FileExistsError:
+            made = False
+        run.acquire_lock()
+        run.created = made  # removed again if setup fails: only by the start that made it and holds it
         return plan_signal(cfg.signal.path, run.signal_store, cfg.signal.chunk, cfg.signal.allow_large_image,
                            cfg.signal.kind)
 
@@ -129,7 +134,6 @@ def _prepare_run(cfg: Config, comm: Comm, run: RunDir, device: torch.device) -> 
                 "copy its share of the signal", lambda: ingest_part(plan, comm.rank, comm.world_size))
             lo, hi = -comm.agree_max([-lo])[0], comm.agree_max([hi])[0]
             everywhere("finish the signal store", lambda: finish_ingest(plan, lo, hi), rank_zero_only=True)
-        everywhere("save the run config", lambda: run.write_config(cfg), rank_zero_only=True)
 
         def load():
             store = SignalStore(signal_store_path(cfg.signal.path, run.signal_store))
@@ -141,8 +145,6 @@ def _prepare_run(cfg: Config, comm: Comm, run: RunDir, device: torch.device) -> 
     except Exception:
         if comm.is_rank_zero and plan is not None:
             shutil.rmtree(plan["tmp"], ignore_errors=True)
-        if created:
-            shutil.rmtree(run.path, ignore_errors=True)  # leave no half-made folder behind
         raise
 
 
@@ -152,10 +154,19 @@ def train(cfg: Config) -> int:
     device = pick_device(launch)
     run = RunDir(cfg.run.dir)
     resuming = run.check(cfg)  # read-only, on every rank, before anything is written
+    check_memory(cfg, device, 3, 4, 0, 0)  # the model alone: before anything is written
     comm = init_distributed(launch, device, cfg.train.timeout_s)
     try:
         return _train(cfg, comm, device, run, resuming)
+    except BaseException:
+        # A start that fails before training leaves no folder behind that it made (a corrected rerun
+        # would otherwise be refused as a config change); once training ran, checkpoints are kept.
+        if run.created and not run.training:
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise
     finally:
+        if launch.rank == 0:
+            run.release_lock()
         shutdown()
 
 
@@ -166,6 +177,14 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
 
     # Signal: this rank's chunks on the device, in the source dtype (targets are made per row as needed).
     store, shard = _prepare_run(cfg, comm, run, device)
+
+    # Refused here when the largest pass cannot fit (the folder made for it is removed again).
+    batch_points = max(shard.num_points // cfg.teacher.num_batches, 1) + shard.num_points % cfg.teacher.num_batches
+    _everywhere(comm, "check its memory", lambda: check_memory(
+        cfg, device, len(store.spatial), store.channels,
+        min(cfg.train.max_points_per_pass or batch_points, batch_points),
+        min(max(cfg.teacher.score_chunk, cfg.train.eval_chunk), shard.num_points),
+        0 if shard.streamed else shard.raw.numel() * shard.raw.element_size()))
 
     # Model and engine.
     torch.manual_seed(cfg.seed)
@@ -202,6 +221,8 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
                         chunked={"teacher": teacher})
 
     tag = ckpt.latest_tag() if resuming else None
+    if resuming and ckpt.fallback_note:
+        log.message("warning: " + ckpt.fallback_note)
     if tag is not None:
         meta, error = None, None
         try:
@@ -211,6 +232,13 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
         _agree_on_failure(comm, error, f"load checkpoint {tag}")
         log.message(f"resuming {run.path} from step {state.step} ({run.checkpoints / tag}, saved by "
                     f"{meta['world_size']} rank(s); now {comm.world_size})")
+    if state.step > cfg.train.steps:
+        raise ConfigError(f"{run.path} has already trained {state.step} steps, more than train.steps="
+                          f"{cfg.train.steps}; raise train.steps to at least {state.step}, or use a new run.dir")
+    # The config is saved only now: a start refused above (e.g. a checkpoint that does not fit a changed
+    # config) leaves the folder's config.toml as it was.
+    _everywhere(comm, "save the run config", lambda: run.write_config(cfg), rank_zero_only=True)
+    run.training = True
     log.message(f"{store.shape} signal, {store.num_chunks} chunks over {comm.world_size} rank(s)"
                 f"{' (streamed from disk)' if shard.streamed else ''}; "
                 f"SIREN {cfg.model.layers}x{cfg.model.hidden} ({model.num_params:,} params); teacher "

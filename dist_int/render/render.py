@@ -136,7 +136,12 @@ def export(path: Path, dest_stem: Path, fmt: str) -> Path:
         img = img[..., 0] if c == 1 else img
         out = dest_stem.with_suffix(".png")
         tmp = out.with_name("." + out.name + ".tmp")
-        Image.fromarray(img).save(tmp, format="PNG")
+        if img.dtype == np.uint16 and img.ndim == 3:  # Pillow cannot write 16-bit colour: imagecodecs can
+            import imagecodecs
+
+            tmp.write_bytes(imagecodecs.png_encode(np.ascontiguousarray(img)))
+        else:
+            Image.fromarray(img).save(tmp, format="PNG")
         tmp.replace(out)
         return out
     return _export_tiff(path, dest_stem.with_suffix(".tif"))

@@ -35,6 +35,9 @@ def plan_signal(path: str, ingested: Path, chunk, allow_large: bool = False, kin
         return None
     if ingested.exists():
         store = SignalStore(ingested)
+        if path.startswith("builtin:") and store.meta.get("source") != path:
+            raise SignalError(f"{ingested} holds {store.meta.get('source')}, not {path}: a run folder keeps the "
+                              f"signal it started with; use a new run.dir for another signal")
         if not path.startswith("builtin:"):
             if not Path(path).exists():
                 raise SignalError(f"signal file not found: {path}")

@@ -60,6 +60,23 @@ def _read_pillow(path: Path, allow_large: bool) -> np.ndarray:
     if allow_large and limit and im.width * im.height > limit // 2:
         print(f"warning: {path} has {im.width * im.height:,} pixels, beyond Pillow's decompression-bomb "
               f"guard; reading it as allowed (it is decoded whole into memory)", file=sys.stderr, flush=True)
+    orientation = 1
+    try:
+        orientation = int(im.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - a damaged EXIF block only loses the orientation
+        pass
+    with open(path, "rb") as f:
+        head = f.read(26)
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[24] == 16:
+        # Pillow reads 16-bit colour PNGs as 8-bit (and 16-bit gray+alpha as RGBA): decode at full depth.
+        import imagecodecs
+
+        im.close()
+        try:
+            arr = imagecodecs.png_decode(path.read_bytes())
+        except Exception as e:  # noqa: BLE001
+            raise SignalError(f"cannot read image {path}: {e}. Is the file complete and an image?") from None
+        return _orient(arr, orientation)
     try:
         with im:
             if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
@@ -69,19 +86,34 @@ def _read_pillow(path: Path, allow_large: bool) -> np.ndarray:
             arr = np.asarray(im)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise SignalError(f"cannot read image {path}: {e}. Is the file complete and an image?") from None
-    return arr
+    return _orient(arr, orientation)
+
+
+def _orient(arr: np.ndarray, code: int) -> np.ndarray:
+    """Apply an EXIF orientation (a phone photo is stored sideways with a tag saying how to turn it)."""
+    ops = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+           5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1), 7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
+           8: lambda a: np.rot90(a, 1)}
+    return np.ascontiguousarray(ops[code](arr)) if code in ops else arr
 
 
 def _open_tiff(path: Path):
     import tifffile
 
+    with open(path, "rb") as f:
+        magic = f.read(8)
+    if magic[:4] not in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        kind = {b"\x89PNG": "a PNG", b"\xff\xd8\xff": "a JPEG"}.get(magic[:4], None) or \
+            ("a JPEG" if magic[:3] == b"\xff\xd8\xff" else "not a TIFF")
+        raise SignalError(f"{path} is named like a TIFF but its content is {kind} file; rename it with its real "
+                          f"extension (e.g. .png) or convert it")
     try:
         tif = tifffile.TiffFile(path)
         series = tif.series[0]
         store = series.aszarr()
         arr = zarr.open_array(store, mode="r")
     except Exception as e:  # tifffile raises many types for damaged files
-        raise SignalError(f"cannot read TIFF {path}: {e}. Is the file complete?") from None
+        raise SignalError(f"cannot read TIFF {path}: {e}. The file may be truncated or damaged") from None
     shape = tuple(arr.shape)
     axes = series.axes
     # Squeeze singleton non-spatial axes (OME files often carry T=1, Z=1, C=1).
@@ -114,9 +146,12 @@ def load_source(src: str, allow_large: bool = False):
         return _builtin(src)
     path = Path(src)
     if not path.exists():
+        if path.is_symlink():
+            raise SignalError(f"{src} is a symbolic link that does not lead to a file (a loop or a missing "
+                              f"target); point signal.path at the file itself")
         raise SignalError(f"signal file not found: {src}")
     if path.is_dir():
-        raise SignalError(f"{src} is a folder but not a readable Zarr store (no zarr.json)")
+        raise SignalError(f"{src} is a folder but not a Zarr store (no zarr.json, .zarray or .zgroup inside)")
     if path.stat().st_size == 0:
         raise SignalError(f"signal file {src} is empty")
     sha = file_sha256(path)
@@ -383,14 +418,20 @@ def ingest_part(plan: dict, rank: int, world_size: int, progress=None, source: S
         is_float = np.issubdtype(np.dtype(plan["dtype"]), np.floating)
         out = zarr.open_array(plan["tmp"], mode="r+") if plan["mode"] == "copy" else None
         if out is None and not is_float:
-            return [lo, hi]  # linked integers: nothing to read
+            return [lo, hi]  # linked integers: nothing to read (their dtype's range is used)
         slabs = list(range(0, n0, rows))
         for n, y in enumerate(slabs[rank::world_size]):
-            slab = np.asarray(source.data[y:y + rows]).reshape(-1, *plan["shape"][1:])
-            if is_float:
-                if not np.isfinite(slab).all():
-                    raise SignalError(f"{plan['src']} contains NaN or Inf values (at {y}..{y + len(slab)} "
-                                      f"along its first axis); clean or mask them before ingesting")
+            try:
+                slab = np.asarray(source.data[y:y + rows]).reshape(-1, *plan["shape"][1:])
+            except (SignalError, OSError):
+                raise
+            except Exception as e:  # noqa: BLE001 - decoders raise many types for damaged data
+                raise SignalError(f"cannot read {plan['src']} at {y}..{y + rows} along its first axis: {e}. "
+                                  f"The file may be truncated or damaged") from None
+            if is_float and not np.isfinite(slab).all():
+                raise SignalError(f"{plan['src']} contains NaN or Inf values (at {y}..{y + len(slab)} "
+                                  f"along its first axis); clean or mask them before ingesting")
+            if slab.size:
                 lo, hi = min(lo, float(slab.min())), max(hi, float(slab.max()))
             if out is not None:
                 out[y:y + slab.shape[0]] = slab
@@ -411,6 +452,12 @@ def finish_ingest(plan: dict, value_min: float, value_max: float) -> Path:
     elif np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
         lo, hi = float(info.min), float(info.max)
+        if dtype.kind == "u" and dtype.itemsize > 1 and plan["kind"] != "audio" and np.isfinite(value_max):
+            # 10/12/14-bit sensor data in uint16: normalize by the bit depth the values use, not by
+            # 65535, which would squeeze them into a sliver of [0, 1] (and inflate PSNR by ~24 dB).
+            bits = max(8, int(value_max).bit_length())
+            lo, hi = 0.0, float(2 ** bits - 1)
+            plan.setdefault("meta", {})["bit_depth"] = bits
     elif plan["kind"] == "audio":
         # A waveform lives on [-1, 1] (PSNR with data range 2, the INT paper's audio metric); louder
         # float files keep 0 at the centre.
