@@ -298,8 +298,10 @@ def _prepare(rank, world, src, run_dir, out):
     from dist_int.rundir import RunDir
 
     cfg = load_config(None, [f"signal.path={src}", f"run.dir={run_dir}", "signal.chunk=16"])
-    store, shard = _prepare_run(cfg, DistComm(rank, world, torch.device("cpu"), 60.0), RunDir(run_dir),
-                                torch.device("cpu"))
+    run = RunDir(run_dir)
+    store, shard = _prepare_run(cfg, DistComm(rank, world, torch.device("cpu"), 60.0), run, torch.device("cpu"))
+    if rank == 0:
+        run.release_lock()  # what train() does when it ends
     torch.save({"shape": store.shape, "chunks": store.chunk_shape, "meta": store.meta,
                 "values": store.array[...], "shard_points": shard.num_points}, f"{out}.{rank}")
 
