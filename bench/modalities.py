@@ -28,12 +28,15 @@ SETTINGS = {
                ["signal.chunk=20"], dict(hidden=64, layers=4, steps=300, lr=1e-3, w0_first=30.0)),
     "video": (lambda d: str(__import__("dist_int.synth").synth.synth_video(d / "clip.mp4", 16, 48)),
               ["signal.chunk=[8,24,24]"], dict(hidden=64, layers=4, steps=300, lr=1e-3, w0_first=30.0)),
+    "shape": (lambda d: str(__import__("dist_int.synth").synth.synth_shape(d / "washer.ply")),
+              ["signal.chunk=2000", "signal.points=20000"],
+              dict(hidden=64, layers=4, steps=300, lr=1e-3, w0_first=30.0, points=20000)),
 }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--kinds", default="image,audio,volume,video")
+    p.add_argument("--kinds", default="image,audio,volume,video,shape")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "modalities.md"))
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-modalities-"))
@@ -42,7 +45,8 @@ def main() -> None:
         for kind in args.kinds.split(","):
             make, extra, s = SETTINGS[kind]
             signal = make(work)
-            plain = fit(signal, s["hidden"], s["layers"], s["steps"], s["lr"], w0_first=s["w0_first"])
+            plain = fit(signal, s["hidden"], s["layers"], s["steps"], s["lr"], w0_first=s["w0_first"],
+                        points=s.get("points", 100000))
             runs = {}
             for strategy in ("full", "int"):
                 runs[strategy] = train([f"signal.path={signal}", f"run.dir={work / (kind + strategy)}", *extra,
@@ -51,7 +55,9 @@ def main() -> None:
                                         f"train.steps={s['steps']}", f"teacher.strategy={strategy}",
                                         "train.eval_every=0", "checkpoint.every=0", f"train.log_every={s['steps']}"])
             full, intr = runs["full"], runs["int"]
-            more = " / ".join(f"{k} {full[k]} / {intr[k]}" for k in ("snr_db", "ssim") if k in full)
+            more = " / ".join(f"{k} {full[k]} / {intr[k]}" for k in ("snr_db", "ssim", "iou") if k in full)
+            if "iou" in plain:
+                more += f" (plain loop IoU {plain['iou']:.5f})"
             rows.append([kind, f"{s['layers']}x{s['hidden']}, {s['steps']} steps, lr {s['lr']:g}, w0_first "
                                f"{s['w0_first']:g}", f"{plain['psnr_db']:.2f} / {plain['train_s']:.1f}",
                          f"{full['psnr_db']:.2f} / {full['train_time_s']:.1f}",

@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from dist_int.model import Siren  # noqa: E402
 from dist_int.signal import open_source  # noqa: E402
+from dist_int.signal.ingest import SHAPE_SUFFIXES  # noqa: E402
 
 
 def load_image(signal: str) -> np.ndarray:
@@ -43,21 +44,27 @@ def load_image(signal: str) -> np.ndarray:
 
 def fit(signal: str, hidden: int, layers: int, steps: int, lr: float, seed: int = 0,
         target_range: tuple[float, float] = (-1.0, 1.0), strategy: str = "full", precision: str = "fp32",
-        device: str = "cpu", compile: bool = False, lr_min: float = 1e-6, w0_first: float = 30.0) -> dict:
+        device: str = "cpu", compile: bool = False, lr_min: float = 1e-6, w0_first: float = 30.0,
+        points: int = 100000) -> dict:
     """Fit and return {"psnr_db", "train_s", "steps"}. strategy "int" is the paper's step ratio from 0.2
     with the authors' incremental interval, top-k L1 error (ties by torch.topk)."""
-    img = load_image(signal)
-    spatial, c = img.shape[:-1], img.shape[-1]
     dev = torch.device(device)
-    grids = torch.meshgrid(*(torch.linspace(-1, 1, n) for n in spatial), indexing="ij")
-    coords = torch.stack([g.ravel() for g in grids], 1).to(dev)
+    if Path(signal).suffix.lower() in SHAPE_SUFFIXES:  # a point table: stored x, y, z -> sdf (normalized)
+        table = open_source(signal, options={"points": points}).data
+        coords = torch.from_numpy(table[:, :3].copy()).to(dev)
+        img, spatial, c = (table[:, 3:] + 2.0) / 4.0, (len(table),), 1
+    else:
+        img = load_image(signal)
+        spatial, c = img.shape[:-1], img.shape[-1]
+        grids = torch.meshgrid(*(torch.linspace(-1, 1, n) for n in spatial), indexing="ij")
+        coords = torch.stack([g.ravel() for g in grids], 1).to(dev)
     lo, hi = target_range
     values = (torch.from_numpy(img.reshape(-1, c)) * (hi - lo) + lo).to(dev)
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = precision != "fp32"
         torch.backends.cudnn.allow_tf32 = precision != "fp32"
     torch.manual_seed(seed)
-    model = Siren(len(spatial), c, hidden, layers, w0_first=w0_first).to(dev)
+    model = Siren(coords.shape[1], c, hidden, layers, w0_first=w0_first).to(dev)
     forward = torch.compile(model, dynamic=True) if compile else model
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -96,7 +103,26 @@ def fit(signal: str, hidden: int, layers: int, steps: int, lr: float, seed: int 
     with torch.no_grad():
         pred = torch.cat([model(coords[i:i + 262144]).float() for i in range(0, n, 262144)])
         mse = ((pred.clamp(lo, hi) - values).double().square().mean() / (hi - lo) ** 2).item()
-    return {"psnr_db": 10 * math.log10(1 / mse), "train_s": train_s, "steps": steps}
+    out = {"psnr_db": 10 * math.log10(1 / mse), "train_s": train_s, "steps": steps}
+    if Path(signal).suffix.lower() in SHAPE_SUFFIXES:
+        out["iou"] = shape_iou(model, signal, (lo, hi), dev)
+    return out
+
+
+@torch.no_grad()
+def shape_iou(model, signal: str, target_range, dev) -> float:
+    """IoU of occupancy (sdf <= 0) on dist_int's grid against the mesh's, as dist_int computes it."""
+    from dist_int.modality.shape import GRID, load_mesh, normalized, occupancy_grid
+
+    vertices, faces, _, _ = normalized(load_mesh(Path(signal)))
+    g = torch.linspace(-1, 1, GRID)
+    zz, yy, xx = torch.meshgrid(g, g, g, indexing="ij")
+    coords = torch.stack([xx.ravel(), yy.ravel(), zz.ravel()], 1)
+    lo, hi = target_range
+    pred = torch.cat([model(coords[i:i + 262144].to(dev)).float().cpu() for i in range(0, len(coords), 262144)])
+    inside = ((pred[:, 0] - lo) / (hi - lo) * 4 - 2 <= 0).numpy().reshape(GRID, GRID, GRID)
+    truth = occupancy_grid(vertices, faces, g.numpy().astype(np.float64))
+    return float((truth & inside).sum() / max((truth | inside).sum(), 1))
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ RATIO_SCHEDULES = ("constant", "step", "linear", "cosine", "reverse-cosine")
 INTERVAL_SCHEDULES = ("dense", "incremental", "step-incremental", "decremental")
 STRATEGIES = ("full", "uniform", "int")
 BATCH_LAYOUTS = ("stratified", "chunks")
-SIGNAL_KINDS = ("image", "audio", "volume", "video")
+SIGNAL_KINDS = ("image", "audio", "volume", "video", "shape")
 PRECISIONS = ("fp32", "tf32", "bf16")
 TARGET_RANGES = ("symmetric", "unit")
 # Keys that were renamed: an old config gets told the new spelling instead of a list of every key.
@@ -45,7 +45,13 @@ class SignalConfig:
     path: str = "builtin:camera"
     """Zarr store, image file (PNG/JPEG/TIFF/BigTIFF/OME-TIFF), or builtin:camera / builtin:astronaut."""
     kind: str = "auto"
-    """image, audio, volume or video; auto tells by the file (audio/video suffixes, TIFF and Zarr axes)."""
+    """image, audio, volume, video or shape; auto tells by the file (audio/video/mesh suffixes, TIFF and Zarr
+    axes)."""
+    points: int = 100000
+    """Shapes: signed-distance samples drawn from the mesh into the point table (half coarse, half fine)."""
+    sdf: str = "auto"
+    """Shapes: auto (exact inside/outside for watertight meshes, the nearest triangle's side otherwise) or
+    watertight (refuse a mesh that is not)."""
     chunk: int | list[int] = 0
     """Chunk edges when a source is ingested: 0 = the modality's default (image 128^2, audio 65536 samples,
     volume 32^3, video 8x128x128 frames x rows x columns), one edge for every axis, or a list, one per
@@ -223,6 +229,8 @@ class Config:
             (self.signal.chunk == 0 or (self.signal.chunk >= 8 if isinstance(self.signal.chunk, int) else
                                         all(c >= 1 for c in self.signal.chunk)),
              "signal.chunk must be 0 (the default), an edge >= 8, or a list of edges >= 1"),
+            (self.signal.points >= 1000, "signal.points must be >= 1000"),
+            (self.signal.sdf in ("auto", "watertight"), "signal.sdf must be auto or watertight"),
             (self.signal.kind in ("auto",) + SIGNAL_KINDS, f"signal.kind must be auto or one of {SIGNAL_KINDS}"),
             (self.render.format in ("auto", "png", "tiff", "zarr"), "render.format must be auto, png, tiff or zarr"),
             (bool(self.run.dir), "run.dir must not be empty"),

@@ -185,14 +185,28 @@ def synth_volume(dest: str | Path, size: int = 48, seed: int = 0) -> Path:
     return dest
 
 
+def synth_shape(dest: str | Path) -> Path:
+    """A watertight CAD-like part: a washer (a ring of outer radius 0.4, inner 0.2, height 0.3) from trimesh."""
+    import trimesh
+
+    dest = Path(dest)
+    tmp = _fresh(dest)
+    try:
+        trimesh.creation.annulus(0.2, 0.4, 0.3).export(str(tmp))
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
+
+
 def synth_main(argv: list[str]) -> int:
     import argparse
     import sys
 
     p = argparse.ArgumentParser(prog="python -m dist_int synth",
                                 description="Write a procedural test signal: gigapixel (a Zarr store), speech "
-                                            "(WAV), video (MP4), volume (TIFF stack).")
-    p.add_argument("kind", choices=["gigapixel", "speech", "video", "volume"])
+                                            "(WAV), video (MP4), volume (TIFF stack), shape (a PLY mesh).")
+    p.add_argument("kind", choices=["gigapixel", "speech", "video", "volume", "shape"])
     p.add_argument("dest", help="new path (must not exist)")
     p.add_argument("--size", type=int, default=0, help="image edge (gigapixel, required), video frame edge "
                                                        "(default 64) or volume edge (default 48)")
@@ -217,6 +231,9 @@ def synth_main(argv: list[str]) -> int:
             return 0
         if args.kind == "video":
             print(f"wrote {synth_video(args.dest, args.frames, args.size or 64, seed=args.seed)}")
+            return 0
+        if args.kind == "shape":
+            print(f"wrote {synth_shape(args.dest)}")
             return 0
         if args.kind == "volume":
             print(f"wrote {synth_volume(args.dest, args.size or 48, seed=args.seed)}")

@@ -123,7 +123,7 @@ def _prepare_run(cfg: Config, comm: Comm, run: RunDir, device: torch.device) -> 
         run.acquire_lock()
         run.created = made  # removed again if setup fails: only by the start that made it and holds it
         return plan_signal(cfg.signal.path, run.signal_store, cfg.signal.chunk, cfg.signal.allow_large_image,
-                           cfg.signal.kind)
+                           cfg.signal.kind, {"points": cfg.signal.points, "sdf": cfg.signal.sdf})
 
     plan = None
     try:
@@ -181,14 +181,14 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
     # Refused here when the largest pass cannot fit (the folder made for it is removed again).
     batch_points = max(shard.num_points // cfg.teacher.num_batches, 1) + shard.num_points % cfg.teacher.num_batches
     _everywhere(comm, "check its memory", lambda: check_memory(
-        cfg, device, len(store.spatial), store.channels,
+        cfg, device, store.in_dims, store.out_channels,
         min(cfg.train.max_points_per_pass or batch_points, batch_points),
         min(max(cfg.teacher.score_chunk, cfg.train.eval_chunk), shard.num_points),
         0 if shard.streamed else shard.raw.numel() * shard.raw.element_size()))
 
     # Model and engine.
     torch.manual_seed(cfg.seed)
-    model = Siren(len(store.spatial), store.channels, cfg.model.hidden, cfg.model.layers,
+    model = Siren(store.in_dims, store.out_channels, cfg.model.hidden, cfg.model.layers,
                   cfg.model.w0, cfg.model.w0_first)
     engine, schedule = build_engine(model.to(device), cfg, precision)
 
@@ -210,11 +210,11 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
     _agree_on_failure(comm, error, "plan its mini-batches")
     teacher = Teacher(cfg.teacher, cfg.train.steps, cfg.seed, comm, plan, store.num_points,
                       modality_for(store).error)
-    evaluator = Evaluator(render_predict, shard, comm, store.num_points, store.channels, cfg.train.eval_chunk,
+    evaluator = Evaluator(render_predict, shard, comm, store.num_points, store.out_channels, cfg.train.eval_chunk,
                           cfg.train.probe_points, cfg.seed)
     guard = DivergenceGuard(engine, schedule, teacher, cfg.train.divergence_db, cfg.train.rollback_lr_factor,
                             cfg.train.max_rollbacks)
-    train_step = TrainStep(engine, comm.world_size, store.channels, device, cfg.train.max_points_per_pass)
+    train_step = TrainStep(engine, comm.world_size, store.out_channels, device, cfg.train.max_points_per_pass)
     state = RunState()
     ckpt = Checkpointer(engine, run, comm, cfg.checkpoint.every, cfg.checkpoint.keep,
                         shared={"run": state, "guard": guard, "schedule": schedule},
@@ -354,6 +354,8 @@ def _finish(cfg: Config, comm: Comm, store: SignalStore, shard: Shard, predict, 
     sse = everywhere("render its chunks", lambda: render_shard(predict, shard, modality.writer(tmp, store),
                                                                cfg.train.eval_chunk))
     sse = float(comm.all_reduce_sum(torch.tensor([sse], dtype=torch.float64)))
+    everywhere("render its share of the output", lambda: modality.render_extra(
+        predict, tmp, store, comm.rank, comm.world_size, shard.device, shard.target_range))
     for level in range(1, modality.num_levels(tmp)):
         everywhere(f"build output level {level}", lambda: modality.build_level(tmp, level, comm.rank,
                                                                               comm.world_size))
@@ -373,7 +375,7 @@ def _finish(cfg: Config, comm: Comm, store: SignalStore, shard: Shard, predict, 
     memory = _memory(comm, shard.device)  # peaks over the whole run, export included
     summary = {}
     if comm.is_rank_zero:
-        psnr = psnr_db(sse, store.num_points * store.channels)
+        psnr = psnr_db(sse, store.num_points * store.out_channels)
         summary = {
             "psnr_db": round(psnr, 4),
             "psnr_is": "final (not the best seen during training), on the source range mapped to [0, 1]",

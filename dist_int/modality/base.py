@@ -46,6 +46,9 @@ class Modality:
     def output_level0(self, path: Path):
         return zarr.open_array(path, mode="r")
 
+    def render_extra(self, predict, path: Path, store, rank: int, world_size: int, device, target_range) -> None:
+        """Output beyond the signal's own points (a shape's grid); every rank its share."""
+
     def num_levels(self, path: Path) -> int:
         return 1
 

@@ -25,7 +25,8 @@ def signal_store_path(path: str, ingested: Path) -> Path:
     return Path(path) if is_zarr_store(path) else ingested
 
 
-def plan_signal(path: str, ingested: Path, chunk, allow_large: bool = False, kind: str = "auto") -> dict | None:
+def plan_signal(path: str, ingested: Path, chunk, allow_large: bool = False, kind: str = "auto",
+                options: dict | None = None) -> dict | None:
     """On one rank: the ingest still to do for the run (None: nothing), or an error. An ingested store is
     used as it is; any other source is ingested once into the run folder (`ingested`), and a later run
     on the same folder checks that the source has not changed. TIFF and Zarr sources are then copied by
@@ -44,7 +45,7 @@ def plan_signal(path: str, ingested: Path, chunk, allow_large: bool = False, kin
             if source_fingerprint(path) != store.meta.get("source_sha256"):
                 raise SignalError(f"{path} changed since it was ingested into {ingested}; use a new run.dir")
         return None
-    return begin_ingest(path, ingested, chunk, allow_large, kind=kind)
+    return begin_ingest(path, ingested, chunk, allow_large, kind=kind, options=options)
 
 
 __all__ = ["BUILTINS", "TIFF_SUFFIXES", "Shard", "SignalError", "SignalStore", "StreamedShard", "TargetRange",

@@ -259,9 +259,11 @@ def _open_zarr_source(path: Path):
     return AxesView(arr, axes), linkable
 
 
-KINDS = ("image", "audio", "volume", "video")
-SPATIAL_DIMS = {"image": 2, "audio": 1, "volume": 3, "video": 3}
-DEFAULT_CHUNK = {"image": (128, 128), "audio": (65536,), "volume": (32, 32, 32), "video": (8, 128, 128)}
+KINDS = ("image", "audio", "volume", "video", "shape")
+SPATIAL_DIMS = {"image": 2, "audio": 1, "volume": 3, "video": 3, "shape": 1}
+DEFAULT_CHUNK = {"image": (128, 128), "audio": (65536,), "volume": (32, 32, 32), "video": (8, 128, 128),
+                 "shape": (16384,)}
+SHAPE_SUFFIXES = (".ply", ".obj", ".stl", ".off", ".glb", ".gltf")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".aif", ".aiff")
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
 
@@ -281,13 +283,20 @@ class Source:
     meta: dict = field(default_factory=dict)  # what the modality keeps (audio: samplerate, subtype; video: fps)
 
 
-def open_source(src: str, allow_large: bool = False, kind: str = "auto") -> Source:
+def open_source(src: str, allow_large: bool = False, kind: str = "auto", options: dict | None = None) -> Source:
     """Open any supported source lazily and tell its kind: audio files (soundfile), video files (PyAV),
     TIFF and Zarr (an image or a volume by their axes), PNG/JPEG and builtins (images). `kind` other
     than "auto" insists on one and explains a mismatch."""
     path = Path(src)
     lower = path.name.lower()
-    if not src.startswith("builtin:") and lower.endswith(AUDIO_SUFFIXES + VIDEO_SUFFIXES):
+    if not src.startswith("builtin:") and lower.endswith(SHAPE_SUFFIXES):
+        if not path.is_file():
+            raise SignalError(f"signal file not found: {src}")
+        from ..modality.shape import open_shape
+
+        options = options or {}
+        source = open_shape(path, options.get("points", 100000), options.get("sdf") == "watertight")
+    elif not src.startswith("builtin:") and lower.endswith(AUDIO_SUFFIXES + VIDEO_SUFFIXES):
         if not path.is_file():
             raise SignalError(f"signal file not found: {src}")
         if lower.endswith(AUDIO_SUFFIXES):
@@ -318,7 +327,7 @@ def open_source(src: str, allow_large: bool = False, kind: str = "auto") -> Sour
 
 def _check_kind(src: str, source: Source, kind: str) -> None:
     got = source.kind
-    if not got or (got != "audio" and source.shape[-1] > 4):
+    if not got or (got not in ("audio", "shape") and source.shape[-1] > 4):
         raise SignalError(f"{src} has shape {tuple(source.shape)}; expected an image (H, W[, C<=4]), a volume "
                           f"(Z, Y, X[, C<=4]), audio or video")
     if kind != "auto" and kind != got:
@@ -347,7 +356,7 @@ def resolve_chunk(chunk, kind: str) -> tuple[int, ...]:
 
 
 def begin_ingest(src: str, dest: str | Path, chunk=0, allow_large: bool = False,
-                 progress=None, kind: str = "auto") -> dict:
+                 progress=None, kind: str = "auto", options: dict | None = None) -> dict:
     """The first part of an ingest (one rank): open and check the source, create the destination in a
     hidden folder beside `dest`, and copy it all when only one process can read the source (PNG/JPEG,
     builtins, video). Returns the plan, plain JSON, that ingest_part and finish_ingest take on every rank.
@@ -357,11 +366,11 @@ def begin_ingest(src: str, dest: str | Path, chunk=0, allow_large: bool = False,
     dest = Path(dest)
     if dest.exists():
         raise SignalError(f"{dest} already exists; choose another destination or delete it first")
-    source = open_source(src, allow_large, kind)
+    source = open_source(src, allow_large, kind, options)
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     plan = {"src": src, "dest": str(dest), "tmp": str(tmp), "name": source.name, "sha": source.fingerprint,
             "allow_large": allow_large, "mode": "link" if source.link else "copy", "parallel": source.parallel,
-            "kind": source.kind, "meta": source.meta}
+            "kind": source.kind, "meta": source.meta, "options": options or {}}
     try:
         _check_dtype(source.dtype)
         spatial = source.shape[:-1]
@@ -410,7 +419,7 @@ def ingest_part(plan: dict, rank: int, world_size: int, progress=None, source: S
     ([inf, -inf] otherwise)."""
     close = None
     if source is None:
-        source = open_source(plan["src"], plan["allow_large"], plan["kind"])
+        source = open_source(plan["src"], plan["allow_large"], plan["kind"], plan.get("options"))
         close = source.close
     lo, hi = np.inf, -np.inf
     try:
@@ -458,6 +467,8 @@ def finish_ingest(plan: dict, value_min: float, value_max: float) -> Path:
             bits = max(8, int(value_max).bit_length())
             lo, hi = 0.0, float(2 ** bits - 1)
             plan.setdefault("meta", {})["bit_depth"] = bits
+    elif plan["kind"] == "shape":
+        lo, hi = -2.0, 2.0  # signed distances on the [-1, 1] domain (modality/shape.py, SDF_RANGE)
     elif plan["kind"] == "audio":
         # A waveform lives on [-1, 1] (PSNR with data range 2, the INT paper's audio metric); louder
         # float files keep 0 at the centre.

@@ -47,6 +47,12 @@ class SignalStore:
         self.shape = tuple(self.array.shape)            # (*spatial, C)
         self.spatial = self.shape[:-1]
         self.channels = self.shape[-1]
+        self.kind = meta.get("kind", "image")
+        # What the SIREN maps: grid coordinates to every channel, or (a shape's point table) the stored
+        # x, y, z columns to the last column (the signed distance).
+        self.table = self.kind == "shape"
+        self.in_dims = self.channels - 1 if self.table else len(self.spatial)
+        self.out_channels = 1 if self.table else self.channels
         self.chunk_shape = tuple(self.array.chunks[:-1])  # spatial chunk edges
         self.grid = tuple(math.ceil(n / c) for n, c in zip(self.spatial, self.chunk_shape))
         self.num_chunks = math.prod(self.grid)
@@ -223,7 +229,19 @@ class Shard:
              target_range: TargetRange = TargetRange(0.0, 1.0)) -> "Shard":
         """Read the chunks one by one into one preallocated array of the source dtype (the host holds the
         raw shard once, no float copy), checking each for NaN/Inf, then move it to `device`."""
-        return Shard(store, chunk_ids, torch.from_numpy(read_chunks(store, chunk_ids)), device, target_range)
+        cls = TableShard if store.table else Shard
+        return cls(store, chunk_ids, torch.from_numpy(read_chunks(store, chunk_ids)), device, target_range)
+
+
+class TableShard(Shard):
+    """A point table's rows (a shape's samples): coordinates are stored (x, y, z in [-1, 1]), the target is
+    the last column; global ids are row numbers, as for any 1-D signal."""
+
+    def coords(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        return self.raw_rows(rows)[:, :-1].float()
+
+    def unit_values(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        return self.raw_rows(rows)[:, -1:].float() * self._a + self._b
 
 
 def held_dtype(store: "SignalStore") -> np.dtype:

@@ -198,6 +198,6 @@ def open_shard(store: SignalStore, chunk_ids: list[int], device, target_range: T
     """This rank's shard: resident when its raw values fit in `cache_mb` MiB, streamed otherwise."""
     sizes = sum(store.chunk_size(c) for c in chunk_ids)
     nbytes = sizes * store.channels * held_dtype(store).itemsize
-    if nbytes <= cache_mb * 2**20:
+    if nbytes <= cache_mb * 2**20 or store.table:  # point tables are small: always resident
         return Shard.load(store, chunk_ids, device, target_range)
     return StreamedShard(store, chunk_ids, device, target_range, int(cache_mb * 2**20))
