@@ -131,8 +131,9 @@ def test_partial_checkpoint_folder_is_ignored(image, tmp_path):
     (partial / "mp_rank_00_model_states.pt").write_bytes(b"truncated")
     ckpt = Checkpointer(None, RunDir(run_dir), Comm(), every=0, keep=2, shared={}, chunked={})
     assert ckpt.latest_tag() == "step-00000020"
-    (ckpts / "latest").write_text("step-00000030")  # even a pointer to an incomplete folder is refused
-    assert ckpt.latest_tag() is None
+    # A pointer to an incomplete folder is not followed: the newest intact checkpoint is, and said.
+    (ckpts / "latest").write_text("step-00000030")
+    assert ckpt.latest_tag() == "step-00000040" and "missing or damaged" in ckpt.fallback_note
 
 
 def test_divergence_rolls_back_and_lowers_the_learning_rate(image, tmp_path):

@@ -153,7 +153,7 @@ def _bad_cases(tmp: Path, image: Path) -> dict:
         "truncated file": ([f"signal.path={truncated}"], "cannot read image", 0),
         "corrupt image": ([f"signal.path={corrupt_png}"], "cannot read image", 0),
         "corrupt store": ([f"signal.path={corrupt_store}"], "corrupt", 0),
-        "empty store": ([f"signal.path={empty_store}"], "not a readable Zarr store", 0),
+        "empty store": ([f"signal.path={empty_store}"], "is a folder but not a Zarr store", 0),
         "truncated store": ([f"signal.path={truncated_store}"], "corrupt or truncated", 0),
         "NaN/Inf in file": ([f"signal.path={nan_tif}"], "NaN or Inf", 0),
         "NaN in store": ([f"signal.path={nan_store}"], "NaN or Inf", 0),
