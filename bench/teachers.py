@@ -36,7 +36,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--nproc", type=int, default=0, help="torchrun ranks (0: one plain process)")
     p.add_argument("--target", type=float, default=None, help="target PSNR (default: full's final - 1 dB)")
-    p.add_argument("--strategies", default="full,uniform,int")
+    p.add_argument("--strategies", default="full,uniform,int,mix,soft")
     p.add_argument("--extra", nargs="*", default=[], help="more key=value overrides for every run")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "teachers"))
     args = p.parse_args()

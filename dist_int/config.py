@@ -21,7 +21,7 @@ from .errors import ConfigError
 
 RATIO_SCHEDULES = ("constant", "step", "linear", "cosine", "reverse-cosine")
 INTERVAL_SCHEDULES = ("dense", "incremental", "step-incremental", "decremental")
-STRATEGIES = ("full", "uniform", "int")
+STRATEGIES = ("full", "uniform", "int", "mix", "soft")
 BATCH_LAYOUTS = ("stratified", "chunks")
 SIGNAL_KINDS = ("image", "audio", "volume", "video", "shape")
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -84,7 +84,12 @@ class ModelConfig:
 @dataclass
 class TeacherConfig:
     strategy: str = "int"
-    """full (every candidate), uniform (random subset, same schedules) or int (top-k error)."""
+    """full (every candidate), uniform (random subset, same schedules), int (top-k error), mix (mix_topk of
+    the budget by top-k error, the rest uniform) or soft (sampling in proportion to error^(1/temperature))."""
+    mix_topk: float = 0.3
+    """mix: the fraction of the budget taken by the top-k error; the rest is drawn uniformly."""
+    temperature: float = 1.0
+    """soft: sampling probability proportional to error^(1/temperature); lower is closer to top-k."""
     ratio: float = 0.2
     """r0: fraction of the candidates selected at the start of training, in (0, 1]."""
     ratio_schedule: str = "step"
@@ -198,6 +203,8 @@ class Config:
             (self.model.w0 > 0 and self.model.w0_first > 0, "model.w0 and model.w0_first must be > 0"),
             (self.teacher.strategy in STRATEGIES, f"teacher.strategy must be one of {STRATEGIES}"),
             (0.0 < self.teacher.ratio <= 1.0, "teacher.ratio must be in (0, 1]"),
+            (0.0 <= self.teacher.mix_topk <= 1.0, "teacher.mix_topk must be in [0, 1]"),
+            (self.teacher.temperature > 0, "teacher.temperature must be > 0"),
             (self.teacher.ratio_schedule in RATIO_SCHEDULES,
              f"teacher.ratio_schedule must be one of {RATIO_SCHEDULES}"),
             (self.teacher.interval_schedule in INTERVAL_SCHEDULES,

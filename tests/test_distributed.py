@@ -157,7 +157,8 @@ def _teacher_sets(rank, world, strategy, num_batches, out):
     torch.save(sets, out.with_name(f"{out.name}.{rank}"))
 
 
-@pytest.mark.parametrize("strategy, num_batches", [("int", 1), ("uniform", 1), ("int", 3)])
+@pytest.mark.parametrize("strategy, num_batches", [("int", 1), ("uniform", 1), ("int", 3), ("mix", 1),
+                                                   ("soft", 3)])
 def test_teaching_set_does_not_depend_on_world_size(tmp_path, png_image, strategy, num_batches):
     from dist_int.signal import ingest
 

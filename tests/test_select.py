@@ -144,6 +144,31 @@ def test_int_teaches_the_largest_errors():
     assert err[rows].min() >= err[~torch.isin(torch.arange(n), rows)].max()
 
 
+def test_mix_and_soft_select_as_defined():
+    """mix: round(0.3 k) of the largest errors plus uniform picks among the rest; soft: at a low temperature
+    nearly top-k, at a high one nearly uniform (the mean error of the set tells)."""
+    n = 256
+    values = torch.rand(n, 3, generator=torch.Generator().manual_seed(0))
+    err = values.sum(1)
+    zero = lambda x: torch.zeros(x.shape[0], 3)  # noqa: E731
+    teacher, gids = _teacher("mix", 1)
+    batch = teacher.teaching_set(0, PointTable(torch.zeros(n, 1), values, gids), zero)
+    k, k_top = batch.count, round(0.3 * batch.count)
+    assert batch.rows.numel() == k == round(0.25 * n) and len(set(batch.rows.tolist())) == k
+    top = set(torch.topk(err, k_top).indices.tolist())
+    assert top <= set(batch.rows.tolist())  # the top-k part is there, the rest is not all top errors
+    assert set(batch.rows.tolist()) != set(torch.topk(err, k).indices.tolist())
+    means = {}
+    for temperature in (0.01, 100.0):
+        teacher, gids = _teacher("soft", 1)
+        teacher.cfg.temperature = temperature
+        batch = teacher.teaching_set(0, PointTable(torch.zeros(n, 1), values, gids), zero)
+        assert batch.rows.numel() == k
+        means[temperature] = err[batch.rows].mean().item()
+    assert means[0.01] == pytest.approx(err[torch.topk(err, k).indices].mean().item(), rel=0.02)
+    assert means[100.0] == pytest.approx(err.mean().item(), rel=0.1)
+
+
 def test_one_cached_selection_per_batch():
     teacher, gids = _teacher("uniform", 4, steps=400, interval="step-incremental")
     n = gids.numel()

@@ -5,6 +5,11 @@ teaching set (INT, Zhang et al. 2024, sec. 3: the greedy teacher shows the k poi
   full    - every candidate (no selection).
   uniform - scores are counter-based hashes of (seed, step, gid): a uniform random subset.
   int     - scores are the per-point L1 error sum_c |f(x) - y|.
+  mix     - a fraction teacher.mix_topk of the budget from the top-k error, the rest uniformly at random
+            among the other candidates (what NINT's released code ends up doing; docs/method.md).
+  soft    - sampling without replacement with probability proportional to error^(1/temperature): the
+            Gumbel top-k trick on log(error) / temperature, the Gumbel noise hashed from (seed, step, gid).
+Both keep the invariant: their noise is a hash of global ids and the selections are exact global top-ks.
 The ratio (k over the candidates) and the re-selection interval follow the schedules in schedules.py.
 Between selections each mini-batch reuses its own cached set (not the last batch's, a defect of the
 reference code; docs/method.md).
@@ -25,7 +30,10 @@ from ..config import TeacherConfig
 from ..model import Predict, forward_rows
 from .batches import BatchPlan
 from .schedules import ratio_at, should_select
-from .select import SEARCH_BYTES, check_num_points, global_topk, hash_order, order_keys, score_order
+from .select import SEARCH_BYTES, check_num_points, global_topk, hash_order, hash_uniform, order_keys, score_order
+
+SOFT_SALT = 0x50F7  # keeps the Gumbel noise apart from the other hashes
+MIX_SALT = 0x313C
 
 
 def point_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -92,12 +100,30 @@ class Teacher:
         rows = self.plan.rows(step)
         k = self.budget(step, total)
         gids = points.gids(rows)
-        if self.cfg.strategy == "uniform":
-            order = hash_order(gids, self.seed, step)
+        strategy = self.cfg.strategy
+        if strategy == "uniform":
+            chosen = global_topk(order_keys(hash_order(gids, self.seed, step), gids), k, self.comm, total)
         else:
-            order = score_order(l1_error(predict, points, rows, self.cfg.score_chunk, self.error))
+            err = l1_error(predict, points, rows, self.cfg.score_chunk, self.error)
+            if strategy == "int":
+                chosen = global_topk(order_keys(score_order(err), gids), k, self.comm, total)
+            elif strategy == "soft":
+                u = hash_uniform(gids, self.seed, step, SOFT_SALT).clamp(1e-300, 1 - 1e-16)
+                gumbel = -torch.log(-torch.log(u))
+                score = torch.log(err.double().clamp_min(1e-30)) / self.cfg.temperature + gumbel
+                chosen = global_topk(order_keys(score_order(score.float()), gids), k, self.comm, total)
+            else:  # mix: the top-k part first, then a uniform draw among everything else
+                k_top = round(self.cfg.mix_topk * k)
+                top = torch.zeros(rows.numel(), dtype=torch.bool, device=rows.device)
+                if k_top:
+                    top[global_topk(order_keys(score_order(err), gids), k_top, self.comm, total)] = True
+                rest = torch.where(top, -(1 << 31), hash_order(gids, self.seed, step, MIX_SALT))
+                if k - k_top:
+                    top[global_topk(order_keys(rest, gids), k - k_top, self.comm, total)] = True
+                    self.bytes_moved += SEARCH_BYTES if self.comm.world_size > 1 else 0
+                chosen = torch.nonzero(top).squeeze(1)
         # Ascending rows: the same order however the set was reached (fresh, or loaded from a checkpoint).
-        rows = torch.sort(rows[global_topk(order_keys(order, gids), k, self.comm, total)]).values
+        rows = torch.sort(rows[chosen]).values
         self.bytes_moved += SEARCH_BYTES if self.comm.world_size > 1 else 0
         self.cache[b] = (rows, k, epoch)
         self._max_rows.pop(b, None)
