@@ -121,6 +121,9 @@ class RunDir:
             return None
         except (OSError, ValueError):
             return {"host": "?", "pid": "?", "started": "?"}  # unreadable: treat as held, let the user decide
+        job = os.environ.get("SLURM_JOB_ID")
+        if job and holder.get("slurm_job") == job:
+            return None  # this SLURM job, requeued (possibly on another node): its earlier run is over
         if holder.get("host") == socket.gethostname():
             try:
                 os.kill(int(holder["pid"]), 0)
@@ -140,7 +143,8 @@ class RunDir:
     def acquire_lock(self) -> None:
         """Take the folder for this run (rank 0, before it writes anything); a stale lock is taken over."""
         text = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                           "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+                           "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                           "slurm_job": os.environ.get("SLURM_JOB_ID")})
         try:
             fd = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:

@@ -223,3 +223,19 @@ def test_15_messages_and_exit_codes(png, tmp_path):
                          capture_output=True, text=True)
     assert col.returncode == 2 and "holds no run folders" in col.stderr
     assert not (tmp_path / "empty" / "runs.csv").exists()
+
+
+def test_05b_a_lock_from_another_host_is_refused_unless_it_is_this_slurm_job_requeued(tmp_path, monkeypatch):
+    from dist_int.errors import RunDirError
+    from dist_int.rundir import RunDir
+
+    run = RunDir(tmp_path)
+    run.lock.write_text(json.dumps({"host": "node-17", "pid": 4242, "started": "earlier", "slurm_job": "77"}))
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    with pytest.raises(RunDirError, match="in use by process 4242 on host node-17"):
+        run.acquire_lock()
+    monkeypatch.setenv("SLURM_JOB_ID", "77")  # the same job after a requeue, on another node
+    run.acquire_lock()
+    assert json.loads(run.lock.read_text())["pid"] == os.getpid()
+    run.release_lock()
+    assert not run.lock.exists()
