@@ -1,4 +1,4 @@
-"""Teachers side by side: full, uniform and int on the same image, model and steps.
+"""Teachers side by side: full, uniform, int, mix and soft on the same image, model and steps.
 
 Prints training time, final PSNR and time to reach a target PSNR, writes a PSNR-versus-time plot.
     python bench/teachers.py                       # CPU-sized default (cameraman, 4x64 SIREN)
