@@ -100,7 +100,7 @@ def sizes_table(args) -> str:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     table = markdown_table(["signal", "ranks", "M pixels per rank", "peak RSS per rank (MiB)",
-                            f"bytes per owned pixel above the smallest size", "bytes sent per selection per rank",
+                            "bytes per owned pixel above the smallest size", "bytes sent per selection per rank",
                             "PSNR (dB)", "wall (s)"], rows)
     command = (f"python bench/scale.py --sizes {args.sizes} --nproc {args.nproc} --steps {args.steps} "
                f"--batch-points {args.batch_points} --source {args.source}"

@@ -226,17 +226,12 @@ def synth_main(argv: list[str]) -> int:
                   file=sys.stderr, flush=True)
 
     try:
-        if args.kind == "speech":
-            print(f"wrote {synth_speech(args.dest, args.seconds, seed=args.seed)}")
-            return 0
-        if args.kind == "video":
-            print(f"wrote {synth_video(args.dest, args.frames, args.size or 64, seed=args.seed)}")
-            return 0
-        if args.kind == "shape":
-            print(f"wrote {synth_shape(args.dest)}")
-            return 0
-        if args.kind == "volume":
-            print(f"wrote {synth_volume(args.dest, args.size or 48, seed=args.seed)}")
+        small = {"speech": lambda: synth_speech(args.dest, args.seconds, seed=args.seed),
+                 "video": lambda: synth_video(args.dest, args.frames, args.size or 64, seed=args.seed),
+                 "volume": lambda: synth_volume(args.dest, args.size or 48, seed=args.seed),
+                 "shape": lambda: synth_shape(args.dest)}
+        if args.kind in small:
+            print(f"wrote {small[args.kind]()}")
             return 0
         if args.size < 2:
             raise SignalError("synth gigapixel needs --size N (the image edge in pixels)")

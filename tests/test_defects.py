@@ -112,7 +112,7 @@ def test_07_16_bit_colour_png_keeps_its_depth(tmp_path):
 
     store = SignalStore(ingest(str(tmp_path / "c16.png"), tmp_path / "s.zarr", 8))
     assert store.array.dtype == np.uint16 and np.array_equal(store.array[...], img)
-    from dist_int.render import build_level, create_output, export, open_level
+    from dist_int.render import create_output, export, open_level
 
     create_output(tmp_path / "o.zarr", store)
     open_level(tmp_path / "o.zarr", 0, "r+")[...] = img.transpose(2, 0, 1)

@@ -8,7 +8,7 @@ from conftest import PointTable
 from dist_int.comm import Comm
 from dist_int.config import TeacherConfig
 from dist_int.errors import ConfigError
-from dist_int.teacher import BatchPlan, Teacher, make_plan, global_topk, hash_uniform, order_keys, score_order
+from dist_int.teacher import Teacher, make_plan, global_topk, hash_uniform, order_keys, score_order
 
 
 def reference_topk(keys, gids, k):

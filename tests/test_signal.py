@@ -277,8 +277,6 @@ def test_output_is_an_ome_zarr_pyramid_and_a_pyramidal_tiff(tmp_path):
 
 def test_ssim_on_tiny_images(tmp_path):
     """Images under 7 pixels a side get SSIM with a smaller window, or none under 3, not a crash."""
-    import zarr
-
     from dist_int.render import ssim_of
 
     for side in (2, 3, 5, 6):

@@ -8,6 +8,7 @@ steps every rank knows in advance (docs/design.md, "Ranks agree before they act"
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import shutil
@@ -111,8 +112,7 @@ def _prepare_run(cfg: Config, comm: Comm, run: RunDir, device: torch.device) -> 
     a TIFF or Zarr source; rank 0 finishes the store and saves the resolved config; then every rank
     loads its shard onto `device`. Every wait here is long (one rank may decode a large PNG meanwhile;
     comm.py)."""
-    def everywhere(what, work, rank_zero_only=False):
-        return _everywhere(comm, what, work, rank_zero_only)
+    everywhere = functools.partial(_everywhere, comm)
 
     def begin():
         try:
@@ -344,8 +344,7 @@ def _finish(cfg: Config, comm: Comm, store: SignalStore, shard: Shard, predict, 
     """Every rank renders its chunks into one Zarr store; rank 0 exports it and writes summary.json."""
     tmp = run.reconstruction_tmp
 
-    def everywhere(what, work, rank_zero_only=False):
-        return _everywhere(comm, what, work, rank_zero_only)
+    everywhere = functools.partial(_everywhere, comm)
 
     modality = modality_for(store)
     everywhere("create the output store", lambda: (shutil.rmtree(tmp, ignore_errors=True),

@@ -43,9 +43,6 @@ class Modality:
 
         return write
 
-    def output_level0(self, path: Path):
-        return zarr.open_array(path, mode="r")
-
     def render_extra(self, predict, path: Path, store, rank: int, world_size: int, device, target_range) -> None:
         """Output beyond the signal's own points (a shape's grid); every rank its share."""
 
@@ -53,7 +50,7 @@ class Modality:
         return 1
 
     def build_level(self, path: Path, level: int, rank: int, world_size: int) -> None:
-        raise NotImplementedError
+        """Output level `level` >= 1 (only kinds whose num_levels is above 1 have any; images)."""
 
     # ---- metrics beyond PSNR: sums computed by every rank over its share, added over ranks ---------
     def metric_sums(self, path: Path, store, rank: int, world_size: int) -> np.ndarray | None:

@@ -29,9 +29,6 @@ class Image(Modality):
 
         return write
 
-    def output_level0(self, path: Path):
-        return open_level(path, 0)
-
     def num_levels(self, path: Path) -> int:
         return num_levels(path)
 

@@ -179,11 +179,11 @@ class Shape(Modality):
         vertices, faces = np.asarray(store.meta["vertices"]), np.asarray(store.meta["faces"])
         g = np.linspace(-1, 1, GRID)
         sums = np.zeros(3)
+        whole = np.asarray(field[...]) if rank == 0 else None  # rank 0: IoU (watertight) and Chamfer
         if store.meta["watertight"]:
-            truth_grid = occupancy_grid(vertices, faces, g) if rank == 0 else None  # cheap: one rank
-            if rank == 0:
-                pred = np.asarray(field[...]) <= 0
-                sums[0], sums[1] = np.sum(truth_grid & pred), np.sum(truth_grid | pred)
+            if rank == 0:  # ray parity is cheap: one rank does the whole grid
+                truth, pred = occupancy_grid(vertices, faces, g), whole <= 0
+                sums[0], sums[1] = np.sum(truth & pred), np.sum(truth | pred)
         else:  # an open scan: the nearest triangle's side, on every other grid point, slabs over the ranks
             sub = g[::2]
             for z0 in range(rank * 8, len(sub), world_size * 8):
@@ -194,7 +194,7 @@ class Shape(Modality):
                 sums[0] += np.sum(truth & pred)
                 sums[1] += np.sum(truth | pred)
         if rank == 0:
-            sums[2] = self._chamfer(np.asarray(field[...]), vertices, faces)
+            sums[2] = self._chamfer(whole, vertices, faces)
         return sums
 
     @staticmethod

@@ -151,11 +151,6 @@ class Shard:
     def all_rows(self) -> torch.Tensor:
         return torch.arange(self.num_points, device=self.device)
 
-    def row_pieces(self, size: int):
-        """All rows as consecutive pieces of at most `size` (no array of every row is made)."""
-        for start in range(0, self.num_points, size):
-            yield torch.arange(start, min(start + size, self.num_points), device=self.device)
-
     def positions(self, rows: torch.Tensor) -> torch.Tensor:
         """Integer grid positions of the rows, (n, D) int64."""
         rows = rows.long()
