@@ -88,16 +88,19 @@ def ingest_main(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     from .collect import collect_main
+    from .report import report_main
     from .synth import synth_main
 
-    commands = {"train": train_main, "ingest": ingest_main, "collect": collect_main, "synth": synth_main}
+    commands = {"train": train_main, "ingest": ingest_main, "collect": collect_main, "synth": synth_main,
+                "report": report_main}
     if not argv or argv[0] not in commands:
         asked = bool(argv) and argv[0] in ("-h", "--help", "help")
-        print("usage: python -m dist_int {train,ingest,collect,synth} ...\n"
+        print("usage: python -m dist_int {train,ingest,collect,synth,report} ...\n"
               "  train    fit a SIREN (one process; use torchrun launch/train.py for several)\n"
               "  ingest   turn a signal file (image, audio, volume, video) into a Zarr store\n"
               "  collect  one table of the runs under a folder (e.g. an array job's)\n"
-              "  synth    write a procedural test signal (gigapixel, speech, video, volume)\n"
+              "  synth    write a procedural test signal (gigapixel, speech, video, volume, shape)\n"
+              "  report   report.html with curves, reconstructions and teaching-set snapshots of runs\n"
               "Each command takes --help.", file=sys.stdout if asked else sys.stderr)
         return 0 if asked else 2
     return commands[argv[0]](argv[1:])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import importlib.util
 import json
 import math
 import tomllib
@@ -156,6 +157,15 @@ class TrainConfig:
     """Learning-rate multiplier applied at each rollback."""
     max_rollbacks: int = 5
     """Rollbacks allowed before the run stops as diverged."""
+    snapshot_every: int = 0
+    """Steps between teaching-set snapshots (snapshots/step-N/, one file per rank: selected points per
+    cell of a bounded grid), drawn by `python -m dist_int report`. 0: none."""
+    progress_every_s: float = 30.0
+    """Without a terminal (SLURM, CI, a log file): seconds between plain progress lines. On a terminal a
+    bar updates instead."""
+    tensorboard: bool = False
+    """Also write the logged scalars as TensorBoard events into <run.dir>/tensorboard (needs the
+    `tensorboard` package: pip install tensorboard)."""
 
 
 @dataclass
@@ -229,6 +239,11 @@ class Config:
             (self.train.timeout_s > 0, "train.timeout_s must be > 0"),
             (self.train.divergence_db >= 0, "train.divergence_db must be >= 0 (0 = off)"),
             (self.train.probe_points >= 1, "train.probe_points must be >= 1"),
+            (self.train.snapshot_every >= 0, "train.snapshot_every must be >= 0 (0: no snapshots)"),
+            (self.train.progress_every_s > 0, "train.progress_every_s must be > 0"),
+            (not self.train.tensorboard or importlib.util.find_spec("tensorboard") is not None,
+             "train.tensorboard = true needs the tensorboard package: pip install tensorboard (or set "
+             "train.tensorboard=false)"),
             (0 < self.train.rollback_lr_factor < 1, "train.rollback_lr_factor must be in (0, 1)"),
             (self.train.max_rollbacks >= 0, "train.max_rollbacks must be >= 0"),
             (self.checkpoint.every >= 0, "checkpoint.every must be >= 0"),

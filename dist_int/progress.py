@@ -1,8 +1,16 @@
-"""Rank 0's progress display: a bar on a terminal, plain lines otherwise (logs, CI, SLURM)."""
+"""Rank 0's progress display: a bar on a terminal, plain lines at a steady interval otherwise (SLURM, CI,
+a log file), and optionally TensorBoard scalars.
+
+Loss and PSNR are known only at log steps (reading them costs a collective and a device sync); the bar and
+the plain lines show the latest known values. Plain lines come every `every_s` seconds of wall time, not
+every N steps: a SLURM log then reads the same whether a step takes a millisecond or a minute.
+"""
 
 from __future__ import annotations
 
 import sys
+import time
+from pathlib import Path
 
 
 def _fmt_time(s: float) -> str:
@@ -11,25 +19,59 @@ def _fmt_time(s: float) -> str:
 
 
 class Progress:
-    def __init__(self, total: int, start: int, enabled: bool):
-        self.total, self.enabled = total, enabled
+    def __init__(self, total: int, start: int, enabled: bool, every_s: float = 30.0, tty: bool | None = None):
+        self.total, self.enabled, self.every_s = total, enabled, every_s
         self.bar = None
-        if enabled and sys.stderr.isatty():
+        self.loss: float | None = None
+        self.psnr: float | None = None
+        self.points_per_s = 0.0
+        self.step = start
+        self._session = (start, time.monotonic())  # ETA from this session's own pace
+        self._next_line = time.monotonic() + every_s
+        tty = sys.stderr.isatty() if tty is None else tty
+        if enabled and tty:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
 
-    def update(self, step: int, loss: float, psnr: float | None, points_per_s: float, eta_s: float) -> None:
-        if not self.enabled:
-            return
-        psnr_txt = f"{psnr:.2f} dB" if psnr is not None else "-"
+    def begin(self, step: int) -> None:
+        """Training starts (or resumes) at `step`: the ETA counts from here."""
+        self.step = step
+        self._session = (step, time.monotonic())
+        self._next_line = time.monotonic() + self.every_s
         if self.bar is not None:
             self.bar.n = step
-            self.bar.set_postfix_str(f"loss {loss:.3e} psnr {psnr_txt} {points_per_s / 1e6:.2f} Mpts/s")
             self.bar.refresh()
-        else:
-            print(f"step {step}/{self.total}  loss {loss:.3e}  psnr {psnr_txt}  "
-                  f"{points_per_s / 1e6:.2f} Mpts/s  eta {_fmt_time(eta_s)}", flush=True)
+
+    def eta_s(self, step: int) -> float:
+        first, t0 = self._session
+        return (time.monotonic() - t0) / max(step - first, 1) * (self.total - step)
+
+    def line(self, step: int) -> str:
+        loss = "-" if self.loss is None else f"{self.loss:.3e}"
+        psnr = "-" if self.psnr is None else f"{self.psnr:.2f} dB"
+        return (f"step {step}/{self.total}  loss {loss}  psnr {psnr}  {self.points_per_s / 1e6:.2f} Mpts/s  "
+                f"eta {_fmt_time(self.eta_s(step))}")
+
+    def tick(self, step: int) -> None:
+        """Every step (cheap: no device read). Moves the bar, or prints a plain line when one is due."""
+        self.step = step
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)  # tqdm limits its own redraws
+        elif time.monotonic() >= self._next_line or step == self.total:
+            self._next_line = time.monotonic() + self.every_s
+            print(self.line(step), flush=True)
+
+    def update(self, step: int, loss: float, psnr: float | None, points_per_s: float) -> None:
+        """At log steps: the latest loss, PSNR (None: not evaluated at this step) and throughput."""
+        self.loss, self.points_per_s = loss, points_per_s
+        if psnr is not None:
+            self.psnr = psnr
+        if self.bar is not None:
+            psnr_txt = "-" if self.psnr is None else f"{self.psnr:.2f} dB"
+            self.bar.set_postfix_str(f"loss {loss:.3e} psnr {psnr_txt} {points_per_s / 1e6:.2f} Mpts/s")
 
     def message(self, text: str) -> None:
         if not self.enabled:
@@ -42,3 +84,27 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+class Scalars:
+    """TensorBoard event files in <run>/tensorboard (train.tensorboard; rank 0 only). Off, it does nothing."""
+
+    def __init__(self, folder: Path, enabled: bool):
+        self.writer = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package (config.py checks)
+
+            self.writer = SummaryWriter(log_dir=str(folder))
+
+    def write(self, entry: dict, step: int) -> None:
+        if self.writer is None:
+            return
+        for key, value in entry.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step":
+                self.writer.add_scalar(key, value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None

@@ -1,7 +1,7 @@
 """The run folder (docs/design.md, "The run folder"): the one class that knows every path in it.
 
     config.toml  metrics.jsonl  summary.json  signal.zarr/  reconstruction.zarr/  reconstruction.png|tif
-    checkpoints/step-N/ + checkpoints/latest
+    checkpoints/step-N/ + checkpoints/latest   snapshots/step-N/rank-R.npz   tensorboard/
 
 The same command on the same folder resumes; a different config on it is refused unless asked.
 Files are written to a temporary name and renamed, so nothing is ever half-written.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import time
 import tomllib
@@ -93,6 +94,25 @@ class RunDir:
     def latest_tag(self) -> str | None:
         """The tag `latest` names, or None."""
         return self.latest.read_text().strip() if self.latest.is_file() else None
+
+    @property
+    def snapshots(self) -> Path:
+        return self.path / "snapshots"
+
+    def snapshot(self, step: int) -> Path:
+        """The teaching set used for the update after `step` steps, one file per rank (teacher/snapshot.py)."""
+        return self.snapshots / f"step-{step:08d}"
+
+    def drop_snapshots(self, from_step: int) -> None:
+        """Remove snapshots of steps >= from_step: a resumed run (on any number of ranks) writes them anew."""
+        if self.snapshots.is_dir():
+            for d in self.snapshots.glob("step-*"):
+                if d.name[5:].isdigit() and int(d.name[5:]) >= from_step:
+                    shutil.rmtree(d, ignore_errors=True)
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / "tensorboard"
 
     @property
     def reconstruction_zarr(self) -> Path:

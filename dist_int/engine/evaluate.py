@@ -48,6 +48,20 @@ class Evaluator:
         sse = sum(sse_rows(self.predict, self.shard, rows, self.chunk) for _, rows in self.shard.sweep(self.chunk))
         return psnr_db(float(self.comm.all_reduce_sum(sse)), self.num_values)
 
+    @torch.no_grad()
+    def psnr_and_scores(self, error, piece: int) -> tuple[float, torch.Tensor]:
+        """The PSNR, and error(f(x), y) of every row of a resident shard in shard order, computed in pieces
+        of `piece` rows: the teacher's own pieces, so the errors equal its scoring pass bit for bit and a
+        selection right after this evaluation can use them (teacher.offer_scores)."""
+        rows = torch.arange(self.shard.num_points, device=self.shard.device)
+        sse = torch.zeros((), dtype=torch.float64, device=rows.device)
+        scores = []
+        for part, pred in forward_rows(self.predict, self.shard, rows, piece):
+            targets = self.shard.targets(part)
+            sse += self.shard.target_range.squared_error_unit(pred, targets)
+            scores.append(error(pred, targets))
+        return psnr_db(float(self.comm.all_reduce_sum(sse)), self.num_values), torch.cat(scores)
+
     def probe_psnr(self) -> float:
         """PSNR on the probe set: the divergence guard's signal."""
         rows = self.probe_rows

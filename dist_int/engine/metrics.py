@@ -69,6 +69,7 @@ class Throughput:
     def __init__(self, device: torch.device):
         self.device = device
         self._mark = 0.0
+        self._banked = 0.0  # seconds of the current lap before a pause
         self.points = 0
         self.elapsed = 0.0  # training seconds since the last `reset`
 
@@ -81,13 +82,19 @@ class Throughput:
         self._sync()
         self._mark = time.perf_counter()
 
+    def pause(self) -> None:
+        """Stop the clock without ending the lap (e.g. for a snapshot); `start` resumes it."""
+        self._sync()
+        self._banked += time.perf_counter() - self._mark
+
     def add(self, points: int) -> None:
         self.points += points
 
     def lap(self) -> float:
         """Seconds trained since `start` (added to `elapsed`); the clock stops until the next `start`."""
         self._sync()
-        seconds = time.perf_counter() - self._mark
+        seconds = self._banked + time.perf_counter() - self._mark
+        self._banked = 0.0
         self.elapsed += seconds
         return seconds
 
@@ -95,4 +102,38 @@ class Throughput:
         return self.points / max(self.elapsed, 1e-9)
 
     def reset(self) -> None:
-        self.points, self.elapsed = 0, 0.0
+        self.points, self.elapsed, self._banked = 0, 0.0, 0.0
+
+
+class SectionTimer:
+    """Time spent inside `with timer:` blocks (the teacher's share of a step). On a GPU the blocks are
+    timed with CUDA events, so timing them adds no host-device synchronization; they are read at log
+    steps, after the throughput meter has synchronized anyway."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self._events: list = []
+        self._seconds = 0.0
+
+    def __enter__(self):
+        if self.cuda:
+            self._begin = torch.cuda.Event(enable_timing=True)
+            self._begin.record()
+        else:
+            self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self._events.append((self._begin, end))
+        else:
+            self._seconds += time.perf_counter() - self._t0
+
+    def read(self) -> float:
+        """Seconds inside the blocks since the last read."""
+        seconds = self._seconds + sum(b.elapsed_time(e) for b, e in self._events) / 1000.0
+        self._events.clear()
+        self._seconds = 0.0
+        return seconds

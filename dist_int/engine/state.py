@@ -10,6 +10,8 @@ class RunState:
     step: int = 0
     train_time_s: float = 0.0
     """Training wall time only: evaluation, checkpoints and rendering are not counted."""
+    select_time_s: float = 0.0
+    """The part of train_time_s the teacher spent choosing teaching sets (scoring and selection)."""
     best_psnr_db: float = -float("inf")
     best_step: int = 0
 

@@ -21,20 +21,21 @@ from ..comm import Comm
 from ..config import Config
 from ..errors import ConfigError, PeerFailed
 from ..model import Siren
-from ..progress import Progress
+from ..progress import Progress, Scalars
 from ..modality import modality_for
 from ..render import psnr_db, render_shard
 from ..rundir import RunDir, atomic_write
 from ..signal import (Shard, SignalStore, TargetRange, assign_chunks, finish_ingest, ingest_part, open_shard,
                       plan_signal, signal_store_path)
 from ..teacher import Teacher, make_plan
+from ..teacher.snapshot import write_snapshot
 from .budget import check_memory
 from .checkpoint import Checkpointer
 from .deepspeed_engine import build_engine
 from .evaluate import Evaluator
 from .guard import DivergenceGuard, Diverged
 from .launch import detect_launch, init_distributed, pick_device, shutdown
-from .metrics import MetricsLog, Throughput, memory_peaks, rounded
+from .metrics import MetricsLog, SectionTimer, Throughput, memory_peaks, rounded
 from .precision import Precision
 from .state import RunState
 from .step import TrainStep
@@ -171,7 +172,7 @@ def train(cfg: Config) -> int:
 
 
 def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming: bool) -> int:
-    log = Progress(cfg.train.steps, 0, enabled=comm.is_rank_zero)
+    log = Progress(cfg.train.steps, 0, enabled=comm.is_rank_zero, every_s=cfg.train.progress_every_s)
     precision = Precision(cfg.train.precision, device)
     precision.apply()
 
@@ -237,7 +238,9 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
                           f"{cfg.train.steps}; raise train.steps to at least {state.step}, or use a new run.dir")
     # The config is saved only now: a start refused above (e.g. a checkpoint that does not fit a changed
     # config) leaves the folder's config.toml as it was.
-    _everywhere(comm, "save the run config", lambda: run.write_config(cfg), rank_zero_only=True)
+    # Snapshots past the resumed step are from steps about to be trained again (by any number of ranks).
+    _everywhere(comm, "save the run config", lambda: (run.write_config(cfg), run.drop_snapshots(state.step)),
+                rank_zero_only=True)
     run.training = True
     log.message(f"{store.shape} signal, {store.num_chunks} chunks over {comm.world_size} rank(s)"
                 f"{' (streamed from disk)' if shard.streamed else ''}; "
@@ -246,10 +249,16 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
                 f"{cfg.train.steps} steps on {device}")
 
     meter = Throughput(device)
-    session_start, session_time = state.step, 0.0
+    selecting = SectionTimer(device)
+    # An evaluation may hand its per-point errors to the selection of the next step: valid when it scores
+    # the same rows with the same model at the same precision (docs/method.md, "Cheaper selection").
+    reuse_scores = not shard.streamed and not precision.bf16
+    log.begin(state.step)
     stopped_by, status = 0, "complete"
     with contextlib.ExitStack() as stack:
         metrics = stack.enter_context(MetricsLog(run.metrics, comm.is_rank_zero, state.step))
+        scalars = Scalars(run.tensorboard, cfg.train.tensorboard and comm.is_rank_zero)
+        stack.callback(scalars.close)
         stop = stack.enter_context(StopFlag(comm))
         stack.callback(shard.close)
         stack.callback(log.close)
@@ -260,11 +269,19 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
             if stopped_by:
                 break
             shard.stage(plan, state.step)  # a streamed shard swaps in this batch's chunks (read ahead)
-            batch = teacher.teaching_set(state.step, shard, score)
+            with selecting:
+                batch = teacher.teaching_set(state.step, shard, score)
+            if cfg.train.snapshot_every and state.step % cfg.train.snapshot_every == 0:
+                meter.pause()  # not training time
+                write_snapshot(run.snapshot(state.step), comm.rank, shard, store, batch.rows,
+                               plan.rows(state.step) if plan.num_batches > 1 else None, batch.count,
+                               cfg.teacher.strategy, cfg.teacher.score_chunk)
+                meter.start()
             train_step(shard.coords(batch.rows), shard.targets(batch.rows), batch.count, batch.max_rows)
             meter.add(batch.count)
             state.step += 1
             step = state.step
+            log.tick(step)
 
             do_log = step % cfg.train.log_every == 0 or step == cfg.train.steps
             do_eval = cfg.train.eval_every > 0 and step % cfg.train.eval_every == 0
@@ -272,8 +289,9 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
             if not (do_log or do_eval or do_ckpt):
                 continue
             seconds = meter.lap()
+            select_s = selecting.read()
             state.train_time_s += seconds
-            session_time += seconds
+            state.select_time_s += select_s
             if do_log or do_eval:
                 mean_loss = train_step.mean_loss(comm)
                 probe = evaluator.probe_psnr()
@@ -294,27 +312,37 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
                                    "lr_scale": schedule.scale, "probe_psnr_db": rounded(probe)})
                     state.step = back_to
                     meter.reset()
+                    log.step = back_to
                     meter.start()
                     continue
-                psnr = evaluator.psnr() if do_eval else None
+                psnr = None
+                if do_eval and reuse_scores and teacher.wants_scores(step):
+                    psnr, scores = evaluator.psnr_and_scores(teacher.error, cfg.teacher.score_chunk)
+                    teacher.offer_scores(step, scores)
+                elif do_eval:
+                    psnr = evaluator.psnr()
                 if psnr is not None and psnr > state.best_psnr_db:
                     state.best_psnr_db, state.best_step = psnr, step
                 local = shard.num_points if batch.rows is None else batch.rows.numel()
                 counts = comm.all_gather_scalar(local)
-                selections, sent = teacher.selection_stats()
+                selections, sent, reused = teacher.selection_stats()
                 entry = {"step": step, "train_time_s": round(state.train_time_s, 4), "loss": mean_loss,
                          "probe_psnr_db": rounded(probe), "lr": engine.get_lr()[0], "selected": batch.count,
                          "points_per_s": round(meter.points_per_s(), 1),
                          "imbalance": round(float(counts.max() / counts.mean().clamp(min=1e-9)), 4),
                          # Bytes each rank sent per selection: a constant (docs/design.md, "Exact global
                          # selection"), whatever the signal's size and the number of ranks.
-                         "selections": selections, "select_bytes": sent // max(selections, 1)}
+                         "selections": selections, "select_bytes": sent // max(selections, 1),
+                         # The teacher's share of the training time since the last line (scoring and
+                         # selection), and selections that took an evaluation's scores instead of scoring.
+                         "select_fraction": round(select_s / max(seconds, 1e-9), 4),
+                         "scores_reused": reused}
                 if psnr is not None:
                     entry["psnr_db"] = round(psnr, 4)
                 entry.update(_memory(comm, device))
                 metrics.write(entry)
-                eta = session_time / max(step - session_start, 1) * (cfg.train.steps - step)
-                log.update(step, mean_loss, psnr, meter.points_per_s(), eta)
+                scalars.write(entry, step)
+                log.update(step, mean_loss, psnr, meter.points_per_s())
                 meter.reset()
             if do_ckpt:
                 ckpt.save(step, "running")
@@ -381,6 +409,8 @@ def _finish(cfg: Config, comm: Comm, store: SignalStore, shard: Shard, predict, 
             "kind": store.meta.get("kind", "image"),
             **extra,
             "train_time_s": round(state.train_time_s, 3),
+            "select_time_s": round(state.select_time_s, 3),
+            "select_fraction": round(state.select_time_s / max(state.train_time_s, 1e-9), 4),
             "steps": state.step,
             "world_size": comm.world_size,
             "num_params": num_params,

@@ -21,7 +21,9 @@ import zarr
 from .errors import SignalError
 
 ATTR = "dist_int"
-BUILTINS = ("camera", "astronaut", "coffee", "chelsea")
+# scikit-image sample images that ship with the package (nothing is downloaded).
+BUILTINS = ("camera", "astronaut", "coffee", "chelsea", "rocket", "brick", "grass", "gravel", "text", "page", "moon",
+            "coins", "hubble_deep_field", "retina", "immunohistochemistry")
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".ome.tif", ".ome.tiff")
 
 

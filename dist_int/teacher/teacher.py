@@ -76,6 +76,8 @@ class Teacher:
         self._max_rows: dict[int, int] = {}
         self.selections = 0     # selections run, and bytes each rank sent for them, since the last read
         self.bytes_moved = 0
+        self.reused = 0         # selections that used an evaluation's scores instead of a scoring pass
+        self._offered: tuple[int, torch.Tensor] | None = None
 
     def schedule_time(self, step: int) -> int:
         return step // self.plan.num_batches
@@ -93,18 +95,22 @@ class Teacher:
             rows = None if self.plan.num_batches == 1 else self.plan.rows(step)
             n = points.num_points if rows is None else rows.numel()
             return TeachingSet(rows, total, False, self.max_rows(b, n))
-        reselect = should_select(self.cfg.interval_schedule, self.schedule_time(step), self.num_units)
-        if not reselect and b in self.cache and (not self.per_epoch or self.cache[b][2] == epoch):
+        if not self.selects_at(step):
             rows, k, _ = self.cache[b]
             return TeachingSet(rows, k, False, self.max_rows(b, rows.numel()))
         rows = self.plan.rows(step)
         k = self.budget(step, total)
         gids = points.gids(rows)
         strategy = self.cfg.strategy
+        offered, self._offered = self._offered, None
         if strategy == "uniform":
             chosen = global_topk(order_keys(hash_order(gids, self.seed, step), gids), k, self.comm, total)
         else:
-            err = l1_error(predict, points, rows, self.cfg.score_chunk, self.error)
+            if offered is not None and offered[0] == step:
+                err = offered[1]  # the evaluation's scoring of the same model (offer_scores)
+                self.reused += 1
+            else:
+                err = l1_error(predict, points, rows, self.cfg.score_chunk, self.error)
             if strategy == "int":
                 chosen = global_topk(order_keys(score_order(err), gids), k, self.comm, total)
             elif strategy == "soft":
@@ -130,6 +136,26 @@ class Teacher:
         self.selections += 1
         return TeachingSet(rows, k, True, self.max_rows(b, rows.numel()))
 
+    def selects_at(self, step: int) -> bool:
+        """Whether `teaching_set(step)` runs a selection (else it reuses the batch's cached set)."""
+        if self.cfg.strategy == "full":
+            return False
+        epoch, b = self.plan.locate(step)
+        reselect = should_select(self.cfg.interval_schedule, self.schedule_time(step), self.num_units)
+        return reselect or b not in self.cache or (self.per_epoch and self.cache[b][2] != epoch)
+
+    def wants_scores(self, step: int) -> bool:
+        """Whether a scoring pass of every candidate would run at `step`: then an evaluation of the same
+        model may hand its per-point errors over (offer_scores) instead."""
+        return self.cfg.strategy in ("int", "mix", "soft") and self.plan.num_batches == 1 and \
+            self.selects_at(step)
+
+    def offer_scores(self, step: int, errors: torch.Tensor) -> None:
+        """Per-point errors of every row of this rank's shard, computed from the model the selection at
+        `step` would score, in the same pieces and precision (docs/method.md, "Cheaper selection"). Used
+        once, by that selection; dropped by anything else."""
+        self._offered = (step, errors)
+
     def max_rows(self, b: int, n: int) -> int:
         """The most rows any rank holds of batch b's current set (n: this rank's): one host-only collective
         when the set changed (at a selection; once per batch for `full`, whose batch sizes never change),
@@ -142,11 +168,13 @@ class Teacher:
         """Put back cached sets kept in memory (the divergence guard's rollback, on every rank at once)."""
         self.cache = dict(cache)
         self._max_rows.clear()
+        self._offered = None
 
-    def selection_stats(self) -> tuple[int, int]:
-        """(selections, bytes this rank sent for them) since the last call."""
-        out = (self.selections, self.bytes_moved)
-        self.selections = self.bytes_moved = 0
+    def selection_stats(self) -> tuple[int, int, int]:
+        """(selections, bytes this rank sent for them, selections that reused an evaluation's scores)
+        since the last call."""
+        out = (self.selections, self.bytes_moved, self.reused)
+        self.selections = self.bytes_moved = self.reused = 0
         return out
 
     # Checkpointing (docs/design.md, "Resuming"): the cached sets are saved per chunk, a bit per point, in
