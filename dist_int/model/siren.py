@@ -21,7 +21,10 @@ class SineLayer(nn.Module):
             self.linear.weight.uniform_(-bound, bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sin(self.w0 * self.linear(x))
+        # sin(w0 (W x + b)) computed as sin((w0 W) x + w0 b): the same function and gradients, with w0
+        # applied to the small weight matrix instead of every activation (about 14 % of a CPU training
+        # step at 4x64; docs/training.md).
+        return torch.sin(F.linear(x, self.linear.weight * self.w0, self.linear.bias * self.w0))
 
 
 class Siren(nn.Module):
@@ -49,8 +52,8 @@ class Siren(nn.Module):
         with torch.autocast(coords.device.type, enabled=False):
             if coords.dtype == torch.float64:
                 first = self.net[0]
-                h = torch.sin(first.w0 * F.linear(coords, first.linear.weight.double(),
-                                                  first.linear.bias.double())).float()
+                h = torch.sin(F.linear(coords, first.linear.weight.double() * first.w0,
+                                       first.linear.bias.double() * first.w0)).float()
             else:
                 h = self.net[0](coords.float())
         # (N, hidden) -> (N, C)
