@@ -60,7 +60,7 @@ class Progress:
             return
         if self.bar is not None:
             self.bar.update(step - self.bar.n)  # tqdm limits its own redraws
-        elif time.monotonic() >= self._next_line or step == self.total:
+        elif time.monotonic() >= self._next_line and step < self.total:  # the last line comes from update
             self._next_line = time.monotonic() + self.every_s
             print(self.line(step), flush=True)
 
@@ -72,6 +72,8 @@ class Progress:
         if self.bar is not None:
             psnr_txt = "-" if self.psnr is None else f"{self.psnr:.2f} dB"
             self.bar.set_postfix_str(f"loss {loss:.3e} psnr {psnr_txt} {points_per_s / 1e6:.2f} Mpts/s")
+        elif self.enabled and step == self.total:
+            print(self.line(step), flush=True)
 
     def message(self, text: str) -> None:
         if not self.enabled:
@@ -89,12 +91,14 @@ class Progress:
 class Scalars:
     """TensorBoard event files in <run>/tensorboard (train.tensorboard; rank 0 only). Off, it does nothing."""
 
-    def __init__(self, folder: Path, enabled: bool):
+    def __init__(self, folder: Path | None, enabled: bool, start_step: int = 0):
+        """start_step: the step training starts (or resumes) from; events after it from an earlier session
+        are dropped, as metrics.jsonl drops its lines (steps never repeat)."""
         self.writer = None
         if enabled:
             from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package (config.py checks)
 
-            self.writer = SummaryWriter(log_dir=str(folder))
+            self.writer = SummaryWriter(log_dir=str(folder), purge_step=start_step + 1 if start_step else None)
 
     def write(self, entry: dict, step: int) -> None:
         if self.writer is None:

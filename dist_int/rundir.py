@@ -21,8 +21,18 @@ from .config import Config, diff_configs
 from .errors import RunDirError
 
 # Keys that may differ between the run that made a folder and the one resuming it (run.dir: the folder
-# may have been moved or copied).
-RESUME_FREE_KEYS = ("run.dir", "run.resume", "run.allow_config_change")
+# may have been moved or copied). Progress, snapshots and TensorBoard change what is shown, not the result.
+RESUME_FREE_KEYS = ("run.dir", "run.resume", "run.allow_config_change", "train.progress_every_s",
+                    "train.tensorboard", "train.snapshot_every")
+
+
+def _with_defaults(saved: dict, defaults: dict) -> dict:
+    """A saved config with the keys it lacks (added to dist_int after it was written) at their defaults."""
+    out = dict(defaults)
+    for key, value in saved.items():
+        out[key] = _with_defaults(value, defaults[key]) if isinstance(value, dict) and isinstance(
+            defaults.get(key), dict) else value
+    return out
 
 
 def _toml_value(v) -> str:
@@ -200,6 +210,7 @@ class RunDir:
             saved = tomllib.loads(self.config.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise RunDirError(f"{self.config} is not valid TOML ({e}); choose a new run.dir") from None
+        saved = _with_defaults(saved, Config().to_dict())
         changed = [d for d in diff_configs(saved, cfg.to_dict()) if not d.startswith(RESUME_FREE_KEYS)]
         self.config_changed = bool(changed)
         if changed and not cfg.run.allow_config_change:

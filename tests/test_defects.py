@@ -239,3 +239,26 @@ def test_05b_a_lock_from_another_host_is_refused_unless_it_is_this_slurm_job_req
     assert json.loads(run.lock.read_text())["pid"] == os.getpid()
     run.release_lock()
     assert not run.lock.exists()
+
+
+def test_a_folder_saved_before_new_keys_existed_resumes_and_display_keys_may_change(tmp_path):
+    """A config.toml written before train.snapshot_every/progress_every_s/tensorboard existed compares as if
+    it held their defaults; those display keys may change on resume, anything else is still refused."""
+    import tomllib
+
+    from dist_int.config import load_config
+    from dist_int.errors import RunDirError
+    from dist_int.rundir import RunDir, to_toml
+
+    run = tmp_path / "old"
+    run.mkdir()
+    cfg = load_config(None, [f"run.dir={run}"])
+    saved = tomllib.loads(to_toml(cfg.to_dict()))
+    for key in ("snapshot_every", "progress_every_s", "tensorboard"):
+        del saved["train"][key]
+    (run / "config.toml").write_text(to_toml(saved))
+    assert RunDir(run).check(cfg) is False  # no checkpoint yet, and no refusal
+    assert RunDir(run).check(load_config(None, [f"run.dir={run}", "train.snapshot_every=10",
+                                                "train.progress_every_s=5"])) is False
+    with pytest.raises(RunDirError, match="optim.lr"):
+        RunDir(run).check(load_config(None, [f"run.dir={run}", "optim.lr=0.01"]))

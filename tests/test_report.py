@@ -25,10 +25,10 @@ def test_snapshots_add_up_to_the_one_rank_snapshot_and_a_resume_rewrites_them(pn
         a = read_snapshot(tmp_path / "one" / "snapshots" / f"step-{step:08d}")
         b = read_snapshot(tmp_path / "two" / "snapshots" / f"step-{step:08d}")
         assert (a["ranks"], b["ranks"]) == (1, 2)
-        assert np.array_equal(a["selected"], b["selected"]) and np.array_equal(a["candidates"], b["candidates"])
+        assert np.array_equal(a["selected"], b["selected"]) and np.array_equal(a["points"], b["points"])
         # A 64x64 image keeps one cell per pixel: the picture is the teaching set itself.
-        assert a["selected"].shape == (64, 64) and a["selected"].max() == 1
-        assert int(a["selected"].sum()) == int(a["count"]) and int(a["candidates"].sum()) == 64 * 64
+        assert a["selected"].shape == (64, 64) and a["selected"].max() == 1 and b["complete"]
+        assert int(a["selected"].sum()) == int(a["count"]) and int(a["points"].sum()) == 64 * 64
     assert sorted(p.name for p in (tmp_path / "one" / "snapshots").iterdir()) == \
         [f"step-{s:08d}" for s in (0, 10, 20)]
 
@@ -89,12 +89,30 @@ def test_report_explains_what_it_cannot_draw(png_image, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "dist_int", "report", str(tmp_path)], cwd=ROOT,
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "is not a run folder" in proc.stderr and "Traceback" not in proc.stderr
-    run = tmp_path / "r"
+    run, snap = tmp_path / "r", tmp_path / "snap"
     assert run_train([f"run.dir={run}", f"signal.path={png_image}", *SMALL, "train.steps=10"]).returncode == 0
+    # No evaluations (eval_every=0), and a rollback event in metrics.jsonl: drawn from the probe PSNR.
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 10, "event": "rollback", "to_step": 5, "lr_scale": 0.5, "probe_psnr_db": 9.0}\n')
     proc = subprocess.run([sys.executable, "-m", "dist_int", "report", str(run)], cwd=ROOT, capture_output=True,
                           text=True)
     assert proc.returncode == 0, proc.stderr
     assert "train.snapshot_every" in (run / "report" / "report.html").read_text()  # how to get snapshots
+    # Snapshots without the signal store are still drawn; a snapshot missing a rank's file is named, not drawn.
+    assert run_train([f"run.dir={snap}", f"signal.path={png_image}", *SMALL, "train.steps=20",
+                      "train.snapshot_every=10"], nproc=2).returncode == 0
+    (snap / "snapshots" / "step-00000010" / "rank-00001.npz").unlink()
+    __import__("shutil").rmtree(snap / "signal.zarr")
+    proc = subprocess.run([sys.executable, "-m", "dist_int", "report", str(snap)], cwd=ROOT, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+    page = (snap / "report" / "report.html").read_text()
+    assert "signal store is gone" in page and "Snapshots at steps 10 lack some ranks' files" in page
+    assert (snap / "report" / "run0-snap-teaching.png").is_file()
+    (snap / "summary.json").write_text("{not json")
+    proc = subprocess.run([sys.executable, "-m", "dist_int", "report", str(snap)], cwd=ROOT, capture_output=True,
+                          text=True)
+    assert proc.returncode == 2 and "damaged" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_progress_lines_without_a_terminal_come_at_the_set_interval(png_image, tmp_path):

@@ -113,7 +113,7 @@ def test_streamed_two_rank_run_equals_resident_one_rank_run_and_resumes(tmp_path
     image = tmp_path / "img.png"
     Image.fromarray(smooth_image()).save(image)
     args = [f"signal.path={image}", *TINY, "train.steps=160", "teacher.num_batches=8", "teacher.batches=chunks",
-            "checkpoint.every=20"]
+            "checkpoint.every=20", "train.snapshot_every=40"]
     one = run_train([f"run.dir={tmp_path / 'one'}", *args], nproc=0)
     assert one.returncode == 0, one.stdout + one.stderr
     stream = [f"run.dir={tmp_path / 'two'}", *args, "signal.cache_mb=0.004"]
@@ -125,3 +125,11 @@ def test_streamed_two_rank_run_equals_resident_one_rank_run_and_resumes(tmp_path
     assert s1["psnr_db"] > 20 and abs(s1["psnr_db"] - s2["psnr_db"]) <= 0.05, (s1["psnr_db"], s2["psnr_db"])
     steps = [m["step"] for m in read_metrics(tmp_path / "two")]
     assert steps == sorted(set(steps)) and steps[-1] == 160
+    # Teaching-set snapshots of the streamed mini-batch run (resumed) add up to the resident run's.
+    from dist_int.teacher.snapshot import read_snapshot
+
+    for step in (0, 40, 80, 120):
+        a, b = (read_snapshot(tmp_path / run / "snapshots" / f"step-{step:08d}") for run in ("one", "two"))
+        assert b["complete"] and b["ranks"] == 2 and int(a["count"]) == int(b["count"])
+        assert np.array_equal(a["selected"], b["selected"]) and np.array_equal(a["points"], b["points"])
+        assert int(a["points"].sum()) == 64 * 64 and 0 < int(a["selected"].sum()) < 64 * 64 // 2

@@ -28,7 +28,7 @@ from ..rundir import RunDir, atomic_write
 from ..signal import (Shard, SignalStore, TargetRange, assign_chunks, finish_ingest, ingest_part, open_shard,
                       plan_signal, signal_store_path)
 from ..teacher import Teacher, make_plan
-from ..teacher.snapshot import write_snapshot
+from ..teacher.snapshot import Snapshots
 from .budget import check_memory
 from .checkpoint import Checkpointer
 from .deepspeed_engine import build_engine
@@ -250,6 +250,8 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
 
     meter = Throughput(device)
     selecting = SectionTimer(device)
+    reusing = SectionTimer(device)  # evaluations that also score for the next selection: training time
+    snapshots = Snapshots(store, shard, cfg.teacher.score_chunk) if cfg.train.snapshot_every else None
     # An evaluation may hand its per-point errors to the selection of the next step: valid when it scores
     # the same rows with the same model at the same precision (docs/method.md, "Cheaper selection").
     reuse_scores = not shard.streamed and not precision.bf16
@@ -257,7 +259,8 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
     stopped_by, status = 0, "complete"
     with contextlib.ExitStack() as stack:
         metrics = stack.enter_context(MetricsLog(run.metrics, comm.is_rank_zero, state.step))
-        scalars = Scalars(run.tensorboard, cfg.train.tensorboard and comm.is_rank_zero)
+        scalars = _everywhere(comm, "open its TensorBoard writer", lambda: Scalars(
+            run.tensorboard, cfg.train.tensorboard, state.step), rank_zero_only=True) or Scalars(None, False)
         stack.callback(scalars.close)
         stop = stack.enter_context(StopFlag(comm))
         stack.callback(shard.close)
@@ -271,11 +274,11 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
             shard.stage(plan, state.step)  # a streamed shard swaps in this batch's chunks (read ahead)
             with selecting:
                 batch = teacher.teaching_set(state.step, shard, score)
-            if cfg.train.snapshot_every and state.step % cfg.train.snapshot_every == 0:
-                meter.pause()  # not training time
-                write_snapshot(run.snapshot(state.step), comm.rank, shard, store, batch.rows,
-                               plan.rows(state.step) if plan.num_batches > 1 else None, batch.count,
-                               cfg.teacher.strategy, cfg.teacher.score_chunk)
+            if snapshots is not None and state.step % cfg.train.snapshot_every == 0:
+                meter.pause()  # not training time; every rank resumes the clock together
+                _everywhere(comm, "write its teaching-set snapshot", functools.partial(
+                    snapshots.write, run.snapshot(state.step), comm.rank, comm.world_size, batch.rows,
+                    batch.count, cfg.teacher.strategy))
                 meter.start()
             train_step(shard.coords(batch.rows), shard.targets(batch.rows), batch.count, batch.max_rows)
             meter.add(batch.count)
@@ -288,8 +291,11 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
             do_ckpt = ckpt.due(step, cfg.train.steps)
             if not (do_log or do_eval or do_ckpt):
                 continue
-            seconds = meter.lap()
-            select_s = selecting.read()
+            # An evaluation that scored for a selection did the selection's work: its time is training
+            # (and selection) time, counted in this interval.
+            reused_s = reusing.read()
+            seconds = meter.lap() + reused_s
+            select_s = selecting.read() + reused_s
             state.train_time_s += seconds
             state.select_time_s += select_s
             if do_log or do_eval:
@@ -312,12 +318,14 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
                                    "lr_scale": schedule.scale, "probe_psnr_db": rounded(probe)})
                     state.step = back_to
                     meter.reset()
-                    log.step = back_to
+                    reusing.read()
+                    log.begin(back_to)
                     meter.start()
                     continue
                 psnr = None
-                if do_eval and reuse_scores and teacher.wants_scores(step):
-                    psnr, scores = evaluator.psnr_and_scores(teacher.error, cfg.teacher.score_chunk)
+                if do_eval and reuse_scores and step < cfg.train.steps and teacher.wants_scores(step):
+                    with reusing:
+                        psnr, scores = evaluator.psnr_and_scores(teacher.error, cfg.teacher.score_chunk)
                     teacher.offer_scores(step, scores)
                 elif do_eval:
                     psnr = evaluator.psnr()

@@ -13,6 +13,7 @@ import json
 import re
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 from ..errors import DistIntError
@@ -51,14 +52,20 @@ class Run:
         self.store = SignalStore(store_path) if store_path.exists() else None
         self.slug = f"run{index}-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", self.label)[:40]
 
-    def snapshots(self) -> list[tuple[int, dict]]:
-        from ..teacher.snapshot import read_snapshot
+    def snapshots(self, most: int) -> tuple[list[tuple[int, dict]], list[int]]:
+        """At most `most` complete snapshots, evenly spaced over those recorded (only those are read), and
+        the steps whose snapshot lacks some rank's file (a run stopped while writing them)."""
+        from ..teacher.snapshot import read_snapshot, snapshot_steps
 
-        out = []
-        for d in sorted(self.snapshots_dir.glob("step-*")) if self.snapshots_dir.is_dir() else []:
-            if d.name[5:].isdigit() and any(d.glob("rank-*.npz")):
-                out.append((int(d.name[5:]), read_snapshot(d)))
-        return out
+        steps = [s for s in snapshot_steps(self.snapshots_dir)
+                 if any((self.snapshots_dir / f"step-{s:08d}").glob("rank-*.npz"))]
+        if len(steps) > most:
+            steps = [steps[i] for i in sorted(set(round(j * (len(steps) - 1) / (most - 1)) for j in range(most)))]
+        out, incomplete = [], []
+        for step in steps:
+            snap = read_snapshot(self.snapshots_dir / f"step-{step:08d}")
+            (out.append((step, snap)) if snap["complete"] else incomplete.append(step))
+        return out, incomplete
 
 
 def _row(run: Run) -> list[str]:
@@ -101,7 +108,10 @@ def write_report(runs: list[Run], out: Path, progress=print) -> Path:
             name = f"{run.slug}-signal.png"
             figures.signal_figure(run, out / name)
             parts.append(f"<img src='{name}' alt='target, reconstruction and error'>")
-        snaps = run.snapshots() if run.store is not None else []
+        snaps, incomplete = run.snapshots(figures.SNAPSHOT_PANELS)
+        if incomplete:
+            parts.append(f"<p class='note'>Snapshots at steps {', '.join(map(str, incomplete))} lack some ranks' "
+                         f"files (the run stopped while writing them); not drawn.</p>")
         if snaps:
             progress(f"drawing {run.label}: {len(snaps)} teaching-set snapshot(s) ...")
             name = f"{run.slug}-teaching.png"
@@ -136,6 +146,10 @@ def report_main(argv: list[str]) -> int:
     except OSError as e:
         print(f"error: {e.strerror or e} ({getattr(e, 'filename', '')}): check the run folders and --out",
               file=sys.stderr)
+        return 2
+    except (ValueError, KeyError, zipfile.BadZipFile) as e:  # a damaged summary, config or snapshot file
+        print(f"error: a file in the run folders is damaged or not dist_int's ({type(e).__name__}: {e}); "
+              f"remove it or leave that run out", file=sys.stderr)
         return 2
     print(f"wrote {page}")
     return 0

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 PREVIEW = 1024        # longest side of an image preview, pixels
-SNAPSHOT_PANELS = 6   # snapshots drawn per run, evenly spaced over those recorded
+SNAPSHOT_PANELS = 6   # snapshots drawn per run, evenly spaced over those recorded (report/__init__.py)
 
 
 def _plt():
@@ -31,7 +31,7 @@ def curves(runs: list, path: Path) -> None:
     plt = _plt()
     fig, axes = plt.subplots(2, 2, figsize=(11, 7))
     for run in runs:
-        m = run.metrics
+        m = [r for r in run.metrics if "event" not in r and "train_time_s" in r]  # rollbacks are events
         evals = [r for r in m if r.get("psnr_db") is not None]
         probes = [r for r in m if r.get("probe_psnr_db") is not None]
         psnr, style = (evals, "psnr_db") if evals else (probes, "probe_psnr_db")
@@ -63,7 +63,10 @@ def _unit(values: np.ndarray, store) -> np.ndarray:
 
 
 def _show(ax, img: np.ndarray, title: str, **kw) -> None:
-    img = img[..., 0] if img.ndim == 3 and img.shape[-1] == 1 else img
+    if img.ndim == 3 and img.shape[-1] not in (3, 4):  # gray, gray + alpha, or many channels: the first
+        img = img[..., 0]
+    elif img.ndim == 3 and img.shape[-1] == 4:
+        img = img[..., :3]
     ax.imshow(np.clip(img, 0, 1) if "cmap" not in kw else img,
               cmap=kw.pop("cmap", "gray" if img.ndim == 2 else None), **kw)
     ax.set_title(title, fontsize=9)
@@ -177,7 +180,7 @@ def _shape(plt, run):
     fig, axes = plt.subplots(3, 3, figsize=(11, 11))
     for axis, row in enumerate(axes):  # the middle slice across z, y and x
         a, b = np.meshgrid(g, g, indexing="ij")
-        mid = np.zeros_like(a)
+        mid = np.full_like(a, g[grid // 2])  # where the fitted field's middle slice lies
         xyz = {0: (b, a, mid), 1: (b, mid, a), 2: (mid, b, a)}[axis]  # the field is stored [z, y, x]
         pts = np.stack([c.ravel() for c in xyz], 1)
         truth = signed_distance(vertices, faces, pts, bool(store.meta["watertight"])).reshape(grid, grid)
@@ -188,7 +191,7 @@ def _shape(plt, run):
         for ax, img, title in ((row[0], truth, "target signed distance"), (row[1], pred, "fitted field")):
             ax.imshow(img, cmap="RdBu", vmin=-lim, vmax=lim, origin="lower")
             ax.contour(img, levels=[0], colors="k", linewidths=1)
-            ax.set_title(f"{title}, {'zyx'[axis]} = 0", fontsize=9)
+            ax.set_title(f"{title}, {'zyx'[axis]} = {g[grid // 2]:.3f}", fontsize=9)
             ax.axis("off")
         err = np.abs(pred - truth)
         row[2].imshow(err, cmap="inferno", origin="lower")
@@ -199,25 +202,22 @@ def _shape(plt, run):
 
 # ---- teaching-set snapshots ---------------------------------------------------------------------------
 def snapshots_figure(run, snaps: list[tuple[int, dict]], path: Path) -> None:
-    """Per snapshot, the fraction of the candidates the teacher picked in each grid cell (white: none,
-    black: all), as the INT paper draws its selected pixels. 1-D signals: a line over time; 3-D: four
-    slabs along the first axis (frames, z slices, or a shape's z), summed."""
+    """Per snapshot, the fraction of the points the teacher picked in each grid cell (white: none, black:
+    the most picked in that snapshot), as the INT paper draws its selected pixels. 1-D signals: a line
+    over time; 3-D: up to four slabs along the first axis (frames, z slices, a shape's x), summed."""
     plt = _plt()
-    if len(snaps) > SNAPSHOT_PANELS:
-        pick = np.unique(np.linspace(0, len(snaps) - 1, SNAPSHOT_PANELS).round().astype(int))
-        snaps = [snaps[i] for i in pick]
     dims = snaps[0][1]["selected"].ndim
-    slabs = 4 if dims == 3 else 1
+    slabs = min(4, snaps[0][1]["selected"].shape[0]) if dims == 3 else 1
     fig, axes = plt.subplots(slabs, len(snaps), figsize=(3.2 * len(snaps), 3.0 * slabs + (0.6 if dims == 1 else 0)),
                              squeeze=False)
     for col, (step, snap) in enumerate(snaps):
-        sel, cand = snap["selected"].astype(np.float64), snap["candidates"].astype(np.float64)
+        sel, cand = snap["selected"].astype(np.float64), snap["points"].astype(np.float64)
         title = f"step {step}: {int(snap['count']):,} of {int(cand.sum()):,}"
         if dims == 1:
             ax = axes[0][col]
             frac = np.divide(sel, cand, out=np.full_like(sel, np.nan), where=cand > 0)
             ax.plot(np.arange(len(frac)) * max(int(snap["factors"][0]), 1), frac, lw=0.8)
-            ax.set_ylim(-0.02, 1.02)
+            ax.set_ylim(-0.02, 1.02 * max(np.nanmax(frac) if np.isfinite(frac).any() else 1.0, 1e-9))
             ax.set_xlabel("sample")
             ax.set_title(title, fontsize=8)
             continue
@@ -229,7 +229,8 @@ def snapshots_figure(run, snaps: list[tuple[int, dict]], path: Path) -> None:
         for row, (s, c, where) in enumerate(parts):
             ax = axes[row][col]
             frac = np.divide(s, c, out=np.full_like(s, np.nan), where=c > 0)
-            ax.imshow(frac, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+            top = np.nanmax(frac) if np.isfinite(frac).any() else 1.0
+            ax.imshow(frac, cmap="gray_r", vmin=0, vmax=top if top > 0 else 1.0, interpolation="nearest")
             ax.set_title(title if not where else f"{title}\ncells {where} of axis 0", fontsize=8)
             ax.axis("off")
     fig.suptitle(f"{run.label}: teaching set ({run.strategy}); dark = picked", fontsize=9)

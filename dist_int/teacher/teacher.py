@@ -220,3 +220,4 @@ class Teacher:
         self.cache = {b: (torch.from_numpy(np.concatenate(p) if p else np.zeros(0, np.int64)).to(device, dtype),
                           budgets[b], epochs.get(b, 0)) for b, p in zip(batches, parts)}
         self._max_rows.clear()
+        self._offered = None
