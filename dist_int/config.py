@@ -84,9 +84,10 @@ class ModelConfig:
 
 @dataclass
 class TeacherConfig:
-    strategy: str = "int"
-    """full (every candidate), uniform (random subset, same schedules), int (top-k error), mix (mix_topk of
-    the budget by top-k error, the rest uniform) or soft (sampling in proportion to error^(1/temperature))."""
+    strategy: str = "soft"
+    """full (every candidate), uniform (random subset, same schedules), int (top-k error, the paper's), mix
+    (mix_topk of the budget by top-k error, the rest uniform) or soft (sampling in proportion to
+    error^(1/temperature)). soft is the default by measurement (bench/results/teachers.md, docs/method.md)."""
     mix_topk: float = 0.3
     """mix: the fraction of the budget taken by the top-k error; the rest is drawn uniformly."""
     temperature: float = 1.0
