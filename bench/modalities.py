@@ -15,6 +15,7 @@ from pathlib import Path
 
 from common import ROOT, machine, markdown_table, train
 from plain_loop import fit
+from teachers import parse_strategy
 
 sys.path.insert(0, str(ROOT))
 
@@ -37,7 +38,8 @@ SETTINGS = {
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--kinds", default="image,audio,volume,video,shape")
-    p.add_argument("--strategies", default="full,int,uniform,soft", help="dist_int teachers (full first)")
+    p.add_argument("--strategies", default="full,int:interval_schedule=incremental,uniform,soft",
+                   help="dist_int teachers, full first; NAME or NAME:key=value,... (teacher.* settings)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "modalities.md"))
     args = p.parse_args()
     strategies = args.strategies.split(",")
@@ -51,10 +53,11 @@ def main() -> None:
                         points=s.get("points", 100000))
             runs = {}
             for strategy in strategies:
-                runs[strategy] = train([f"signal.path={signal}", f"run.dir={work / (kind + strategy)}", *extra,
+                label, overrides = parse_strategy(strategy)
+                runs[label] = train([f"signal.path={signal}", f"run.dir={work / (kind + str(len(runs)))}", *extra,
                                         f"model.hidden={s['hidden']}", f"model.layers={s['layers']}",
                                         f"model.w0_first={s['w0_first']}", f"optim.lr={s['lr']}",
-                                        f"train.steps={s['steps']}", f"teacher.strategy={strategy}",
+                                        f"train.steps={s['steps']}", *overrides,
                                         "train.eval_every=0", "checkpoint.every=0", f"train.log_every={s['steps']}"])
             full = runs[strategies[0]]
             metric = next((k for k in ("iou", "snr_db", "ssim") if k in full), None)
