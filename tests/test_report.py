@@ -38,8 +38,8 @@ def test_evaluations_hand_their_scores_to_the_next_selection_without_changing_th
     evaluates every step (and so reuses at every selection after one) trains exactly like one that never
     evaluates."""
     args = [f"signal.path={png_image}", *SMALL, "train.steps=40", "teacher.interval_schedule=dense"]
-    plain = run_train([f"run.dir={tmp_path / 'plain'}", *args], nproc=2)
-    reused = run_train([f"run.dir={tmp_path / 'reused'}", *args, "train.eval_every=1"], nproc=2)
+    plain = run_train([f"run.dir={tmp_path / 'plain'}", *args])
+    reused = run_train([f"run.dir={tmp_path / 'reused'}", *args, "train.eval_every=1"])
     assert plain.returncode == 0 and reused.returncode == 0, plain.stderr + reused.stderr
     a, b = read_summary(tmp_path / "plain"), read_summary(tmp_path / "reused")
     assert a["psnr_db"] == b["psnr_db"]
@@ -66,7 +66,7 @@ def test_report_draws_every_kind_with_its_snapshots(png_image, tmp_path):
     for kind, (path, extra) in {"image": (png_image, []), **_media(tmp_path)}.items():
         run = tmp_path / f"run-{kind}"
         proc = run_train([f"run.dir={run}", f"signal.path={path}", *SMALL, *extra, "train.steps=20",
-                          "train.snapshot_every=10", "train.eval_every=10"], nproc=2 if kind == "video" else 0)
+                          "train.snapshot_every=10", "train.eval_every=10"])
         assert proc.returncode == 0, (kind, proc.stderr)
         runs.append(run)
     out = tmp_path / "report"
