@@ -25,7 +25,6 @@ class Progress:
         self.loss: float | None = None
         self.psnr: float | None = None
         self.points_per_s = 0.0
-        self.step = start
         self._session = (start, time.monotonic())  # ETA from this session's own pace
         self._next_line = time.monotonic() + every_s
         tty = sys.stderr.isatty() if tty is None else tty
@@ -36,7 +35,6 @@ class Progress:
 
     def begin(self, step: int) -> None:
         """Training starts (or resumes) at `step`: the ETA counts from here."""
-        self.step = step
         self._session = (step, time.monotonic())
         self._next_line = time.monotonic() + self.every_s
         if self.bar is not None:
@@ -55,7 +53,6 @@ class Progress:
 
     def tick(self, step: int) -> None:
         """Every step (cheap: no device read). Moves the bar, or prints a plain line when one is due."""
-        self.step = step
         if not self.enabled:
             return
         if self.bar is not None:

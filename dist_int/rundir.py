@@ -113,12 +113,17 @@ class RunDir:
         """The teaching set used for the update after `step` steps, one file per rank (teacher/snapshot.py)."""
         return self.snapshots / f"step-{step:08d}"
 
+    def snapshot_steps(self) -> list[int]:
+        """Steps that have a snapshot folder, in order."""
+        if not self.snapshots.is_dir():
+            return []
+        return sorted(int(d.name[5:]) for d in self.snapshots.glob("step-*") if d.name[5:].isdigit())
+
     def drop_snapshots(self, from_step: int) -> None:
         """Remove snapshots of steps >= from_step: a resumed run (on any number of ranks) writes them anew."""
-        if self.snapshots.is_dir():
-            for d in self.snapshots.glob("step-*"):
-                if d.name[5:].isdigit() and int(d.name[5:]) >= from_step:
-                    shutil.rmtree(d, ignore_errors=True)
+        for step in self.snapshot_steps():
+            if step >= from_step:
+                shutil.rmtree(self.snapshot(step), ignore_errors=True)
 
     @property
     def tensorboard(self) -> Path:

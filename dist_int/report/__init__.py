@@ -45,7 +45,7 @@ class Run:
                     continue
         self.summary = json.loads(run.summary.read_text()) if run.summary.is_file() else None
         self.reconstruction = run.reconstruction_zarr if run.reconstruction_zarr.exists() else None
-        self.snapshots_dir = run.snapshots
+        self.run = run
         from ..signal import SignalStore, signal_store_path
 
         store_path = signal_store_path(self.config["signal"]["path"], run.signal_store)
@@ -55,15 +55,14 @@ class Run:
     def snapshots(self, most: int) -> tuple[list[tuple[int, dict]], list[int]]:
         """At most `most` complete snapshots, evenly spaced over those recorded (only those are read), and
         the steps whose snapshot lacks some rank's file (a run stopped while writing them)."""
-        from ..teacher.snapshot import read_snapshot, snapshot_steps
+        from ..teacher.snapshot import read_snapshot
 
-        steps = [s for s in snapshot_steps(self.snapshots_dir)
-                 if any((self.snapshots_dir / f"step-{s:08d}").glob("rank-*.npz"))]
+        steps = [s for s in self.run.snapshot_steps() if any(self.run.snapshot(s).glob("rank-*.npz"))]
         if len(steps) > most:
             steps = [steps[i] for i in sorted(set(round(j * (len(steps) - 1) / (most - 1)) for j in range(most)))]
         out, incomplete = [], []
         for step in steps:
-            snap = read_snapshot(self.snapshots_dir / f"step-{step:08d}")
+            snap = read_snapshot(self.run.snapshot(step))
             (out.append((step, snap)) if snap["complete"] else incomplete.append(step))
         return out, incomplete
 

@@ -80,13 +80,6 @@ class Snapshots:
         os.replace(tmp, folder / f"rank-{rank:05d}.npz")
 
 
-def snapshot_steps(folder: Path) -> list[int]:
-    """Steps with a snapshot folder under `folder` (the run's snapshots/), in order."""
-    if not folder.is_dir():
-        return []
-    return sorted(int(d.name[5:]) for d in folder.glob("step-*") if d.name[5:].isdigit())
-
-
 def read_snapshot(folder: Path) -> dict:
     """The ranks' files summed: selected and all points per cell, and what they describe. `complete` is
     False when fewer files than the run's ranks are there (a run stopped while writing them)."""
