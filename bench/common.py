@@ -63,3 +63,32 @@ def resized(source: str, size: int, folder: Path) -> str:
     path = folder / f"signal-{size}.png"
     img.resize((size, size), Image.Resampling.LANCZOS).save(path)
     return str(path)
+
+
+# Photographs that ship with scikit-image, tiled into mosaics: a "photo mosaic" benchmark signal made on the
+# machine (nothing downloaded).
+MOSAIC_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "immunohistochemistry", "hubble_deep_field",
+                 "retina", "brick", "grass", "gravel", "moon", "coins", "page", "text")
+
+
+def mosaic(size: int, folder: Path, tile: int = 512, name: str = "mosaic") -> str:
+    """A size x size RGB PNG of scikit-image's photographs, each resized to tile x tile (grayscale ones as
+    RGB), row by row, cycling through MOSAIC_PHOTOS (every other cycle mirrored, so no two tiles repeat)."""
+    import numpy as np
+    import skimage.data
+    from PIL import Image
+
+    out = np.zeros((size, size, 3), np.uint8)
+    cols = -(-size // tile)
+    for i in range(cols * cols):
+        photo = np.asarray(getattr(skimage.data, MOSAIC_PHOTOS[i % len(MOSAIC_PHOTOS)])())
+        if photo.ndim == 2:
+            photo = np.repeat(photo[..., None], 3, -1)
+        img = np.asarray(Image.fromarray(photo[..., :3]).resize((tile, tile), Image.Resampling.LANCZOS))
+        if (i // len(MOSAIC_PHOTOS)) % 2:
+            img = img[:, ::-1]
+        y, x = (i // cols) * tile, (i % cols) * tile
+        out[y:y + tile, x:x + tile] = img[:size - y, :size - x]
+    path = folder / f"{name}-{size}.png"
+    Image.fromarray(out).save(path)
+    return str(path)

@@ -23,6 +23,8 @@ from .errors import ConfigError
 RATIO_SCHEDULES = ("constant", "step", "linear", "cosine", "reverse-cosine")
 INTERVAL_SCHEDULES = ("dense", "incremental", "step-incremental", "decremental")
 STRATEGIES = ("full", "uniform", "int", "mix", "soft")
+FIELD_KINDS = ("siren", "hash")
+ACTIVATIONS = ("relu", "sine")
 BATCH_LAYOUTS = ("stratified", "chunks")
 SIGNAL_KINDS = ("image", "audio", "volume", "video", "shape")
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -72,14 +74,35 @@ class SignalConfig:
 
 @dataclass
 class ModelConfig:
-    hidden: int = 256
-    """Width of every hidden layer."""
-    layers: int = 6
-    """Linear layers in all, as the paper counts them: 6 = 5 sine layers + 1 linear output."""
+    kind: str = "siren"
+    """The field: siren (the INT paper's SIREN) or hash (a multiresolution hash grid and a small MLP,
+    instant-ngp; the capacity a gigapixel signal needs, docs/fields.md)."""
+    hidden: int = 0
+    """Width of every hidden layer (SIREN, or the hash field's MLP); 0 = the field's default (siren 256,
+    hash 64)."""
+    layers: int = 0
+    """Linear layers in all, as the paper counts them (6 = 5 sine layers + 1 linear output; the hash MLP:
+    3 = 2 hidden + output); 0 = the field's default (siren 6, hash 3)."""
     w0: float = 30.0
-    """Frequency of the hidden sine layers (SIREN sec. 3.2)."""
+    """Frequency of the hidden sine layers (SIREN sec. 3.2; the hash MLP's with activation = "sine")."""
     w0_first: float = 30.0
-    """Frequency of the first sine layer."""
+    """Frequency of the SIREN's first sine layer."""
+    activation: str = "relu"
+    """hash: the MLP's activation, relu (instant-ngp's) or sine (with model.w0)."""
+    levels: int = 16
+    """hash: resolution levels (the paper's L)."""
+    features: int = 2
+    """hash: features per level and vertex (the paper's F)."""
+    log2_table: int = 18
+    """hash: log2 of the rows per level's table (the paper's T = 2^14..2^24); coarse levels with fewer
+    vertices are stored densely, finer ones hashed into the table."""
+    base_resolution: int = 16
+    """hash: cells per axis on the coarsest level (the paper's N_min)."""
+    finest_resolution: int = 0
+    """hash: cells per axis on the finest level (N_max); 0 = the signal's sample count along its longest
+    axis (point tables: 1024). Every level is capped per axis at the signal's sample spacing."""
+    growth: float = 0.0
+    """hash: resolution factor between levels; 0 = from base and finest (the paper's b)."""
 
 
 @dataclass
@@ -211,9 +234,23 @@ class Config:
             *[(math.isfinite(v), f"{k} must be a finite number (got {v})") for k, v in floats],
             (self.seed >= 0, "seed must be >= 0"),
             (self.train.timeout_s <= 7 * 24 * 3600, "train.timeout_s must be at most a week (604800 s)"),
-            (self.model.hidden >= 1, "model.hidden must be >= 1"),
-            (self.model.layers >= 2, "model.layers must be >= 2 (at least one sine layer and the output)"),
+            (self.model.kind in FIELD_KINDS, f"model.kind must be one of {FIELD_KINDS}"),
+            (self.model.hidden >= 0, "model.hidden must be >= 1 (or 0: the field's default)"),
+            (self.model.layers == 0 or self.model.layers >= 2,
+             "model.layers must be >= 2 (a hidden layer and the output; or 0: the field's default)"),
             (self.model.w0 > 0 and self.model.w0_first > 0, "model.w0 and model.w0_first must be > 0"),
+            (self.model.activation in ACTIVATIONS, f"model.activation must be one of {ACTIVATIONS}"),
+            (self.model.levels >= 1, "model.levels must be >= 1"),
+            (self.model.features >= 1, "model.features must be >= 1"),
+            (1 <= self.model.log2_table <= 30, "model.log2_table must be in 1..30"),
+            (self.model.base_resolution >= 1, "model.base_resolution must be >= 1"),
+            (self.model.finest_resolution == 0 or self.model.finest_resolution >= self.model.base_resolution,
+             f"model.finest_resolution ({self.model.finest_resolution}) must not be below "
+             f"model.base_resolution ({self.model.base_resolution}) (or 0: the signal's longest axis)"),
+            (self.model.growth == 0 or self.model.growth >= 1,
+             "model.growth must be >= 1 (or 0: from base_resolution and finest_resolution)"),
+            (self.model.growth == 0 or self.model.finest_resolution == 0,
+             "set model.growth or model.finest_resolution, not both (one follows from the other)"),
             (self.teacher.strategy in STRATEGIES, f"teacher.strategy must be one of {STRATEGIES}"),
             (0.0 < self.teacher.ratio <= 1.0, "teacher.ratio must be in (0, 1]"),
             (0.0 <= self.teacher.mix_topk <= 1.0, "teacher.mix_topk must be in [0, 1]"),

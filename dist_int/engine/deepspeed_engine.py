@@ -70,7 +70,9 @@ def build_engine(model: torch.nn.Module, cfg: Config, precision: Precision | Non
     schedule = CosineLR(cfg.train.steps, cfg.optim.lr, cfg.optim.lr_min)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
-        model_parameters=[p for p in model.parameters() if p.requires_grad],
+        # Parameter groups of the field: a hash field's tables carry the paper's own Adam settings
+        # (model/hash.py, TABLE_ADAM); the rest takes the config's. A plain module is one group.
+        model_parameters=getattr(model, "optimizer_groups", lambda: [{"params": list(model.parameters())}])(),
         config=deepspeed_config(cfg, precision),
         # A plain lambda, so LambdaLR's state_dict does not save (and a load does not overwrite) the
         # schedule's own fields: scale and length come from our config and run state.

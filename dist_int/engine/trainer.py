@@ -20,13 +20,13 @@ import torch
 from ..comm import Comm
 from ..config import Config
 from ..errors import ConfigError, PeerFailed
-from ..model import Siren
+from ..model import FieldSpec, bits_per_sample, build_field, field_spec
 from ..progress import Progress, Scalars
 from ..modality import modality_for
 from ..render import psnr_db, render_shard
 from ..rundir import RunDir, atomic_write
 from ..signal import (Shard, SignalStore, TargetRange, assign_chunks, finish_ingest, ingest_part, open_shard,
-                      plan_signal, signal_store_path)
+                      plan_signal, signal_geometry, signal_store_path)
 from ..teacher import Teacher, make_plan
 from ..teacher.snapshot import Snapshots
 from .budget import check_memory
@@ -130,6 +130,11 @@ def _prepare_run(cfg: Config, comm: Comm, run: RunDir, device: torch.device) -> 
     try:
         plan = everywhere("prepare the run folder and signal", begin, rank_zero_only=True)
         plan = json.loads(comm.gather_strings(json.dumps(plan), long=True)[0])  # rank 0's plan, everywhere
+        # The field's size follows the signal's geometry, known now: a hash table that cannot fit is refused
+        # before the signal is copied (docs/fields.md). Every rank decides alike.
+        geometry = signal_geometry(plan["shape"], plan["kind"]) if plan is not None else SignalStore(
+            signal_store_path(cfg.signal.path, run.signal_store)).geometry
+        check_memory(cfg, device, field_spec(cfg.model, *geometry), 0, 0)
         if plan is not None:
             lo, hi = plan.get("range") or everywhere(
                 "copy its share of the signal", lambda: ingest_part(plan, comm.rank, comm.world_size))
@@ -155,7 +160,8 @@ def train(cfg: Config) -> int:
     device = pick_device(launch)
     run = RunDir(cfg.run.dir)
     resuming = run.check(cfg)  # read-only, on every rank, before anything is written
-    check_memory(cfg, device, 3, 4, 0, 0)  # the model alone: before anything is written
+    if cfg.model.kind == "siren":  # the model alone, before anything is written (a hash table's size
+        check_memory(cfg, device, field_spec(cfg.model, 3, 4, None), 0, 0)  # needs the signal: below)
     comm = init_distributed(launch, device, cfg.train.timeout_s)
     try:
         return _train(cfg, comm, device, run, resuming)
@@ -181,16 +187,15 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
 
     # Refused here when the largest pass cannot fit (the folder made for it is removed again).
     batch_points = max(shard.num_points // cfg.teacher.num_batches, 1) + shard.num_points % cfg.teacher.num_batches
+    spec = field_spec(cfg.model, *store.geometry)
     _everywhere(comm, "check its memory", lambda: check_memory(
-        cfg, device, store.in_dims, store.out_channels,
-        min(cfg.train.max_points_per_pass or batch_points, batch_points),
+        cfg, device, spec, min(cfg.train.max_points_per_pass or batch_points, batch_points),
         min(max(cfg.teacher.score_chunk, cfg.train.eval_chunk), shard.num_points),
         0 if shard.streamed else shard.raw.numel() * shard.raw.element_size()))
 
     # Model and engine.
     torch.manual_seed(cfg.seed)
-    model = Siren(store.in_dims, store.out_channels, cfg.model.hidden, cfg.model.layers,
-                  cfg.model.w0, cfg.model.w0_first)
+    model = build_field(cfg.model, *store.geometry)
     engine, schedule = build_engine(model.to(device), cfg, precision)
 
     def score(x: torch.Tensor) -> torch.Tensor:  # the teacher's forward: the training precision
@@ -244,7 +249,7 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
     run.training = True
     log.message(f"{store.shape} signal, {store.num_chunks} chunks over {comm.world_size} rank(s)"
                 f"{' (streamed from disk)' if shard.streamed else ''}; "
-                f"SIREN {cfg.model.layers}x{cfg.model.hidden} ({model.num_params:,} params); teacher "
+                f"{spec.describe()} ({model.num_params:,} params, {spec.num_bytes / 2**20:.1f} MiB); teacher "
                 f"{cfg.teacher.strategy}; {cfg.train.precision}{' compiled' if cfg.train.compile else ''}; "
                 f"{cfg.train.steps} steps on {device}")
 
@@ -364,7 +369,7 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
         if status == "complete" and not ckpt.exists(state.step):
             ckpt.save(state.step, "complete")
         summary = _finish(cfg, comm, store, shard, render_predict, run, state, guard.rollbacks, status,
-                          model.num_params)
+                          spec)
     if comm.is_rank_zero:
         more = "".join(f"  {label} {summary[key]}" for key, label in (("ssim", "SSIM"), ("snr_db", "SNR (dB)"))
                        if key in summary)
@@ -376,7 +381,7 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
 
 
 def _finish(cfg: Config, comm: Comm, store: SignalStore, shard: Shard, predict, run: RunDir, state: RunState,
-            rollbacks: int, status: str, num_params: int) -> dict:
+            rollbacks: int, status: str, spec: FieldSpec) -> dict:
     """Every rank renders its chunks into one Zarr store; rank 0 exports it and writes summary.json."""
     tmp = run.reconstruction_tmp
 
@@ -421,7 +426,11 @@ def _finish(cfg: Config, comm: Comm, store: SignalStore, shard: Shard, predict, 
             "select_fraction": round(state.select_time_s / max(state.train_time_s, 1e-9), 4),
             "steps": state.step,
             "world_size": comm.world_size,
-            "num_params": num_params,
+            # What the fidelity costs: the field's size (fp32 parameters) and its bits per signal point.
+            "field": spec.kind,
+            "num_params": spec.num_params,
+            "field_bytes": spec.num_bytes,
+            "bits_per_sample": round(bits_per_sample(spec.num_bytes, store.num_points), 4),
             "strategy": cfg.teacher.strategy,
             "precision": cfg.train.precision,
             "compile": cfg.train.compile,

@@ -62,3 +62,7 @@ class Siren(nn.Module):
     @property
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def optimizer_groups(self) -> list[dict]:
+        """One group: every weight takes the run's Adam settings."""
+        return [{"params": list(self.parameters())}]

@@ -6,7 +6,7 @@ from pathlib import Path
 from .errors import SignalError
 from .ingest import (ATTR, BUILTINS, TIFF_SUFFIXES, begin_ingest, file_sha256, finish_ingest, ingest, ingest_part,
                      load_source, open_source, source_fingerprint)
-from .store import Shard, SignalStore, assign_chunks
+from .store import Shard, SignalStore, assign_chunks, signal_geometry
 from .stream import StreamedShard, open_shard
 from .targets import TargetRange
 
@@ -50,4 +50,4 @@ def plan_signal(path: str, ingested: Path, chunk, allow_large: bool = False, kin
 
 __all__ = ["BUILTINS", "TIFF_SUFFIXES", "Shard", "SignalError", "SignalStore", "StreamedShard", "TargetRange",
            "assign_chunks", "begin_ingest", "file_sha256", "finish_ingest", "ingest", "ingest_part",
-           "is_zarr_store", "load_source", "open_shard", "open_source", "plan_signal", "signal_store_path"]
+           "is_zarr_store", "load_source", "open_shard", "open_source", "plan_signal", "signal_geometry", "signal_store_path"]

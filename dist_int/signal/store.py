@@ -20,6 +20,15 @@ from .ingest import ATTR
 from .targets import TargetRange
 
 
+def signal_geometry(shape, kind: str) -> tuple[int, int, tuple[int, ...] | None]:
+    """(coordinate axes, output channels, samples per axis) of a signal of `shape` (*spatial, C): what a
+    field maps. A grid maps its positions to every channel; a shape's point table maps its stored x, y, z
+    columns to the last column (the signed distance) and has no axes of samples (None)."""
+    if kind == "shape":
+        return int(shape[-1]) - 1, 1, None
+    return len(shape) - 1, int(shape[-1]), tuple(int(n) for n in shape[:-1])
+
+
 class SignalStore:
     """Read access to an ingested signal: its chunk grid, and chunks as normalized float32 points."""
 
@@ -48,11 +57,9 @@ class SignalStore:
         self.spatial = self.shape[:-1]
         self.channels = self.shape[-1]
         self.kind = meta.get("kind", "image")
-        # What the SIREN maps: grid coordinates to every channel, or (a shape's point table) the stored
-        # x, y, z columns to the last column (the signed distance).
         self.table = self.kind == "shape"
-        self.in_dims = self.channels - 1 if self.table else len(self.spatial)
-        self.out_channels = 1 if self.table else self.channels
+        self.geometry = signal_geometry(self.shape, self.kind)  # what the field maps (model/field.py)
+        self.in_dims, self.out_channels, _ = self.geometry
         self.chunk_shape = tuple(self.array.chunks[:-1])  # spatial chunk edges
         self.grid = tuple(math.ceil(n / c) for n, c in zip(self.spatial, self.chunk_shape))
         self.num_chunks = math.prod(self.grid)

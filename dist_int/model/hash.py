@@ -1,0 +1,211 @@
+"""A multiresolution hash-grid field (instant-ngp: Mueller et al., SIGGRAPH 2022) for 1-D to 4-D signals.
+
+L levels of grids, from `base_resolution` cells per axis to `finest_resolution`, the resolution growing by
+a constant factor per level (eq. 2 and 3 of the paper). Each grid vertex holds F trainable features; a
+point takes the linear (bi-, tri-linear) interpolation of the features at the 2^D corners of its cell on
+every level, and a small MLP maps the L*F concatenated features to the signal's channels. A coarse level
+whose vertices fit in the table (T = 2^log2_table entries) is stored densely, one row per vertex; finer
+levels share a table of T rows through the spatial hash xor_d(v_d * pi_d) mod T (sec. 3 of the paper), so
+collisions are resolved by the gradient: the points with the most error win the entry.
+
+Why it is written this way (docs/fields.md):
+- Every level's rows live in one flat fp32 parameter (sum of the level sizes, F), so DeepSpeed sees one
+  tensor to keep in sync and checkpoint, and one gather serves all levels.
+- The index computation is one set of tensor ops for all levels and corners at once (no Python loop over
+  corners or levels on the hot path; the small loop over the D axes combines per-axis terms). The forward
+  interpolation is one `embedding_bag` (a weighted sum of C = 2^D rows per point and level); the backward
+  is one `index_add_` of the weighted output gradient into the rows. Coordinates never need a gradient, so
+  neither do the weights.
+- Resolutions are capped per axis at the signal's own sample spacing: a level finer than the samples adds
+  parameters that no sample can tell apart.
+The model knows nothing of distribution (docs/design.md).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# The paper's hashing primes (pi_1 = 1 keeps the first axis coherent in memory), one per axis.
+PRIMES = (1, 2654435761, 805459861, 3674653429)
+MAX_DIMS = len(PRIMES)
+INIT_SCALE = 1e-4  # table entries start at U(-1e-4, 1e-4) (the paper, sec. 4)
+# The paper's Adam for the tables: beta2 = 0.99 and eps = 1e-15, since a table row sees a gradient only
+# in the steps that touch it, and most of its gradients are tiny (sec. 4).
+TABLE_ADAM = {"betas": (0.9, 0.99), "eps": 1e-15, "weight_decay": 0.0}
+
+
+def level_resolutions(levels: int, base: int, finest: float, growth: float = 0.0) -> list[int]:
+    """Cells per axis on each level: floor(base * b^l) with b = (finest / base)^(1 / (levels - 1)) (the
+    paper's eq. 2-3), or b = `growth` when it is given."""
+    if growth <= 0:
+        growth = math.exp((math.log(finest) - math.log(base)) / (levels - 1)) if levels > 1 else 1.0
+    return [max(1, int(math.floor(base * growth ** level + 1e-9))) for level in range(levels)]
+
+
+def level_grid(resolution: int, axis_lengths: tuple[int, ...] | None, dims: int) -> tuple[int, ...]:
+    """Cells along each axis on a level: the level's resolution, capped at the signal's sample spacing
+    (n samples on an axis are n - 1 cells apart; a point table has no spacing and is not capped)."""
+    if axis_lengths is None:
+        return (resolution,) * dims
+    return tuple(max(1, min(resolution, n - 1)) for n in axis_lengths)
+
+
+def table_rows(grid: tuple[int, ...], log2_table: int) -> tuple[int, bool]:
+    """(rows, dense) of a level: one row per vertex when they fit in 2^log2_table, else the hashed table."""
+    vertices = math.prod(c + 1 for c in grid)
+    return (vertices, True) if vertices <= (1 << log2_table) else (1 << log2_table, False)
+
+
+class _Interpolate(torch.autograd.Function):
+    """Weighted table rows: out[f, p] = sum_c w[c, p] * table[f, idx[c, p]] for every point-and-level p.
+
+    The table is held feature-major, (F, rows), so the gather, the weighting and the gradient's scatter are
+    ops over long contiguous rows whose only broadcast is over leading dimensions; on CPUs broadcasting
+    over a trailing dimension of 2 features costs several times more. Backward: one index_add_ of the
+    weighted gradient (with int64 rows: CPU's index_add_ is many times slower with int32 ones)."""
+
+    @staticmethod
+    def forward(ctx, table: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(idx, w)
+        ctx.rows = table.shape[1]
+        rows = table.index_select(1, idx.view(-1)).view(table.shape[0], *idx.shape)      # (F, C, P)
+        return (rows * w).sum(1)                                                          # (F, P)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        idx, w = ctx.saved_tensors
+        contrib = (w * grad.unsqueeze(1)).view(grad.shape[0], -1)                          # (F, C * P)
+        out = torch.zeros(grad.shape[0], ctx.rows, dtype=grad.dtype, device=grad.device)
+        out.index_add_(1, idx.view(-1).long(), contrib)
+        return out, None, None
+
+
+class HashEncoding(nn.Module):
+    """(N, D) coordinates in [-1, 1] -> (N, levels * features) interpolated features, fp32."""
+
+    def __init__(self, in_dims: int, levels: int = 16, features: int = 2, log2_table: int = 18,
+                 base_resolution: int = 16, finest_resolution: float = 2048, growth: float = 0.0,
+                 axis_lengths: tuple[int, ...] | None = None):
+        super().__init__()
+        if not 1 <= in_dims <= MAX_DIMS:
+            raise ValueError(f"a hash grid takes 1 to {MAX_DIMS} coordinate axes, not {in_dims}")
+        self.in_dims, self.levels, self.features = in_dims, levels, features
+        grids = [level_grid(r, axis_lengths, in_dims)
+                 for r in level_resolutions(levels, base_resolution, finest_resolution, growth)]
+        rows, dense = zip(*(table_rows(g, log2_table) for g in grids))
+        self.grids, self.dense = grids, list(dense)
+        # Resolutions grow level by level, so the dense levels come first. In the flat table the hashed
+        # levels come first instead: hashed level j starts at row j * T, a multiple of T, so its offset can
+        # be added to the first axis' term before the xor with the others (offset + (a ^ b) = (offset + a)
+        # ^ b when a, b < T), and no pass over the corner tensor is spent on offsets.
+        self.num_dense = nd = sum(dense)
+        hashed_rows = (levels - nd) << log2_table
+        offsets = list(itertools.accumulate(rows[:nd], initial=hashed_rows))[:nd] + \
+            [j << log2_table for j in range(levels - nd)]
+        num_rows = hashed_rows + sum(rows[:nd])
+        # Feature-major, (F, rows): see _Interpolate.
+        self.table = nn.Parameter(torch.empty(features, num_rows).uniform_(-INIT_SCALE, INIT_SCALE))
+        # Per axis and level: cells, and the multiplier of a vertex coordinate (dense: the row-major stride
+        # of the vertex grid; hashed: the axis' prime).
+        mult = [[math.prod(c + 1 for c in g[:d]) if is_dense else PRIMES[d] for d in range(in_dims)]
+                for g, is_dense in zip(grids, dense)]
+        # Hashed levels keep the low log2_table bits of each axis' term (the xor of masked terms is the
+        # masked xor); a dense level's terms are below its row count already.
+        mask = [(1 << 62) - 1 if is_dense else (1 << log2_table) - 1 for is_dense in dense]
+        self.register_buffer("cells", torch.tensor(grids, dtype=torch.float64).t().unsqueeze(-1),
+                             persistent=False)                                                # (D, L, 1)
+        self.register_buffer("mult", torch.tensor(mult, dtype=torch.int64).t().unsqueeze(-1),
+                             persistent=False)                                                # (D, L, 1)
+        self.register_buffer("mask", torch.tensor(mask, dtype=torch.int64).view(levels, 1), persistent=False)
+        self.register_buffer("offset", torch.tensor(offsets, dtype=torch.int64).view(levels, 1), persistent=False)
+
+    @property
+    def out_features(self) -> int:
+        return self.levels * self.features
+
+    def corners(self, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Table rows and interpolation weights of every point's cell corners on every level: (2^D, L * N)
+        int64 and fp32, corner-major then level-major. No gradient flows through either.
+
+        Every op runs over long contiguous rows of (L, N) values, broadcasting only over leading
+        dimensions (on CPUs, broadcasting over a short trailing dimension is several times slower)."""
+        n, levels, dims, nd = coords.shape[0], self.levels, self.in_dims, self.num_dense
+        # Positions in cells: float64 when the coordinates are (an axis longer than float32 resolves;
+        # signal/store.py, LONG_AXIS), else fp32.
+        dtype = torch.float64 if coords.dtype == torch.float64 else torch.float32
+        cells = self.cells.to(dtype)
+        pos = ((coords.to(dtype).t() + 1) * 0.5).unsqueeze(1) * cells                 # (D, L, N)
+        cell = torch.minimum(pos.floor(), cells - 1).clamp_(min=0)                     # the point's cell
+        frac = (pos - cell).float()
+        low = cell.long() * self.mult                                                  # the cell's vertex
+        terms = torch.empty((dims, 2, levels, n), dtype=torch.int64, device=coords.device)
+        torch.bitwise_and(low, self.mask, out=terms[:, 0])
+        torch.bitwise_and(low.add_(self.mult), self.mask, out=terms[:, 1])             # the next vertex
+        terms[0] += self.offset
+        weights = torch.empty((dims, 2, levels, n), dtype=torch.float32, device=coords.device)
+        torch.sub(1, frac, out=weights[:, 0])
+        weights[:, 1] = frac
+        # Combine the axes' terms over the 2^D corners, axis 0 varying fastest: dense levels add the
+        # strided terms, hashed levels xor the prime products (the paper's eq. 4).
+        idx, w = terms[0], weights[0]
+        for d in range(1, dims):
+            shape = (2,) + (1,) * d + (levels, n)
+            term = terms[d].view(shape)
+            out = torch.empty((2,) * (d + 1) + (levels, n), dtype=idx.dtype, device=idx.device)
+            torch.add(idx[..., :nd, :], term[..., :nd, :], out=out[..., :nd, :])
+            torch.bitwise_xor(idx[..., nd:, :], term[..., nd:, :], out=out[..., nd:, :])
+            idx, w = out, w * weights[d].view(shape)
+        return idx.view(1 << dims, levels * n), w.view(1 << dims, levels * n)
+
+    def forward(self, coords: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            idx, w = self.corners(coords)
+        out = _Interpolate.apply(self.table, idx, w)                                   # (F, L * N)
+        # (N, L * F): every level's features side by side.
+        return out.view(self.features, self.levels, -1).permute(2, 1, 0).reshape(coords.shape[0], -1)
+
+
+class HashField(nn.Module):
+    """Hash encoding + a small MLP (ReLU, or sine with its own w0). `layers` counts the MLP's linear layers
+    (2 hidden + output = 3, the paper's image MLP); the encoding runs in fp32 outside any autocast, the MLP
+    at the training precision."""
+
+    def __init__(self, in_features: int, out_features: int, hidden: int = 64, layers: int = 3,
+                 activation: str = "relu", w0: float = 30.0, levels: int = 16, features: int = 2,
+                 log2_table: int = 18, base_resolution: int = 16, finest_resolution: float = 2048,
+                 growth: float = 0.0, axis_lengths: tuple[int, ...] | None = None):
+        super().__init__()
+        self.encoding = HashEncoding(in_features, levels, features, log2_table, base_resolution,
+                                     finest_resolution, growth, axis_lengths)
+        dims = [self.encoding.out_features] + [hidden] * (layers - 1) + [out_features]
+        self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.activation, self.w0 = activation, w0
+        if activation == "sine":
+            # SIREN's hidden-layer init (sec. 3.2): pre-activations ~ N(0, 1) through depth.
+            with torch.no_grad():
+                for lin in self.linears[1:]:
+                    bound = math.sqrt(6.0 / lin.in_features) / w0
+                    lin.weight.uniform_(-bound, bound)
+
+    def forward(self, coords: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(coords.device.type, enabled=False):
+            h = self.encoding(coords)                                                  # (N, L * F) fp32
+        for i, lin in enumerate(self.linears):
+            h = lin(h)
+            if i < len(self.linears) - 1:
+                h = torch.sin(self.w0 * h) if self.activation == "sine" else F.relu(h)
+        return h                                                                       # (N, C)
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def optimizer_groups(self) -> list[dict]:
+        """The tables with the paper's Adam settings (TABLE_ADAM, no weight decay), the MLP with the run's."""
+        return [{"params": [self.encoding.table], **TABLE_ADAM},
+                {"params": [p for lin in self.linears for p in lin.parameters()]}]
