@@ -10,16 +10,18 @@ from pathlib import Path
 
 from .rundir import RunDir, atomic_write
 
-COLUMNS = ["run", "signal", "psnr_db", "ssim", "train_time_s", "steps", "status"]
+# The field's size sits next to the PSNR it buys (docs/fields.md, "Size beside fidelity").
+COLUMNS = ["run", "signal", "field", "psnr_db", "field_bytes", "bits_per_sample", "ssim", "train_time_s", "steps",
+           "status"]
 
 
 def _row(run_dir: Path) -> dict:
-    row = {"run": run_dir.name, "signal": "", "psnr_db": "", "ssim": "", "train_time_s": "", "steps": "",
-           "status": "failed"}
+    row = {c: "" for c in COLUMNS} | {"run": run_dir.name, "status": "failed"}
     try:
         import tomllib
 
-        row["signal"] = tomllib.loads(RunDir(run_dir).config.read_text())["signal"]["path"]
+        config = tomllib.loads(RunDir(run_dir).config.read_text())
+        row["signal"], row["field"] = config["signal"]["path"], config["model"].get("kind", "siren")
     except (OSError, KeyError, ValueError):
         pass
     summary = RunDir(run_dir).summary
@@ -29,7 +31,7 @@ def _row(run_dir: Path) -> dict:
         except (OSError, ValueError, UnicodeDecodeError):
             row["status"] = "damaged summary.json"  # one bad folder must not fail the whole table
             return row
-        row.update({k: s.get(k, "") for k in ("psnr_db", "ssim", "train_time_s", "steps", "status")})
+        row.update({k: s.get(k, row[k]) for k in COLUMNS[2:]})
         return row
     run = RunDir(run_dir)
     tag = run.latest_tag()

@@ -125,6 +125,9 @@ class TeacherConfig:
     decremental."""
     num_batches: int = 1
     """Mini-batches per epoch; 1 = whole-signal INT. >1: each chunk is cut into this many groups."""
+    batch_points: int = 0
+    """Mini-batches of about this many points instead: num_batches = ceil(signal points / batch_points),
+    so one setting fits signals of any size (configs/hash.toml). 0: use num_batches."""
     batches: str = "stratified"
     """How mini-batches are made (num_batches > 1): stratified = every batch samples every chunk (best
     quality), chunks = each batch is a set of whole chunks (needed to stream a shard from disk). Both
@@ -226,6 +229,12 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def num_batches(self, num_points: int) -> int:
+        """Mini-batches per epoch for a signal of `num_points` points (teacher.batch_points, or num_batches)."""
+        if self.teacher.batch_points:
+            return max(1, math.ceil(num_points / self.teacher.batch_points))
+        return self.teacher.num_batches
+
     def validate(self) -> "Config":
         floats = [(f"{section}.{f.name}", getattr(getattr(self, section), f.name))
                   for section in ("model", "teacher", "optim", "train", "signal")
@@ -260,6 +269,9 @@ class Config:
             (self.teacher.interval_schedule in INTERVAL_SCHEDULES,
              f"teacher.interval_schedule must be one of {INTERVAL_SCHEDULES}"),
             (self.teacher.num_batches >= 1, "teacher.num_batches must be >= 1"),
+            (self.teacher.batch_points >= 0, "teacher.batch_points must be >= 0 (0: use teacher.num_batches)"),
+            (self.teacher.batch_points == 0 or self.teacher.num_batches == 1,
+             "set teacher.batch_points or teacher.num_batches, not both (one follows from the other)"),
             (self.teacher.batches in BATCH_LAYOUTS, f"teacher.batches must be one of {BATCH_LAYOUTS}"),
             (self.signal.cache_mb > 0, "signal.cache_mb must be > 0"),
             (self.teacher.score_chunk >= 1, "teacher.score_chunk must be >= 1"),

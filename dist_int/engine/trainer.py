@@ -186,7 +186,8 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
     store, shard = _prepare_run(cfg, comm, run, device)
 
     # Refused here when the largest pass cannot fit (the folder made for it is removed again).
-    batch_points = max(shard.num_points // cfg.teacher.num_batches, 1) + shard.num_points % cfg.teacher.num_batches
+    num_batches = cfg.num_batches(store.num_points)
+    batch_points = max(shard.num_points // num_batches, 1) + shard.num_points % num_batches
     spec = field_spec(cfg.model, *store.geometry)
     _everywhere(comm, "check its memory", lambda: check_memory(
         cfg, device, spec, min(cfg.train.max_points_per_pass or batch_points, batch_points),
@@ -208,7 +209,7 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
     plan, error = None, None
     try:
         plan = make_plan(cfg.teacher.batches, [store.chunk_size(c) for c in range(store.num_chunks)],
-                         shard.chunk_ids, shard.chunk_start, cfg.teacher.num_batches, cfg.seed, device)
+                         shard.chunk_ids, shard.chunk_start, num_batches, cfg.seed, device)
         if shard.streamed:  # ranks may differ here (shards differ by a chunk), so they agree on failure
             shard.check_plan(plan)
     except Exception as e:  # noqa: BLE001

@@ -19,7 +19,9 @@ from pathlib import Path
 from ..errors import DistIntError
 from ..rundir import RunDir, atomic_write
 
-SUMMARY_KEYS = [("strategy", "teacher"), ("steps", "steps"), ("psnr_db", "PSNR (dB)"), ("ssim", "SSIM"),
+SUMMARY_KEYS = [("field", "field"), ("strategy", "teacher"), ("steps", "steps"), ("psnr_db", "PSNR (dB)"),
+                # What the fidelity costs, next to it (docs/fields.md, "Size beside fidelity").
+                ("field_bytes", "field size (bytes)"), ("bits_per_sample", "bits per sample"), ("ssim", "SSIM"),
                 ("snr_db", "SNR (dB)"), ("iou", "IoU"), ("chamfer", "Chamfer"), ("train_time_s", "train time (s)"),
                 ("select_fraction", "selection share"), ("world_size", "ranks"), ("status", "status")]
 
@@ -74,6 +76,8 @@ def _row(run: Run) -> list[str]:
         value = s.get(key, "")
         if key == "strategy" and not value:
             value = run.strategy
+        if key == "field" and not value:
+            value = run.config["model"].get("kind", "siren")
         if key == "status" and not s:
             value = "not finished (no summary.json)"
         cells.append(html.escape(str(value)))

@@ -32,8 +32,9 @@ class BatchPlan:
         """chunk_sizes: points in every chunk of the signal (all ranks); own_chunks/chunk_start: this
         rank's chunks and the rows where each begins in the shard; row indices live on `device`."""
         if num_batches > max(chunk_sizes):
-            raise ConfigError(f"teacher.num_batches={num_batches} exceeds the points in a chunk "
-                              f"({max(chunk_sizes)}); lower it or ingest with larger chunks")
+            raise ConfigError(f"teacher.num_batches={num_batches} (set, or the signal's points / "
+                              f"teacher.batch_points) exceeds the points in a chunk ({max(chunk_sizes)}); use fewer "
+                              f"batches (or larger teacher.batch_points), or ingest with larger chunks")
         self.num_batches = num_batches
         self.seed = seed
         self.device = torch.device(device)
@@ -135,9 +136,10 @@ class ChunkBatchPlan(BatchPlan):
     def __init__(self, chunk_sizes: list[int], own_chunks: list[int], chunk_start: np.ndarray,
                  num_batches: int, seed: int, device: torch.device | str = "cpu"):
         if num_batches > len(chunk_sizes):
-            raise ConfigError(f"teacher.num_batches={num_batches} exceeds the {len(chunk_sizes)} chunks of the "
-                              f"signal, and teacher.batches = \"chunks\" puts whole chunks in a batch; lower "
-                              f"num_batches or ingest with smaller chunks (signal.chunk)")
+            raise ConfigError(f"teacher.num_batches={num_batches} (set, or the signal's points / "
+                              f"teacher.batch_points) exceeds the {len(chunk_sizes)} chunks of the signal, and "
+                              f"teacher.batches = \"chunks\" puts whole chunks in a batch; use fewer batches or "
+                              f"ingest with smaller chunks (signal.chunk)")
         super().__init__([max(chunk_sizes)], own_chunks, chunk_start, 1, seed, device)
         self.num_batches = num_batches
         self._all_sizes = np.asarray(chunk_sizes, dtype=np.int64)
