@@ -55,7 +55,7 @@ def resized(source: str, size: int, folder: Path) -> str:
     from PIL import Image
 
     sys.path.insert(0, str(ROOT))
-    from dist_int.signal import load_source
+    from dist_int.modality.image import load_image as load_source
 
     data, _, _, close = load_source(source)
     img = Image.fromarray(np.asarray(data[:]))

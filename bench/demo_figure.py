@@ -23,7 +23,7 @@ def main(run_dir: str, out: str) -> None:
     summary = json.loads((run / "summary.json").read_text())
     store = zarr.open_array(run / "signal.zarr", mode="r") if (run / "signal.zarr").is_dir() else None
     if store is None:
-        from dist_int.signal import load_source
+        from dist_int.modality.image import load_image as load_source
 
         target = np.asarray(load_source(summary["signal"])[0][:])
     else:

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from common import ROOT, machine, markdown_table, mosaic, train
+from teachers import time_to
 
 sys.path.insert(0, str(ROOT))
 
@@ -116,15 +117,6 @@ def at(points: list[tuple[float, float]], when: float) -> float | None:
             return prev[1] + (p - prev[1]) * (when - prev[0]) / max(t - prev[0], 1e-12)
         prev = (t, p)
     return points[-1][1] if points else None
-
-
-def time_to(points: list[tuple[float, float]], target: float) -> float | None:
-    prev = (0.0, -float("inf"))
-    for t, p in points:
-        if p >= target:
-            return t if prev[1] == -float("inf") else prev[0] + (t - prev[0]) * (target - prev[1]) / (p - prev[1])
-        prev = (t, p)
-    return None
 
 
 def bench_kinds(args) -> None:

@@ -20,25 +20,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dist_int.model import Siren  # noqa: E402
-from dist_int.signal import open_source  # noqa: E402
-from dist_int.signal.ingest import SHAPE_SUFFIXES  # noqa: E402
+from dist_int.modality import open_source  # noqa: E402
+from dist_int.modality.shape import SHAPE_SUFFIXES  # noqa: E402
+from dist_int.signal.ingest import natural_range  # noqa: E402
 
 
 def load_image(signal: str) -> np.ndarray:
     """Any grid signal (image, audio, volume, video) as (*spatial, C) float32 in [0, 1], normalized as
-    dist_int does: integers over their dtype's range, audio floats from [-1, 1], other floats min..max."""
+    dist_int does: by the data's own min and max (audio: its full scale; signal/ingest.py, natural_range)."""
     source = open_source(signal)
     data = np.asarray(source.data[0:source.shape[0]]).reshape(source.shape)
     if source.close:
         source.close()
-    if np.issubdtype(data.dtype, np.integer):
-        info = np.iinfo(data.dtype)
-        lo, hi = float(info.min), float(info.max)
-    elif source.kind == "audio":
-        peak = max(1.0, float(np.abs(data).max()))
-        lo, hi = -peak, peak
-    else:
-        lo, hi = float(data.min()), float(data.max())
+    lo, hi = natural_range(source.kind, data.dtype, float(data.min()), float(data.max()))
     return ((data.astype(np.float64) - lo) / (hi - lo)).astype(np.float32)
 
 

@@ -60,7 +60,8 @@ def ingest_main(argv: list[str]) -> int:
     parser.add_argument("--allow-large-image", action="store_true",
                         help="read a PNG/JPEG beyond Pillow's decompression-bomb limit (decoded whole)")
     args = parser.parse_args(argv)
-    from .signal import SignalStore, ingest
+    from .modality import ingest
+    from .signal import SignalStore
 
     try:
         chunk = args.chunk[0] if len(args.chunk) == 1 else args.chunk
@@ -77,7 +78,7 @@ def ingest_main(argv: list[str]) -> int:
             print(file=sys.stderr)
         store = SignalStore(dest)
         print(f"wrote {dest}: {store.meta['kind']} of shape {store.shape}, {store.num_chunks} chunks of {store.chunk_shape}, "
-              f"{store.meta['source_dtype']} range {store.meta['value_range']}")
+              f"{store.meta['source_dtype']}, data range {store.meta['data_range']}")
         return 0
     except DistIntError as e:
         return _fail(e)

@@ -8,37 +8,44 @@ import json
 import sys
 from pathlib import Path
 
-from .rundir import RunDir, atomic_write
+from .rundir import RunDir, atomic_write, status_of
 
 # The field's size sits next to the PSNR it buys (docs/fields.md, "Size beside fidelity").
-COLUMNS = ["run", "signal", "field", "psnr_db", "field_bytes", "bits_per_sample", "ssim", "train_time_s", "steps",
-           "status"]
+COLUMNS = ["run", "signal", "field", "psnr_db", "field_bytes", "bits_per_sample", "ssim", "iou", "chamfer",
+           "train_time_s", "steps", "status"]
 
 
 def _row(run_dir: Path) -> dict:
-    row = {c: "" for c in COLUMNS} | {"run": run_dir.name, "status": "failed"}
+    row = {c: "" for c in COLUMNS} | {"run": run_dir.name}
+    run = RunDir(run_dir)
     try:
         import tomllib
 
-        config = tomllib.loads(RunDir(run_dir).config.read_text())
+        config = tomllib.loads(run.config.read_text())
         row["signal"], row["field"] = config["signal"]["path"], config["model"].get("kind", "siren")
     except (OSError, KeyError, ValueError):
         pass
-    summary = RunDir(run_dir).summary
-    if summary.is_file():
+    if run.summary.is_file():
         try:
-            s = json.loads(summary.read_text())
+            s = json.loads(run.summary.read_text())
         except (OSError, ValueError, UnicodeDecodeError):
             row["status"] = "damaged summary.json"  # one bad folder must not fail the whole table
             return row
         row.update({k: s.get(k, row[k]) for k in COLUMNS[2:]})
+        row["status"] = status_of(s)
         return row
-    run = RunDir(run_dir)
-    tag = run.latest_tag()
-    if tag is not None and run.checkpoint_meta(tag).is_file():  # stopped or running: its last checkpoint
-        meta = json.loads(run.checkpoint_meta(tag).read_text())
-        row.update(steps=meta["step"], train_time_s=round(meta["shared"]["run"]["train_time_s"], 3),
-                   status=meta.get("status", "running"))
+    row["status"] = status_of(None)  # stopped, running or failed: its last checkpoint says how far it got
+    try:
+        tag = run.latest_tag()
+        if tag is not None and run.checkpoint_meta(tag).is_file():
+            meta = json.loads(run.checkpoint_meta(tag).read_text())
+            row.update(steps=meta["step"], train_time_s=round(meta["shared"]["run"]["train_time_s"], 3))
+            # Stopped by a signal, or trained to the end with its outputs never written (rerun: it only
+            # finishes them).
+            more = {"interrupted": "stopped", "complete": "trained"}.get(meta.get("status"))
+            row["status"] += f" ({more})" if more else ""
+    except (OSError, KeyError, ValueError, UnicodeDecodeError):
+        pass
     return row
 
 
@@ -78,6 +85,9 @@ def collect_main(argv: list[str]) -> int:
     writer.writerows(rows)
     atomic_write(Path(args.dir) / "runs.csv", buf.getvalue())
     print(to_markdown(rows))
-    print(f"\n{len(rows)} run(s); {sum(r['status'] == 'complete' for r in rows)} complete; "
-          f"table written to {Path(args.dir) / 'runs.csv'}")
+    done = sum(r["status"].startswith("complete") for r in rows)
+    warned = sum(r["status"] == "complete-with-warnings" for r in rows)
+    print(f"\n{len(rows)} run(s); {done} complete ({warned} with warnings); "
+          f"{sum(r['status'].startswith('not finished') for r in rows)} not finished; table written to "
+          f"{Path(args.dir) / 'runs.csv'}")
     return 0

@@ -66,6 +66,11 @@ class SignalConfig:
     """Host memory per rank for the signal's values, MiB. A shard that fits stays resident (on the GPU
     where there is one); a larger one is streamed from the Zarr store batch by batch, read ahead in the
     background, which needs teacher.batches = "chunks" (docs/design.md, "Streaming shards")."""
+    value_range: str | list[float] = "data"
+    """The values that map to [0, 1] (PSNR is on this range; summary.json names it): data = the data's own
+    min and max, found exactly at ingest over all ranks (audio: its full scale; shapes: the signed
+    distances' [-2, 2]); dtype = the integer dtype's full range (e.g. -32768..32767 for int16); or [lo, hi]
+    in the source's units, which must cover the data."""
     target_range: str = "symmetric"
     """Values the SIREN is trained on: symmetric = [-1, 1] (SIREN's own code; its output layer is centred
     on 0, measured 7.4 dB better, docs/training.md), unit = [0, 1] (the INT authors' protocol). PSNR is
@@ -301,8 +306,14 @@ class Config:
             (self.checkpoint.every >= 0, "checkpoint.every must be >= 0"),
             (self.checkpoint.keep >= 1, "checkpoint.keep must be >= 1"),
             (self.signal.chunk == 0 or (self.signal.chunk >= 8 if isinstance(self.signal.chunk, int) else
-                                        all(c >= 1 for c in self.signal.chunk)),
-             "signal.chunk must be 0 (the default), an edge >= 8, or a list of edges >= 1"),
+                                        bool(self.signal.chunk) and all(c >= 1 for c in self.signal.chunk)),
+             "signal.chunk must be 0 (the default), an edge >= 8, or a list of edges >= 1, one per axis"),
+            (self.signal.value_range in ("data", "dtype") or (
+                isinstance(self.signal.value_range, list) and len(self.signal.value_range) == 2
+                and all(math.isfinite(v) for v in self.signal.value_range)
+                and self.signal.value_range[0] < self.signal.value_range[1]),
+             f"signal.value_range must be \"data\", \"dtype\" or [lo, hi] with lo < hi (got "
+             f"{self.signal.value_range!r})"),
             (self.signal.points >= 1000, "signal.points must be >= 1000"),
             (self.signal.sdf in ("auto", "watertight"), "signal.sdf must be auto or watertight"),
             (self.signal.kind in ("auto",) + SIGNAL_KINDS, f"signal.kind must be auto or one of {SIGNAL_KINDS}"),
@@ -326,14 +337,27 @@ def _valid_keys(cls, prefix: str = "") -> list[str]:
     return keys
 
 
+def _type_name(typ) -> str:
+    if typing.get_origin(typ) is list:
+        return "a list of integers" if typing.get_args(typ) == (int,) else "a list of numbers"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(typ, str(typ))
+
+
 def _coerce(key: str, value, typ):
     """Check a TOML/CLI value against the field's type; ints are accepted where floats are expected."""
-    if typing.get_origin(typ) in (typing.Union, types.UnionType):  # int | list[int]
-        if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            return value
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected an integer or a list of integers, got {value!r}")
+    if typing.get_origin(typ) in (typing.Union, types.UnionType):  # e.g. int | list[int], str | list[float]
+        for member in typing.get_args(typ):
+            try:
+                return _coerce(key, value, member)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: expected {' or '.join(_type_name(m) for m in typing.get_args(typ))}, "
+                          f"got {value!r}")
+    if typing.get_origin(typ) is list:
+        (item,) = typing.get_args(typ)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected {_type_name(typ)}, got {value!r}")
+        return [_coerce(key, v, item) for v in value]
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if typ is bool and not isinstance(value, bool):
@@ -398,6 +422,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     cfg = Config()
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"--config {path} is a folder; give a TOML file, e.g. configs/demo.toml")
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:

@@ -22,8 +22,20 @@ from .errors import RunDirError
 
 # Keys that may differ between the run that made a folder and the one resuming it (run.dir: the folder
 # may have been moved or copied). Progress, snapshots and TensorBoard change what is shown, not the result.
+# Keys that decide how the signal was ingested into the run folder: not even allow_config_change may change
+# them, since the store keeps what they made.
+INGEST_KEYS = ("signal.chunk", "signal.points", "signal.sdf")
 RESUME_FREE_KEYS = ("run.dir", "run.resume", "run.allow_config_change", "train.progress_every_s",
                     "train.tensorboard", "train.snapshot_every")
+
+
+def status_of(summary: dict | None) -> str:
+    """What a run folder shows in `collect` and `report`: its summary's status, "complete-with-warnings"
+    when an export or a metric failed after training, "not finished" without a summary.json."""
+    if summary is None:
+        return "not finished"
+    status = str(summary.get("status", "complete"))
+    return f"{status}-with-warnings" if status == "complete" and summary.get("warnings") else status
 
 
 def _with_defaults(saved: dict, defaults: dict) -> dict:
@@ -218,6 +230,12 @@ class RunDir:
         saved = _with_defaults(saved, Config().to_dict())
         changed = [d for d in diff_configs(saved, cfg.to_dict()) if not d.startswith(RESUME_FREE_KEYS)]
         self.config_changed = bool(changed)
+        fixed = [d for d in changed if d.startswith(INGEST_KEYS)]
+        if fixed and self.signal_store.exists():
+            raise RunDirError(
+                f"run.dir {self.path} holds its signal as ingested with the first config, and these keys shape "
+                f"that store:\n  " + "\n  ".join(fixed) + "\nrun.allow_config_change cannot change them (the chunks "
+                f"are the unit of sharding and of the teacher's saved state): use a new run.dir")
         if changed and not cfg.run.allow_config_change:
             raise RunDirError(
                 f"run.dir {self.path} belongs to a run with a different config:\n  " + "\n  ".join(changed)

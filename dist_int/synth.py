@@ -22,7 +22,8 @@ import numpy as np
 import zarr
 
 from .errors import SignalError
-from .signal.ingest import ATTR
+from .signal.ingest import natural_range
+from .signal.source import ATTR
 
 WAVES_PER_OCTAVE = 3
 
@@ -70,9 +71,12 @@ def synth_gigapixel(dest: str | Path, size: int, chunk: int = 512, seed: int = 0
         arr = zarr.create_array(tmp, shape=(size, size, 3), chunks=(chunk, chunk, 3), dtype="uint8",
                                 fill_value=0)
         blocks = [(y, x) for y in range(0, size, chunk) for x in range(0, size, chunk)]
+        lo, hi = 255, 0  # the data's range, as an ingest records it
         for i, (y, x) in enumerate(blocks):
             h, w = min(chunk, size - y), min(chunk, size - x)
-            arr[y:y + h, x:x + w] = render_block(y, x, h, w, size, seed)
+            block = render_block(y, x, h, w, size, seed)
+            arr[y:y + h, x:x + w] = block
+            lo, hi = min(lo, int(block.min())), max(hi, int(block.max()))
             if progress:
                 progress(i + 1, len(blocks))
         params = {"generator": "gigapixel", "size": size, "seed": seed, "version": 1}
@@ -82,7 +86,9 @@ def synth_gigapixel(dest: str | Path, size: int, chunk: int = 512, seed: int = 0
             # A digest of the parameters: the same command always writes the same pixels.
             "source_sha256": hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest(),
             "source_dtype": "uint8",
-            "value_range": [0.0, 255.0],
+            "data_range": [float(lo), float(hi)],
+            "dtype_range": [0.0, 255.0],
+            "value_range": natural_range("image", np.dtype(np.uint8), lo, hi),
             "normalization": "(raw - value_range[0]) / (value_range[1] - value_range[0])",
         }
         os.replace(tmp, dest)
@@ -124,7 +130,8 @@ def synth_speech(dest: str | Path, seconds: float = 2.0, rate: int = 16000, seed
     wave *= envelope * (0.2 + 0.8 * (rng.random(count) > 0.15)[k])
     wave = 0.8 * wave / max(np.abs(wave).max(), 1e-9)
     try:
-        sf.write(str(tmp), (wave * 32767).round().astype(np.int16), rate, subtype="PCM_16", format="WAV")
+        fmt = "FLAC" if dest.suffix.lower() == ".flac" else "WAV"
+        sf.write(str(tmp), (wave * 32767).round().astype(np.int16), rate, subtype="PCM_16", format=fmt)
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
@@ -135,17 +142,18 @@ def synth_video(dest: str | Path, frames: int = 16, size: int = 64, fps: int = 1
     """A short H.264 clip: coloured discs drifting over a moving colour gradient."""
     import av
 
+    from .modality.video import video_pix_fmt
+
     dest = Path(dest)
     tmp = _fresh(dest)
     rng = np.random.default_rng([seed, 0x71DE0])
-    size -= size % 2
     yy, xx = np.mgrid[0:size, 0:size] / size
     discs = rng.uniform(0, 1, (4, 6))  # y, x, vy, vx, radius, hue
     try:
         with av.open(str(tmp), "w") as container:
             stream = container.add_stream("libx264", rate=fps)
             stream.width = stream.height = size
-            stream.pix_fmt = "yuv420p"
+            stream.pix_fmt = video_pix_fmt(size, size)  # odd sizes too
             stream.options = {"crf": "10"}
             for f in range(frames):
                 s = f / max(frames - 1, 1)
@@ -199,20 +207,62 @@ def synth_shape(dest: str | Path) -> Path:
     return dest
 
 
+# What each kind writes, by the destination's suffix: a file must be what its name says.
+SUFFIXES = {"gigapixel": (".zarr",), "speech": (".wav", ".flac"), "video": (".mp4", ".mkv", ".mov", ".avi"),
+            "volume": (".tif", ".tiff"), "shape": (".ply", ".obj", ".stl", ".off", ".glb")}
+SIZE_DEFAULT = {"gigapixel": None, "video": 64, "volume": 48}  # kinds that take --size (gigapixel: required)
+
+
+def check_request(kind: str, dest: str, size: float | None, seconds: float | None, frames: int | None,
+                  chunk: int) -> None:
+    """Refuse, with what to do, a request `synth` cannot honour: nothing is written then."""
+    path = Path(dest)
+    if not dest or not path.name or dest.endswith(("/", ".")):
+        raise SignalError(f"give the file to write, e.g. python -m dist_int synth {kind} "
+                          f"out{SUFFIXES[kind][0]} (got {dest!r})")
+    if not path.name.lower().endswith(SUFFIXES[kind]):
+        raise SignalError(f"synth {kind} writes {' or '.join(SUFFIXES[kind])} files; {path.name} would be "
+                          f"{kind} data under another format's name: name it e.g. {path.stem}{SUFFIXES[kind][0]}")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise SignalError(f"the folder {parent} does not exist; create it first (mkdir -p {parent})")
+    numbers = {"--size": size, "--seconds": seconds, "--frames": frames}
+    for flag, value in numbers.items():
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise SignalError(f"{flag} must be a positive number (got {value})")
+    if size is not None and kind not in SIZE_DEFAULT:
+        raise SignalError(f"synth {kind} takes no --size" + (" (a washer of fixed shape; scale it in a mesh "
+                                                              "editor)" if kind == "shape" else ""))
+    if seconds is not None and kind != "speech":
+        raise SignalError(f"synth {kind} takes no --seconds (only speech does)")
+    if frames is not None and kind != "video":
+        raise SignalError(f"synth {kind} takes no --frames (only video does)")
+    if kind == "gigapixel" and size is None:
+        raise SignalError("synth gigapixel needs --size N (the image edge in pixels)")
+    if size is not None and size < 2:
+        raise SignalError(f"--size must be at least 2 (got {size:g})")
+    if frames is not None and frames < 2:
+        raise SignalError(f"--frames must be at least 2: a video of one frame is an image (got {frames})")
+    if seconds is not None and seconds * 16000 < 2:
+        raise SignalError(f"--seconds must hold at least 2 samples at 16 kHz (got {seconds:g})")
+    if kind == "gigapixel" and chunk < 8:
+        raise SignalError(f"--chunk must be at least 8 (got {chunk})")
+
+
 def synth_main(argv: list[str]) -> int:
     import argparse
     import sys
 
     p = argparse.ArgumentParser(prog="python -m dist_int synth",
                                 description="Write a procedural test signal: gigapixel (a Zarr store), speech "
-                                            "(WAV), video (MP4), volume (TIFF stack), shape (a PLY mesh).")
-    p.add_argument("kind", choices=["gigapixel", "speech", "video", "volume", "shape"])
-    p.add_argument("dest", help="new path (must not exist)")
-    p.add_argument("--size", type=int, default=0, help="image edge (gigapixel, required), video frame edge "
-                                                       "(default 64) or volume edge (default 48)")
-    p.add_argument("--seconds", type=float, default=2.0, help="speech length (default 2)")
-    p.add_argument("--frames", type=int, default=16, help="video frames (default 16)")
-    p.add_argument("--chunk", type=int, default=512, help="chunk edge in pixels (default 512)")
+                                            "(WAV/FLAC), video (MP4), volume (TIFF stack), shape (a mesh).")
+    p.add_argument("kind", choices=list(SUFFIXES))
+    p.add_argument("dest", help="new path (must not exist); its suffix names the format")
+    p.add_argument("--size", type=float, default=None, help="image edge (gigapixel, required), video frame edge "
+                                                            "(default 64) or volume edge (default 48)")
+    p.add_argument("--seconds", type=float, default=None, help="speech length (default 2)")
+    p.add_argument("--frames", type=int, default=None, help="video frames (default 16)")
+    p.add_argument("--chunk", type=int, default=512, help="gigapixel: chunk edge in pixels (default 512)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     start = time.time()
@@ -226,21 +276,24 @@ def synth_main(argv: list[str]) -> int:
                   file=sys.stderr, flush=True)
 
     try:
-        small = {"speech": lambda: synth_speech(args.dest, args.seconds, seed=args.seed),
-                 "video": lambda: synth_video(args.dest, args.frames, args.size or 64, seed=args.seed),
-                 "volume": lambda: synth_volume(args.dest, args.size or 48, seed=args.seed),
+        check_request(args.kind, args.dest, args.size, args.seconds, args.frames, args.chunk)
+        size = int(args.size) if args.size is not None else SIZE_DEFAULT.get(args.kind)
+        small = {"speech": lambda: synth_speech(args.dest, 2.0 if args.seconds is None else args.seconds,
+                                                seed=args.seed),
+                 "video": lambda: synth_video(args.dest, args.frames or 16, size, seed=args.seed),
+                 "volume": lambda: synth_volume(args.dest, size, seed=args.seed),
                  "shape": lambda: synth_shape(args.dest)}
         if args.kind in small:
             print(f"wrote {small[args.kind]()}")
             return 0
-        if args.size < 2:
-            raise SignalError("synth gigapixel needs --size N (the image edge in pixels)")
-        dest = synth_gigapixel(args.dest, args.size, args.chunk, args.seed, progress)
+        dest = synth_gigapixel(args.dest, size, args.chunk, args.seed, progress)
     except SignalError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        print(f"error: cannot write {args.dest}: {e.strerror or e}", file=sys.stderr)
+        return 2
     if tty:
         print(file=sys.stderr)
-    print(f"wrote {dest}: {args.size}x{args.size} RGB uint8, chunks of {args.chunk}, "
-          f"{time.time() - start:.1f} s")
+    print(f"wrote {dest}: {size}x{size} RGB uint8, chunks of {args.chunk}, {time.time() - start:.1f} s")
     return 0

@@ -160,7 +160,7 @@ def _teacher_sets(rank, world, strategy, num_batches, out):
 @pytest.mark.parametrize("strategy, num_batches", [("int", 1), ("uniform", 1), ("int", 3), ("mix", 1),
                                                    ("soft", 3)])
 def test_teaching_set_does_not_depend_on_world_size(tmp_path, png_image, strategy, num_batches):
-    from dist_int.signal import ingest
+    from dist_int.modality import ingest
 
     ingest(str(png_image), tmp_path / "s.zarr", 16)
     out1, out2 = tmp_path / "w1", tmp_path / "w2"
@@ -258,7 +258,7 @@ def _long_work(rank, world, out):
     import time
 
     from dist_int.comm import DistComm
-    from dist_int.engine.trainer import _agree_on_failure
+    from dist_int.engine.agree import agree_on_failure as _agree_on_failure, attempt
     from dist_int.errors import PeerFailed
 
     comm = DistComm(rank, world, torch.device("cpu"), timeout_s=1.0)
@@ -273,6 +273,8 @@ def _long_work(rank, world, out):
         results["peer"] = str(e)
     except ValueError as e:
         results["own"] = str(e)
+    # A failure that must not stop the run (an export after training): a message on every rank.
+    results["attempt"] = attempt(comm, "exporting", lambda: 1 / (rank - 1))
     if rank == 0:
         time.sleep(4)
     try:
@@ -289,6 +291,7 @@ def test_long_work_waits_without_the_collective_timeout_and_errors_reach_every_r
     assert r0["long"] == r1["long"] == "ok"
     assert r0["peer"] == "rank 1 failed to read chunks: chunk 7 is corrupt" and r1["own"] == "chunk 7 is corrupt"
     assert r1["short"] != "ok"  # the same wait under the dead-rank timeout fails: the test can fail
+    assert r0["attempt"] == r1["attempt"] == (None, "exporting failed on rank 1: division by zero")
 
 
 def _prepare(rank, world, src, run_dir, out):

@@ -20,7 +20,8 @@ def test_a_step_without_selection_never_synchronizes_the_gpu(tmp_path, png_image
     os.environ["MASTER_PORT"] = str(free_port())
     from dist_int.config import Config
     from dist_int.engine.launch import detect_launch, init_distributed, pick_device, shutdown
-    from dist_int.signal import Shard, SignalStore, assign_chunks, ingest
+    from dist_int.signal import Shard, SignalStore, assign_chunks
+    from dist_int.modality import ingest
 
     device = pick_device(detect_launch())
     init_distributed(detect_launch(), device, 60)

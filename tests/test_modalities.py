@@ -56,8 +56,10 @@ def test_one_rank_equals_two_ranks_and_exports_the_source_format(files, tmp_path
 
         got, src = tifffile.imread(out), tifffile.imread(files["volume"])
         assert got.shape == src.shape and got.dtype == src.dtype == np.uint16
-        mse = np.mean((got / 65535.0 - src / 65535.0) ** 2)
-        assert 10 * np.log10(1 / mse) == pytest.approx(s2["psnr_db"], abs=0.1)
+        lo, hi = s2["value_range"]  # the data's range (the phantom uses 0..60000 of uint16)
+        assert [lo, hi] == [src.min(), src.max()]
+        mse = np.mean((got.astype(np.float64) - src) ** 2)
+        assert 10 * np.log10((hi - lo) ** 2 / mse) == pytest.approx(s2["psnr_db"], abs=0.1)
         assert len(list((tmp_path / "two").glob("reconstruction-*.png"))) == 3
     else:
         import av

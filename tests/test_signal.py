@@ -8,7 +8,8 @@ import zarr
 from PIL import Image
 
 from conftest import smooth_image
-from dist_int.signal import Shard, SignalError, SignalStore, assign_chunks, ingest
+from dist_int.signal import Shard, SignalError, SignalStore, assign_chunks
+from dist_int.modality import ingest
 
 
 def _roundtrip(src, dest, chunk=16):
@@ -25,7 +26,9 @@ def test_png_roundtrip(tmp_path, channels):
     Image.fromarray(img[..., 0] if channels == 1 else img).save(src)
     store, raw = _roundtrip(src, tmp_path / "a.zarr")
     assert raw.shape == (40, 56, channels) and np.array_equal(raw.reshape(img.shape), img)
-    assert store.meta["value_range"] == [0, 255] and store.meta["source_dtype"] == "uint8"
+    # Normalized by the data's own range (docs/design.md, "Values are the data's"); the dtype's is recorded.
+    assert store.meta["value_range"] == [img.min(), img.max()] == store.meta["data_range"]
+    assert store.meta["dtype_range"] == [0, 255] and store.meta["source_dtype"] == "uint8"
     assert len(store.meta["source_sha256"]) == 64
     assert store.grid == (3, 4) and store.chunk_size(11) == 8 * 8
 
@@ -37,7 +40,9 @@ def test_jpeg_and_16bit_png(tmp_path):
     img16 = (smooth_image(32, 32, 1)[..., 0].astype(np.uint16) * 257)
     Image.fromarray(img16).save(tmp_path / "b.png")
     store, raw = _roundtrip(tmp_path / "b.png", tmp_path / "b.zarr")
-    assert store.meta["value_range"] == [0, 65535]
+    assert store.meta["value_range"] == [img16.min(), img16.max()]
+    store = SignalStore(tmp_path / "b.zarr", "dtype")  # the dtype's full range, when asked
+    assert store.value_range == (0, 65535)
     shard = Shard.load(store, [0])
     assert shard.raw.dtype == torch.int16  # uint16 held bit for bit in the signed type of its width
     vals = shard.unit_values()
@@ -58,7 +63,7 @@ def test_tiff_roundtrip(tmp_path, kind):
                          compression="zlib")
     store, raw = _roundtrip(src, tmp_path / "a.zarr", chunk=32)
     assert np.array_equal(raw, img)
-    assert store.meta["value_range"] == [0, 65535]
+    assert store.meta["value_range"] == [img.min(), img.max()] and store.meta["dtype_range"] == [0, 65535]
 
 
 def test_float_tiff_normalizes_by_its_range(tmp_path):
@@ -166,7 +171,8 @@ def test_shard_points_cover_signal(tmp_path, png_image):
     shards = [Shard.load(store, o) for o in owners]
     gids = np.concatenate([s.gids().numpy() for s in shards])
     assert np.array_equal(np.sort(gids), np.arange(64 * 64))
-    img = smooth_image() / 255.0
+    raw = smooth_image().astype(np.float64)
+    img = (raw - raw.min()) / (raw.max() - raw.min())  # the data's range maps to [0, 1]
     for s in shards:
         # Compact: nothing per point but the raw values in the source dtype.
         assert s.raw.dtype == torch.uint8 and s.raw.shape == (s.num_points, 3)
@@ -190,7 +196,7 @@ def test_shard_geometry_on_uneven_chunks_and_target_ranges(tmp_path):
                                                   indexing="ij"), -1).reshape(-1, 2)
                              for sl in (store.chunk_slices(c) for c in (5, 0, 3))])
     assert np.array_equal(pos, expect)
-    unit = img[pos[:, 0], pos[:, 1]] / 255.0
+    unit = (img[pos[:, 0], pos[:, 1]] - float(img.min())) / (float(img.max()) - float(img.min()))
     np.testing.assert_allclose(shard.targets().numpy()[:, 0], unit * 2 - 1, atol=1e-6)
 
 
@@ -340,7 +346,7 @@ def test_tiled_ssim_equals_whole_image_ssim(tmp_path, png_image, tile):
 
     from dist_int.render import ssim_mean, ssim_sums
 
-    store = SignalStore(ingest(str(png_image), tmp_path / "s.zarr", 16))
+    store = SignalStore(ingest(str(png_image), tmp_path / "s.zarr", 16), "dtype")  # on 0..255, as skimage's
     target = store.array[...].astype(np.float32) / 255
     noisy = np.clip(target * 255 + np.random.default_rng(0).normal(0, 12, target.shape), 0, 255).round()
     recon = zarr.create_array(tmp_path / "r.zarr", shape=(3, 64, 64), chunks=(3, 16, 16), dtype="uint8")

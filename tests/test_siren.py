@@ -43,7 +43,7 @@ def test_long_axes_keep_neighbouring_samples_apart(tmp_path):
     import zarr
 
     from dist_int.signal import Shard, SignalStore
-    from dist_int.signal.ingest import ATTR
+    from dist_int.signal import ATTR
 
     n = 1 << 27
     arr = zarr.create_array(tmp_path / "long.zarr", shape=(n, 2, 1), chunks=(1 << 16, 2, 1), dtype="uint8",

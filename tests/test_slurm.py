@@ -84,9 +84,10 @@ def test_array_job_and_collect(cluster, images, tmp_path):
     for i, row in enumerate(rows):
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[0] == f"{i:04d}-img{i}" and cells[1] == str(images[i])
-        assert cells[2] == "siren" and float(cells[3]) > PSNR_FLOOR_DB and cells[8] == "200" and cells[9] == "complete"
+        assert cells[2] == "siren" and float(cells[3]) > PSNR_FLOOR_DB and cells[10] == "200" and cells[11] == "complete"
     csv = (root / "runs.csv").read_text().splitlines()
-    assert csv[0] == "run,signal,field,psnr_db,field_bytes,bits_per_sample,ssim,train_time_s,steps,status" \
+    assert csv[0] == "run,signal,field,psnr_db,field_bytes,bits_per_sample,ssim,iou,chamfer,train_time_s,steps," \
+        "status" \
         and len(csv) == 4
     assert job > 0
 

@@ -12,7 +12,8 @@ from PIL import Image
 
 from conftest import read_metrics, read_summary, run_train, smooth_image
 from dist_int.errors import ConfigError
-from dist_int.signal import Shard, SignalStore, StreamedShard, ingest
+from dist_int.signal import Shard, SignalStore, StreamedShard
+from dist_int.modality import ingest
 from dist_int.signal.stream import Prefetcher
 from dist_int.teacher import make_plan
 

@@ -37,11 +37,12 @@ def test_two_ranks_reach_psnr_floor(two_rank_run):
     assert summary["psnr_db"] > PSNR_FLOOR_DB and summary["ssim"] > 0.9
     assert summary["world_size"] == 2 and summary["steps"] == 300 and summary["status"] == "complete"
     assert summary["num_params"] == 2 * 32 + 32 + 2 * (32 * 32 + 32) + 32 * 3 + 3
-    # The exported image is the rendered field: its PSNR against the source matches the summary's
-    # (up to 8-bit rounding).
-    recon = np.asarray(Image.open(summary["reconstruction"])).astype(np.float64) / 255
-    mse = np.mean((recon - smooth_image() / 255.0) ** 2)
-    assert abs(10 * np.log10(1 / mse) - summary["psnr_db"]) < 0.3
+    # The exported image is the rendered field: its PSNR against the source, on the data's range that the
+    # summary names, matches the summary's (up to 8-bit rounding).
+    lo, hi = summary["value_range"]
+    assert [lo, hi] == summary["data_range"] == [smooth_image().min(), smooth_image().max()]
+    mse = np.mean((np.asarray(Image.open(summary["reconstruction"])).astype(np.float64) - smooth_image()) ** 2)
+    assert abs(10 * np.log10((hi - lo) ** 2 / mse) - summary["psnr_db"]) < 0.3
     metrics = read_metrics(two_rank_run)
     assert [m["step"] for m in metrics] == list(range(10, 301, 10))
     assert {"step", "train_time_s", "loss", "lr", "selected", "points_per_s", "imbalance", "selections",
@@ -119,7 +120,7 @@ def _bad_cases(tmp: Path, image: Path) -> dict:
     import tifffile
     import zarr
 
-    from dist_int.signal import ingest
+    from dist_int.modality import ingest
 
     corrupt_png = tmp / "corrupt.png"
     corrupt_png.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00garbage" * 20)
@@ -254,10 +255,10 @@ def test_unit_target_range_trains_and_exports_on_the_source_scale(image, tmp_pat
                       "signal.target_range=unit", "checkpoint.every=0"])
     assert proc.returncode == 0, proc.stderr
     summary = read_summary(tmp_path / "unit")
-    assert summary["target_range"] == "unit" and summary["psnr_db"] > 20
-    recon = np.asarray(Image.open(summary["reconstruction"])).astype(np.float64) / 255
-    mse = np.mean((recon - smooth_image() / 255.0) ** 2)
-    assert abs(10 * np.log10(1 / mse) - summary["psnr_db"]) < 0.3
+    assert summary["target_range"] == "unit" and summary["psnr_db"] > 18
+    lo, hi = summary["value_range"]  # the data's range: PSNR's data range is its span
+    mse = np.mean((np.asarray(Image.open(summary["reconstruction"])).astype(np.float64) - smooth_image()) ** 2)
+    assert abs(10 * np.log10((hi - lo) ** 2 / mse) - summary["psnr_db"]) < 0.3
 
 
 def test_damaged_checkpoint_is_one_error_line_and_touches_nothing(image, two_rank_run, tmp_path):

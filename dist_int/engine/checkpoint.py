@@ -57,7 +57,7 @@ class Checkpointer:
             parts = {**self.shared, **self.chunked}
             meta = {"format": FORMAT, "step": step, "status": status, "world_size": self.comm.world_size,
                     "shared": {name: part.state_dict() for name, part in parts.items()}}
-            atomic_write(partial / "meta.json", json.dumps(meta, indent=1))
+            atomic_write(partial / "meta.json", json.dumps(meta, indent=1, allow_nan=False))  # plain JSON
             old = folder.with_name(f".{folder.name}.old")
             if folder.exists():
                 shutil.rmtree(old, ignore_errors=True)

@@ -28,8 +28,11 @@ def sse_rows(predict: Predict, points, rows: torch.Tensor, chunk: int) -> torch.
 
 class Evaluator:
     def __init__(self, predict: Predict, shard, comm: Comm, num_points: int, num_channels: int, chunk: int,
-                 probe_points: int, seed: int):
+                 probe_points: int, seed: int, offset_db: float = 0.0):
+        """offset_db: added to every PSNR, from the [0, 1] scale to the modality's PSNR range
+        (modality/base.py, psnr_offset_db)."""
         self.predict, self.shard, self.comm, self.chunk = predict, shard, comm, chunk
+        self.offset_db = offset_db
         self.num_values = num_points * num_channels
         self.num_channels = num_channels
         # A fixed random probe set, the same points for any world size (hashed by global id), found in
@@ -46,7 +49,7 @@ class Evaluator:
 
     def psnr(self) -> float:
         sse = sum(sse_rows(self.predict, self.shard, rows, self.chunk) for _, rows in self.shard.sweep(self.chunk))
-        return psnr_db(float(self.comm.all_reduce_sum(sse)), self.num_values)
+        return psnr_db(float(self.comm.all_reduce_sum(sse)), self.num_values) + self.offset_db
 
     @torch.no_grad()
     def psnr_and_scores(self, error, piece: int) -> tuple[float, torch.Tensor]:
@@ -60,7 +63,7 @@ class Evaluator:
             targets = self.shard.targets(part)
             sse += self.shard.target_range.squared_error_unit(pred, targets)
             scores.append(error(pred, targets))
-        return psnr_db(float(self.comm.all_reduce_sum(sse)), self.num_values), torch.cat(scores)
+        return psnr_db(float(self.comm.all_reduce_sum(sse)), self.num_values) + self.offset_db, torch.cat(scores)
 
     def probe_psnr(self) -> float:
         """PSNR on the probe set: the divergence guard's signal."""
@@ -72,4 +75,4 @@ class Evaluator:
                 sse += self.shard.target_range.squared_error_unit(pred, targets)
         count = torch.tensor(float(rows.numel()), dtype=torch.float64, device=sse.device)
         total = self.comm.all_reduce_sum(torch.stack([sse, count])).tolist()
-        return psnr_db(total[0], max(int(total[1]), 1) * self.num_channels)
+        return psnr_db(total[0], max(int(total[1]), 1) * self.num_channels) + self.offset_db

@@ -59,10 +59,12 @@ class DivergenceGuard:
 
     # The in-memory snapshot is not saved: a resumed run starts from the checkpoint, its first good state.
     def state_dict(self) -> dict:
-        return {"rollbacks": self.rollbacks, "best_db": self.best_db}
+        # None for "none yet" (-inf is not JSON; meta.json must open in any JSON reader).
+        return {"rollbacks": self.rollbacks, "best_db": self.best_db if math.isfinite(self.best_db) else None}
 
     def load_state_dict(self, state: dict) -> None:
-        self.rollbacks, self.best_db = int(state["rollbacks"]), float(state["best_db"])
+        best = state["best_db"]
+        self.rollbacks, self.best_db = int(state["rollbacks"]), -math.inf if best is None else float(best)
 
     def check(self, step: int, mean_loss: float, probe_psnr: float) -> int | None:
         """Called at log steps with the global mean training loss and the probe PSNR (the same on every

@@ -66,11 +66,26 @@ def init_distributed(launch: Launch, device: torch.device, timeout_s: float) -> 
     import deepspeed
 
     backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type != "cuda":
+        _skip_shm_build()
     deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(seconds=timeout_s),
                                verbose=False)
     if launch.world_size == 1:
         return Comm()
     return DistComm(launch.rank, launch.world_size, device, timeout_s)
+
+
+def _skip_shm_build() -> None:
+    """On CPUs DeepSpeed builds a shared-memory communication op with g++ at its first start (a minute on
+    2 cores) that only its inference all-reduce uses; we reduce through torch.distributed (gloo). A start
+    killed during that build leaves a lock in the extensions cache on which every later start waits
+    forever, without a word. So the op is marked not buildable here: no JIT build, no lock to wait on."""
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is not None:
+        deepspeed.ops.__compatible_ops__[builder.NAME] = False
 
 
 def shutdown() -> None:

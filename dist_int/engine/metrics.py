@@ -26,6 +26,15 @@ def memory_peaks(device: torch.device) -> tuple[float, float | None]:
     return round(rss_mb, 1), None if gpu_mb is None else round(gpu_mb, 1)
 
 
+def memory_report(comm, device: torch.device) -> dict:
+    """Every rank's peak host RSS and peak GPU memory so far, MiB, as lists by rank (a control collective)."""
+    rss, gpu = memory_peaks(device)
+    out = {"peak_rss_mb": [round(v, 1) for v in comm.all_gather_scalar(rss).tolist()]}
+    gpus = comm.all_gather_scalar(-1.0 if gpu is None else gpu).tolist()
+    out["peak_gpu_mb"] = None if gpu is None else [round(v, 1) for v in gpus]
+    return out
+
+
 class MetricsLog:
     """One JSON line per log step. Opening it drops every line past `resume_step` (the steps about to be
     trained again, or all lines of a run that crashed before its first checkpoint), so steps never repeat."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 
@@ -16,8 +17,10 @@ class RunState:
     best_step: int = 0
 
     def state_dict(self) -> dict:
-        return asdict(self)
+        # None stands for a non-finite number (no best PSNR yet): -inf is not JSON.
+        return {k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in asdict(self).items()}
 
     def load_state_dict(self, state: dict) -> None:
         for key, value in state.items():
-            setattr(self, key, type(getattr(self, key))(value))
+            default = getattr(type(self), key)
+            setattr(self, key, default if value is None else type(default)(value))

@@ -14,7 +14,7 @@ import numpy as np
 import zarr
 
 from ..errors import SignalError
-from ..signal.ingest import Source, file_sha256
+from ..signal.source import Source, file_sha256
 from .base import Modality, unit
 
 # libsndfile's sample types -> what we read and store losslessly (24-bit PCM arrives scaled to int32).
@@ -51,6 +51,17 @@ def open_audio(path: Path) -> Source:
 
 class Audio(Modality):
     kind = "audio"
+    spatial_dims = 1
+    default_chunk = (65536,)
+    suffixes = (".wav", ".flac", ".ogg", ".oga", ".aif", ".aiff")
+
+    def open(self, path: Path, options: dict) -> Source:
+        return open_audio(path)
+
+    def psnr_range(self, store) -> tuple[float, float]:
+        """The INT paper's audio PSNR: data range 2 on the [-1, 1] waveform, which is the full scale of PCM
+        data and [-1, 1] for float data (also when a float file is louder and is normalized by its peak)."""
+        return store.value_range if store.meta.get("dtype_range") else (-1.0, 1.0)
 
     def metric_sums(self, path: Path, store, rank: int, world_size: int) -> np.ndarray:
         """[sum of x^2, sum of (x - x_hat)^2] over this rank's share of chunks, x on [-1, 1]."""

@@ -1,26 +1,225 @@
-"""Images (H, W, C): PNG/JPEG through Pillow, TIFF/BigTIFF/OME-TIFF through tifffile, Zarr arrays and
-OME-Zarr (signal/ingest.py). Output: an OME-Zarr pyramid written by every rank; SSIM shared by the ranks;
-PNG or pyramidal BigTIFF export (render/render.py)."""
+"""Images (H, W, C): PNG/JPEG through Pillow, TIFF/BigTIFF/OME-TIFF through tifffile (read lazily), Zarr
+arrays and OME-Zarr, and scikit-image's sample images. TIFF and Zarr arrays with a third spatial axis are
+volumes (modality/volume.py reads them through the same readers). Output: an OME-Zarr pyramid written by
+every rank; SSIM shared by the ranks; PNG or pyramidal BigTIFF export (render/render.py)."""
 
 from __future__ import annotations
 
+import hashlib
+import sys
 from pathlib import Path
 
 import numpy as np
+import zarr
 
+from ..errors import SignalError
 from ..render import build_level, create_output, export, num_levels, open_level, ssim_mean, ssim_sums, to_source
+from ..signal.source import AxesView, Source, axes_of, file_sha256, is_zarr_dir, zarr_fingerprint
 from .base import Modality
+
+# scikit-image sample images that ship with the package (nothing is downloaded).
+BUILTINS = ("camera", "astronaut", "coffee", "chelsea", "rocket", "brick", "grass", "gravel", "text", "page", "moon",
+            "coins", "hubble_deep_field", "retina", "immunohistochemistry")
+TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".ome.tif", ".ome.tiff")
+
+
+def _read_pillow(path: Path, allow_large: bool) -> np.ndarray:
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    limit = Image.MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():
+            # Pillow refuses images above its decompression-bomb limit (about 179 M pixels) and warns
+            # above half of it: a guard against hostile files. Large local images are the point of
+            # dist_int, but lifting the guard is the user's explicit choice.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            if allow_large:
+                Image.MAX_IMAGE_PIXELS = None
+            im = Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise SignalError(f"{path} is larger than Pillow's decompression-bomb limit ({limit:,} pixels "
+                          f"refused, half of that warned); if you trust the file, allow it with "
+                          f"signal.allow_large_image=true (train) or --allow-large-image (ingest), or "
+                          f"convert it to a tiled TIFF, which is read lazily") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise SignalError(f"cannot read image {path}: {e}. Is the file complete and an image?") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    if allow_large and limit and im.width * im.height > limit // 2:
+        print(f"warning: {path} has {im.width * im.height:,} pixels, beyond Pillow's decompression-bomb "
+              f"guard; reading it as allowed (it is decoded whole into memory)", file=sys.stderr, flush=True)
+    frames = getattr(im, "n_frames", 1)
+    if frames > 1:  # an animated GIF/PNG/WebP: one picture would be a silent choice of frame
+        im.close()
+        raise SignalError(f"{path} is an animated image of {frames} frames; dist_int reads one picture: convert it "
+                          f"to a video (e.g. ffmpeg -i {path.name} clip.mp4) to fit all frames, or save the frame "
+                          f"you want as a PNG")
+    orientation = 1
+    try:
+        orientation = int(im.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - a damaged EXIF block only loses the orientation
+        pass
+    with open(path, "rb") as f:
+        head = f.read(26)
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[24] == 16:
+        # Pillow reads 16-bit colour PNGs as 8-bit (and 16-bit gray+alpha as RGBA): decode at full depth.
+        import imagecodecs
+
+        im.close()
+        try:
+            arr = imagecodecs.png_decode(path.read_bytes())
+        except Exception as e:  # noqa: BLE001
+            raise SignalError(f"cannot read image {path}: {e}. Is the file complete and an image?") from None
+        return _orient(arr, orientation)
+    try:
+        with im:
+            if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
+                im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
+            elif im.mode == "1":
+                im = im.convert("L")
+            arr = np.asarray(im)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise SignalError(f"cannot read image {path}: {e}. Is the file complete and an image?") from None
+    return _orient(arr, orientation)
+
+
+def _orient(arr: np.ndarray, code: int) -> np.ndarray:
+    """Apply an EXIF orientation (a phone photo is stored sideways with a tag saying how to turn it)."""
+    ops = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+           5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1), 7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
+           8: lambda a: np.rot90(a, 1)}
+    return np.ascontiguousarray(ops[code](arr)) if code in ops else arr
+
+
+def _open_tiff(path: Path):
+    import tifffile
+
+    with open(path, "rb") as f:
+        magic = f.read(8)
+    if magic[:4] not in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        kind = {b"\x89PNG": "a PNG", b"\xff\xd8\xff": "a JPEG"}.get(magic[:4], None) or \
+            ("a JPEG" if magic[:3] == b"\xff\xd8\xff" else "not a TIFF")
+        raise SignalError(f"{path} is named like a TIFF but its content is {kind} file; rename it with its real "
+                          f"extension (e.g. .png) or convert it")
+    try:
+        tif = tifffile.TiffFile(path)
+        series = tif.series[0]
+        store = series.aszarr()
+        arr = zarr.open_array(store, mode="r")
+    except Exception as e:  # tifffile raises many types for damaged files
+        raise SignalError(f"cannot read TIFF {path}: {e}. The file may be truncated or damaged") from None
+    shape = tuple(arr.shape)
+    axes = series.axes
+    # Squeeze singleton non-spatial axes (OME files often carry T=1, Z=1, C=1).
+    keep = [i for i, (n, a) in enumerate(zip(shape, axes)) if n > 1 or a in "YX"]
+    return arr, shape, axes, keep, tif
+
+
+def _builtin(src: str):
+    """scikit-image's sample images, `builtin:NAME`, or resized to SIZE x SIZE with `builtin:NAME@SIZE`."""
+    name, _, size = src.split(":", 1)[1].partition("@")
+    if name not in BUILTINS:
+        raise SignalError(f"unknown builtin signal '{name}'; choose one of {', '.join(BUILTINS)}")
+    if size and (not size.isdigit() or not 2 <= int(size) <= 8192):
+        raise SignalError(f"builtin:{name}@{size}: the size must be a whole number of pixels in 2..8192, "
+                          f"e.g. builtin:{name}@256")
+    import skimage.data
+
+    arr = getattr(skimage.data, name)()
+    if size:
+        from PIL import Image
+
+        arr = np.asarray(Image.fromarray(arr).resize((int(size), int(size)), Image.Resampling.LANCZOS))
+    return arr, src, hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest(), None
+
+
+def load_image(src: str, allow_large: bool = False):
+    """Return (array-like (H, W[, C]) or (Z, Y, X[, C]) for TIFF, name, sha256 or None, closer).
+    allow_large: read PNG/JPEG files beyond Pillow's decompression-bomb limit (with a warning)."""
+    if src.startswith("builtin:"):
+        return _builtin(src)
+    path = Path(src)
+    if not path.exists():
+        if path.is_symlink():
+            raise SignalError(f"{src} is a symbolic link that does not lead to a file (a loop or a missing "
+                              f"target); point signal.path at the file itself")
+        raise SignalError(f"signal file not found: {src}")
+    if path.is_dir():
+        raise SignalError(f"{src} is a folder but not a Zarr store (no zarr.json, .zarray or .zgroup inside)")
+    if path.stat().st_size == 0:
+        raise SignalError(f"signal file {src} is empty")
+    sha = file_sha256(path)
+    if path.name.lower().endswith(TIFF_SUFFIXES):
+        arr, shape, axes, _, tif = _open_tiff(path)
+        try:
+            view = AxesView(arr, axes_of(axes, shape))
+        except SignalError:
+            tif.close()
+            raise
+        return view, path.name, sha, tif.close
+    return _read_pillow(path, allow_large), path.name, sha, None
+
+
+def _open_zarr_source(path: Path):
+    """(view, linkable): an image array inside a Zarr store: an array (H, W) or (H, W, C), or an
+    OME-Zarr multiscale group (its full-resolution level). linkable: a v3 array (H, W, C) with every
+    channel in each chunk, which the run can read in place (no copy)."""
+    try:
+        node = zarr.open(path, mode="r")
+    except Exception as e:  # noqa: BLE001
+        raise SignalError(f"cannot open Zarr store {path}: {e}") from None
+    if isinstance(node, zarr.Group):
+        attrs = dict(node.attrs)
+        ms = (attrs.get("ome") or {}).get("multiscales") or attrs.get("multiscales")
+        if not ms:
+            raise SignalError(f"{path} is a Zarr group, not an image array; give the path of the array inside "
+                              f"it (e.g. {path}/0), or an OME-Zarr image")
+        arr = node[ms[0]["datasets"][0]["path"]]
+        letters = "".join(a["name"][0] if isinstance(a, dict) else str(a)[0] for a in ms[0]["axes"])
+        return AxesView(arr, axes_of(letters, arr.shape)), False
+    arr = node
+    axes = {2: "yx", 3: "yxc" if arr.shape[-1] <= 4 else "zyx", 4: "zyxc"}.get(arr.ndim)
+    if axes is None or (arr.ndim == 4 and arr.shape[-1] > 4):
+        raise SignalError(f"{path} holds an array of shape {arr.shape}; expected an image (H, W) or (H, W, C) "
+                          f"or a volume (Z, Y, X) or (Z, Y, X, C), with C <= 4")
+    axes = "".join("1" if n == 1 and a in "zc" else a for a, n in zip(axes, arr.shape))
+    # Read in place when every chunk holds all channels and the layout is already (*spatial, C).
+    linkable = (arr.metadata.zarr_format == 3 and axes.endswith("c") and arr.chunks[-1] == arr.shape[-1]
+                and min(arr.chunks[:-1]) >= 8)
+    return AxesView(arr, axes), linkable
+
+
+def open_array(src: str, allow_large: bool = False) -> Source:
+    """A 2-D or 3-D array source (its kind, image or volume, follows from its axes): a Zarr store or
+    OME-Zarr image, a TIFF (lazily), a PNG/JPEG, or builtin:NAME."""
+    path = Path(src)
+    if not src.startswith("builtin:") and is_zarr_dir(path):
+        view, linkable = _open_zarr_source(path)
+        source = Source(view, view.shape, view.dtype, "", path.name, zarr_fingerprint(path), True, None,
+                        path if linkable else None)
+    else:
+        data, name, sha, close = load_image(src, allow_large)
+        shape = tuple(data.shape) + ((1,) if data.ndim == 2 else ())
+        if isinstance(data, np.ndarray) and data.ndim == 2:
+            data = data[..., None]
+        source = Source(data, shape, np.dtype(data.dtype), "", name, sha, close is not None, close)
+    source.kind = {3: "image", 4: "volume"}.get(len(source.shape), "")
+    return source
 
 
 class Image(Modality):
     kind = "image"
+    spatial_dims = 2
+    default_chunk = (128, 128)
 
     def create_output(self, path: Path, store) -> None:
         create_output(path, store)
 
     def writer(self, path: Path, store):
         level0 = open_level(path, 0, "r+")
-        dtype, value_range = np.dtype(level0.dtype), tuple(store.meta["value_range"])
+        dtype, value_range = np.dtype(level0.dtype), store.value_range
 
         def write(cid: int, values: np.ndarray) -> None:
             ys, xs = store.chunk_slices(cid)

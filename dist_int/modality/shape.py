@@ -22,7 +22,7 @@ import torch
 import zarr
 
 from ..errors import SignalError
-from ..signal.ingest import Source, file_sha256
+from ..signal.source import Source, file_sha256
 from .base import Modality
 
 SHAPE_SUFFIXES = (".ply", ".obj", ".stl", ".off", ".glb", ".gltf")
@@ -34,9 +34,33 @@ SDF_RANGE = 2.0             # stored sdf values are normalized from [-2, 2]
 CHAMFER_SAMPLES = 30000
 
 
+# What a mesh file starts with, for the formats that say so: a file whose bytes are another format's is
+# named wrongly, and trimesh would fail on it with an unrelated message (e.g. about text encodings).
+MESH_MAGIC = {".ply": (b"ply",), ".glb": (b"glTF",)}
+TEXT_FORMATS = (".obj", ".off", ".gltf")
+
+
+def _check_format(path: Path) -> None:
+    suffix = path.suffix.lower()
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    actual = next((s for s, magics in MESH_MAGIC.items() if head.startswith(magics)), None)
+    if actual and actual != suffix:
+        raise SignalError(f"{path} holds {actual[1:].upper()} data but is named {suffix}; rename it "
+                          f"{path.stem}{actual}")
+    if suffix in TEXT_FORMATS:
+        try:
+            head.decode("utf-8")
+        except UnicodeDecodeError:
+            if len(head) < 4096 or b"\0" in head:  # binary, not text cut mid-character
+                raise SignalError(f"{path} is named {suffix}, a text format, but holds binary data; give it "
+                                  f"the suffix of its real format (.ply, .stl, .glb)") from None
+
+
 def load_mesh(path: Path):
     import trimesh
 
+    _check_format(path)
     try:
         mesh = trimesh.load(str(path), force="mesh", process=True)
     except Exception as e:  # noqa: BLE001 - trimesh's loaders raise many types
@@ -153,6 +177,12 @@ def open_shape(path: Path, points: int = 100000, require_watertight: bool = Fals
 
 class Shape(Modality):
     kind = "shape"
+    spatial_dims = 1
+    default_chunk = (16384,)
+    suffixes = SHAPE_SUFFIXES
+
+    def open(self, path: Path, options: dict) -> Source:
+        return open_shape(path, options.get("points", 100000), options.get("sdf") == "watertight")
 
     def create_output(self, path: Path, store) -> None:
         arr = zarr.create_array(path, shape=(GRID,) * 3, chunks=(8, GRID, GRID), dtype="float32", fill_value=0)
@@ -219,10 +249,15 @@ class Shape(Modality):
         return float(cKDTree(b).query(a)[0].mean() + cKDTree(a).query(b)[0].mean()) / 2
 
     def metrics(self, sums, store) -> dict:
-        return {"iou": round(float(sums[0] / max(sums[1], 1)), 5),
-                "chamfer": round(float(sums[2]), 6),
-                "chamfer_is": "mean of both directions, on the [-1, 1] domain (the shape spans 1.8 along its "
-                              "longest side)", "grid": GRID}
+        out = {"iou": round(float(sums[0] / max(sums[1], 1)), 5), "grid": GRID}
+        if math.isfinite(sums[2]):
+            out.update(chamfer=round(float(sums[2]), 6), chamfer_is="mean of both directions, on the [-1, 1] "
+                       "domain (the shape spans 1.8 along its longest side)")
+        else:  # no surface: nothing to measure a distance to, and no reconstruction.ply (export)
+            out["warnings"] = [f"the fitted field has no zero level set on the {GRID}^3 grid, so there is no "
+                               f"surface: no Chamfer distance and no reconstruction.ply (train longer, or "
+                               f"check the learning rate)"]
+        return out
 
     def export(self, path: Path, stem: Path, fmt: str, store) -> Path:
         import trimesh
@@ -230,8 +265,7 @@ class Shape(Modality):
         surface = self._surface(np.asarray(zarr.open_array(path, mode="r")[...]))
         dest = stem.with_suffix(".ply")
         if surface is None:
-            raise SignalError("the fitted field has no zero level set on the grid; no surface to export "
-                              "(train longer or check the learning rate)")
+            return None  # no surface (the metrics' warning says so); reconstruction.zarr holds the field
         verts, faces = surface
         verts = verts / store.meta["scale"] + np.asarray(store.meta["centre"])  # back to the source's units
         tmp = dest.with_name("." + dest.name + ".tmp.ply")

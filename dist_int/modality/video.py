@@ -13,10 +13,16 @@ import numpy as np
 import zarr
 
 from ..errors import SignalError
-from ..signal.ingest import Source, file_sha256
+from ..signal.source import Source, file_sha256
 from .base import Modality, unit
 
 STRIP_FRAMES = 6
+
+
+def video_pix_fmt(height: int, width: int) -> str:
+    """H.264's common 4:2:0 layout halves the chroma planes, so it needs even sides; odd ones keep their
+    size with 4:4:4 (FFmpeg-based players and PyAV read it)."""
+    return "yuv420p" if height % 2 == 0 and width % 2 == 0 else "yuv444p"
 
 
 class _Frames:
@@ -73,12 +79,19 @@ def open_video(path: Path) -> Source:
 
 class Video(Modality):
     kind = "video"
+    ome_axes = (("t", "time", 0), ("c", "channel", 3), ("y", "space", 1), ("x", "space", 2))
+    spatial_dims = 3
+    default_chunk = (8, 128, 128)
+    suffixes = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
+
+    def open(self, path: Path, options: dict) -> Source:
+        return open_video(path)
 
     def metric_sums(self, path: Path, store, rank: int, world_size: int) -> np.ndarray:
         """[per-frame SSE on [0, 1]..., per-frame SSIM...] for this rank's frames (zeros elsewhere)."""
         from skimage.metrics import structural_similarity
 
-        out = zarr.open_array(path, mode="r")
+        out = self.open_output(path)
         t = store.shape[0]
         sums = np.zeros(2 * t)
         for i in range(rank, t, world_size):
@@ -102,18 +115,18 @@ class Video(Modality):
         import av
         from PIL import Image
 
-        out = zarr.open_array(path, mode="r")
+        out = self.open_output(path)
         t, h, w, _ = out.shape
         dest = stem.with_suffix(".mp4")
         tmp = dest.with_name("." + dest.name + ".tmp.mp4")
         rate = Fraction(store.meta.get("fps_fraction", "25/1"))
         with av.open(str(tmp), "w") as container:
             stream = container.add_stream("libx264", rate=rate)
-            stream.width, stream.height = w - w % 2, h - h % 2  # yuv420p needs even sides
-            stream.pix_fmt = "yuv420p"
+            stream.width, stream.height = w, h  # the source's size, odd sides too (synth.video_pix_fmt)
+            stream.pix_fmt = video_pix_fmt(h, w)
             stream.options = {"crf": "12"}
             for i in range(t):
-                img = np.ascontiguousarray(np.asarray(out[i])[:stream.height, :stream.width])
+                img = np.ascontiguousarray(np.asarray(out[i]))
                 container.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
             container.mux(stream.encode())
         tmp.replace(dest)

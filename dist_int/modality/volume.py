@@ -14,19 +14,27 @@ from .base import Modality, unit
 
 class Volume(Modality):
     kind = "volume"
+    ome_axes = (("c", "channel", 3), ("z", "space", 0), ("y", "space", 1), ("x", "space", 2))
+    spatial_dims = 3
+    default_chunk = (32, 32, 32)
 
     def export(self, path: Path, stem: Path, fmt: str, store) -> Path:
         import tifffile
         from PIL import Image
 
-        out = zarr.open_array(path, mode="r")
+        out = self.open_output(path)
         z, y, x, c = out.shape
         dest = stem.with_suffix(".tif")
         tmp = dest.with_name("." + dest.name + ".tmp")
         shape = (z, y, x) if c == 1 else (z, y, x, c)
         pages = (np.asarray(out[i]).reshape(shape[1:]) for i in range(z))
-        tifffile.imwrite(tmp, pages, shape=shape, dtype=out.dtype, bigtiff=True,
-                         photometric="minisblack" if c != 3 else "rgb", compression="zlib")
+        # Channels as samples of each page, as the source had them: gray, gray + one extra sample, RGB, or
+        # RGB + alpha (tifffile needs the extra samples named, or it cannot lay out 2 or 4 of them).
+        layout = {1: {"photometric": "minisblack"},
+                  2: {"photometric": "minisblack", "planarconfig": "contig", "extrasamples": ["unspecified"]},
+                  3: {"photometric": "rgb", "planarconfig": "contig"},
+                  4: {"photometric": "rgb", "planarconfig": "contig", "extrasamples": ["unassalpha"]}}[c]
+        tifffile.imwrite(tmp, pages, shape=shape, dtype=out.dtype, bigtiff=True, compression="zlib", **layout)
         tmp.replace(dest)
         # Middle slices as 8-bit pictures of the normalized values (a quick look; the TIFF is the data).
         for axis, name in enumerate("zyx"):

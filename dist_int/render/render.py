@@ -39,8 +39,9 @@ def create_output(path: Path, store) -> None:
     cy, cx = store.chunk_shape
     datasets = []
     for level, (h, w) in enumerate(level_shapes(store.spatial)):
+        # dimension_names: OME-Zarr 0.5 requires each array to name its axes as the multiscales do.
         root.create_array(str(level), shape=(store.channels, h, w), chunks=(store.channels, cy, cx), dtype=dtype,
-                          fill_value=0)
+                          fill_value=0, dimension_names=("c", "y", "x"))
         datasets.append({"path": str(level),
                          "coordinateTransformations": [{"type": "scale", "scale": [1.0, 2.0 ** level, 2.0 ** level]}]})
     root.attrs["ome"] = {"version": OME_VERSION, "multiscales": [{
@@ -49,7 +50,7 @@ def create_output(path: Path, store) -> None:
         "datasets": datasets,
         "type": "mean",
     }]}
-    root.attrs["dist_int"] = {"source_dtype": dtype.name, "value_range": list(store.meta["value_range"])}
+    root.attrs["dist_int"] = {"source_dtype": dtype.name, "value_range": list(store.value_range)}
 
 
 def open_level(path: Path, level: int, mode: str = "r") -> zarr.Array:
@@ -162,13 +163,20 @@ def _export_tiff(path: Path, out: Path) -> Path:
                 t = np.zeros((TIFF_TILE, TIFF_TILE, c), band.dtype)
                 part = band[:, x:x + TIFF_TILE]
                 t[: part.shape[0], : part.shape[1]] = part
-                yield t
+                yield t if c > 1 else t[..., 0]
 
-    opts = dict(tile=(TIFF_TILE, TIFF_TILE), photometric="rgb" if c == 3 else "minisblack", compression="zlib")
-    with tifffile.TiffWriter(tmp, bigtiff=True) as tif:
+    # Channels as samples of each pixel (RGB, or gray with extra samples), and OME-XML in the first page:
+    # tifffile, QuPath and Bio-Formats then read the file as one multiscale image (series levels).
+    photometric = "rgb" if c in (3, 4) else "minisblack"
+    extras = {2: ["unspecified"], 4: ["unassalpha"]}.get(c)
+    opts = dict(tile=(TIFF_TILE, TIFF_TILE), photometric=photometric, compression="zlib",
+                planarconfig="contig" if c > 1 else None, **({"extrasamples": extras} if extras else {}))
+    axes = "YXS" if c > 1 else "YX"
+    with tifffile.TiffWriter(tmp, bigtiff=True, ome=True) as tif:
         for i, level in enumerate(levels):
             _, h, w = level.shape
-            extra = {"subifds": len(levels) - 1} if i == 0 else {"subfiletype": 1}
-            tif.write(tiles(level), shape=(h, w, c), dtype=level.dtype, **opts, **extra)
+            extra = {"subifds": len(levels) - 1, "metadata": {"axes": axes, "Name": "reconstruction"}} if i == 0 \
+                else {"subfiletype": 1, "metadata": None}
+            tif.write(tiles(level), shape=(h, w, c) if c > 1 else (h, w), dtype=level.dtype, **opts, **extra)
     tmp.replace(out)
     return out

@@ -17,7 +17,7 @@ import zipfile
 from pathlib import Path
 
 from ..errors import DistIntError
-from ..rundir import RunDir, atomic_write
+from ..rundir import RunDir, atomic_write, status_of
 
 SUMMARY_KEYS = [("field", "field"), ("strategy", "teacher"), ("steps", "steps"), ("psnr_db", "PSNR (dB)"),
                 # What the fidelity costs, next to it (docs/fields.md, "Size beside fidelity").
@@ -51,7 +51,8 @@ class Run:
         from ..signal import SignalStore, signal_store_path
 
         store_path = signal_store_path(self.config["signal"]["path"], run.signal_store)
-        self.store = SignalStore(store_path) if store_path.exists() else None
+        self.store = SignalStore(store_path, self.config["signal"].get("value_range", "data")) \
+            if store_path.exists() else None
         self.slug = f"run{index}-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", self.label)[:40]
 
     def snapshots(self, most: int) -> tuple[list[tuple[int, dict]], list[int]]:
@@ -78,8 +79,8 @@ def _row(run: Run) -> list[str]:
             value = run.strategy
         if key == "field" and not value:
             value = run.config["model"].get("kind", "siren")
-        if key == "status" and not s:
-            value = "not finished (no summary.json)"
+        if key == "status":
+            value = status_of(run.summary) + ("" if run.summary else " (no summary.json)")
         cells.append(html.escape(str(value)))
     return cells
 
@@ -102,6 +103,8 @@ def write_report(runs: list[Run], out: Path, progress=print) -> Path:
     for run in runs:
         parts.append(f"<h2>{html.escape(run.label)}</h2><p class='note'>{html.escape(str(run.path))}: "
                      f"{html.escape(str(run.config['signal']['path']))}, teacher {html.escape(run.strategy)}</p>")
+        for note in (run.summary or {}).get("warnings", []):  # an export or metric that failed after training
+            parts.append(f"<p class='note'>warning: {html.escape(str(note))}</p>")
         if run.store is None:
             parts.append("<p class='note'>The signal store is gone; no pictures of the signal.</p>")
         elif run.reconstruction is None:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..modality import modality_for
+
 PREVIEW = 1024        # longest side of an image preview, pixels
 SNAPSHOT_PANELS = 6   # snapshots drawn per run, evenly spaced over those recorded (report/__init__.py)
 
@@ -106,10 +108,8 @@ def _image(plt, run):
 
 
 def _volume(plt, run):
-    import zarr
-
     store = run.store
-    field = zarr.open_array(run.reconstruction, mode="r")
+    field = modality_for(store).open_output(run.reconstruction)  # indexed (z, y, x, c) as the store
     fig, axes = plt.subplots(3, 3, figsize=(11, 11))
     for axis in range(3):  # the middle slice across each axis
         idx = [slice(None)] * 3
@@ -121,10 +121,8 @@ def _volume(plt, run):
 
 
 def _video(plt, run):
-    import zarr
-
     store = run.store
-    field = zarr.open_array(run.reconstruction, mode="r")
+    field = modality_for(store).open_output(run.reconstruction)  # indexed (t, y, x, c) as the store
     frames = np.unique(np.linspace(0, store.spatial[0] - 1, 4).round().astype(int))
     h, w = store.spatial[1:]
     s = max(1, math.ceil(max(h, w) / 384))

@@ -16,7 +16,7 @@ import torch
 import zarr
 
 from .errors import SignalError
-from .ingest import ATTR
+from .source import ATTR
 from .targets import TargetRange
 
 
@@ -32,7 +32,9 @@ def signal_geometry(shape, kind: str) -> tuple[int, int, tuple[int, ...] | None]
 class SignalStore:
     """Read access to an ingested signal: its chunk grid, and chunks as normalized float32 points."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, value_range: str | list[float] = "data"):
+        """value_range: signal.value_range, the values that map to [0, 1] (docs/design.md, "Values are
+        the data's")."""
         self.path = Path(path)
         if not (self.path / "zarr.json").is_file():
             raise SignalError(f"{self.path} is not a Zarr v3 store (no zarr.json); ingest the source first "
@@ -64,8 +66,31 @@ class SignalStore:
         self.grid = tuple(math.ceil(n / c) for n, c in zip(self.spatial, self.chunk_shape))
         self.num_chunks = math.prod(self.grid)
         self.num_points = math.prod(self.spatial)
-        lo, hi = meta["value_range"]
-        self.offset, self.scale = float(lo), 1.0 / (float(hi) - float(lo))
+        self.value_range = self._range(value_range)
+        lo, hi = self.value_range
+        self.offset, self.scale = lo, 1.0 / (hi - lo)
+
+    def _range(self, asked: str | list[float]) -> tuple[float, float]:
+        """The range reads normalize by: the one chosen at ingest (the data's), the dtype's, or the
+        config's own, which must cover the data (stores from before data ranges were recorded cover it)."""
+        meta = self.meta
+        if asked == "data":
+            return float(meta["value_range"][0]), float(meta["value_range"][1])
+        if asked == "dtype":
+            full = meta.get("dtype_range")
+            if full is None and np.dtype(self.array.dtype).kind in "biu":  # a store from an older dist_int
+                info = np.iinfo(self.array.dtype) if self.array.dtype != np.bool_ else None
+                full = [0.0, 1.0] if info is None else [float(info.min), float(info.max)]
+            if full is None:
+                raise SignalError(f"signal.value_range = \"dtype\" but {self.path} holds {self.array.dtype} values, "
+                                  f"which have no full range to speak of; use \"data\" or [lo, hi]")
+            return float(full[0]), float(full[1])
+        lo, hi = float(asked[0]), float(asked[1])
+        data = meta.get("data_range")
+        if data is not None and (data[0] < lo or data[1] > hi):
+            raise SignalError(f"signal.value_range = [{lo:g}, {hi:g}] does not cover the data of {self.path}, "
+                              f"which spans [{data[0]:g}, {data[1]:g}]; widen it, or use \"data\"")
+        return lo, hi
 
     def chunk_slices(self, cid: int) -> tuple[slice, ...]:
         idx = np.unravel_index(cid, self.grid)
