@@ -56,7 +56,7 @@ def ingest_main(argv: list[str]) -> int:
     parser.add_argument("dest", help="new Zarr store path (must not exist)")
     parser.add_argument("--chunk", type=int, nargs="+", default=[0],
                         help="chunk edge for every axis, or one per axis (default: the modality's)")
-    parser.add_argument("--kind", default="auto", choices=["auto", "image", "audio", "volume", "video"])
+    parser.add_argument("--kind", default="auto", choices=["auto", "image", "audio", "volume", "video", "shape"])
     parser.add_argument("--allow-large-image", action="store_true",
                         help="read a PNG/JPEG beyond Pillow's decompression-bomb limit (decoded whole)")
     args = parser.parse_args(argv)
@@ -65,7 +65,8 @@ def ingest_main(argv: list[str]) -> int:
 
     try:
         chunk = args.chunk[0] if len(args.chunk) == 1 else args.chunk
-        if any(c < 1 for c in args.chunk) or (isinstance(chunk, int) and 0 < chunk < 8):
+        if (isinstance(chunk, int) and (chunk < 0 or 0 < chunk < 8)) or \
+                (isinstance(chunk, list) and any(c < 1 for c in chunk)):
             raise ConfigError("--chunk must be 0 (the default), an edge >= 8, or one edge >= 1 per axis")
         tty = sys.stderr.isatty()
 

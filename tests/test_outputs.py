@@ -363,3 +363,10 @@ def test_the_layers_import_one_way():
     assert "modality" not in uses.get("signal", set())
     circles = sorted((a, b) for a in uses for b in uses[a] if a < b and a in uses.get(b, set()))
     assert circles == [], circles
+
+
+def test_ingest_takes_the_kinds_default_chunks(tmp_path):
+    """`python -m dist_int ingest SRC DEST` without --chunk (it refused every call without it)."""
+    out = subprocess.run([sys.executable, "-m", "dist_int", "ingest", "builtin:camera@64", str(tmp_path / "c.zarr")],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0 and "1 chunks of (64, 64)" in out.stdout, out.stderr
