@@ -1,12 +1,20 @@
 """Memory and communication against signal size, and a scaling model for 8 and 64 GPUs.
 
+Long signals (--kinds, 2 CPU ranks, one budget of train.memory_mb per rank): a 32768^2 image (and the
+same config at 16384^2 and 8192^2), an hour of 48 kHz stereo audio, 2,000 frames of 720p video and a
+1024^3 volume, each made on this machine, ingested, trained a few steps, rendered and exported end to
+end. Per kind: peak RSS per rank, the ingest, a training step, render, metrics and export times, and the
+bytes each rank sends per selection.
+
+    python bench/scale.py --kinds image,audio,video,volume --work /big/disk
+
 Sizes (CPU, 1-2 ranks): every rank's peak host RSS and the bytes each rank sends per selection, for
 procedural images of several sizes, mini-batch INT, a few steps, ingest (from a tiled BigTIFF with
---source tiff), render, pyramid, export and SSIM included. `--stream-mb` streams shards from disk
-(teacher.batches = "chunks", signal.cache_mb) instead of holding them.
+--source tiff), render, pyramid, export and SSIM included. `--budget-mb` fixes train.memory_mb (shards
+that do not fit it stream a window at a time).
 
     python bench/scale.py --sizes 512,1024,2048,4096 --nproc 1,2
-    python bench/scale.py --sizes 2048,16384 --nproc 2 --source tiff --stream-mb 256 --steps 4
+    python bench/scale.py --sizes 2048,16384 --nproc 2 --source tiff --budget-mb 1024 --steps 4
 
 Model (--model): times the parts of a step on this machine (a SIREN train step and scoring pass per
 point, and gloo all-reduces of a selection histogram and of the gradients between 2 processes), then
@@ -73,9 +81,8 @@ def sizes_table(args) -> str:
                 run = work / f"run-{size}-{nproc}"
                 batches = max(1, min(size * size // args.batch_points, 256 * 256))
                 extra = []
-                if args.stream_mb:
-                    batches = min(batches, (size // 256) ** 2)
-                    extra = ["teacher.batches=chunks", f"signal.cache_mb={args.stream_mb}"]
+                if args.budget_mb:
+                    extra = [f"train.memory_mb={args.budget_mb}", f"teacher.window_points={1 << 24}"]
                 t0 = time.time()
                 r = train([f"signal.path={source}", f"run.dir={run}", "signal.chunk=256", "model.hidden=32",
                            "model.layers=3", "teacher.strategy=int", f"teacher.num_batches={batches}",
@@ -104,13 +111,82 @@ def sizes_table(args) -> str:
                             "PSNR (dB)", "wall (s)"], rows)
     command = (f"python bench/scale.py --sizes {args.sizes} --nproc {args.nproc} --steps {args.steps} "
                f"--batch-points {args.batch_points} --source {args.source}"
-               + (f" --stream-mb {args.stream_mb:g}" if args.stream_mb else ""))
-    mode = (f"shards streamed from disk (teacher.batches = chunks, signal.cache_mb = {args.stream_mb:g})"
-            if args.stream_mb else "shards resident, stratified batches")
+               + (f" --budget-mb {args.budget_mb:g}" if args.budget_mb else ""))
+    mode = (f"train.memory_mb = {args.budget_mb:g} (shards that do not fit stream a window of 2^24 points at a "
+            f"time)" if args.budget_mb else "shards resident, stratified batches")
     header = (f"machine: {machine()}\ncommand: {command}\nprocedural RGB uint8 images (synth gigapixel) as "
               f"{'tiled BigTIFF (ingest by all ranks included)' if args.source == 'tiff' else 'Zarr'}, 256^2 "
               f"chunks, SIREN 3x32, mini-batch INT with batches of about {args.batch_points} points (all ranks), "
               f"{mode}, {args.steps} steps, render, OME-Zarr pyramid, pyramidal BigTIFF export and SSIM included")
+    return header + "\n\n" + table + "\n"
+
+
+# ------------------------------------------------------------------------------------------ long signals
+# Every run: configs/hash.toml (or configs/gigapixel.toml for images) with a budget of LONG_BUDGET_MB per rank,
+# windows of 2^26 points, the default teacher (so that selections happen), a few steps, passes of 2^14 points.
+LONG_BUDGET_MB = 1024
+LONG_COMMON = [f"train.memory_mb={LONG_BUDGET_MB}", f"teacher.window_points={1 << 26}", "teacher.strategy=soft",
+               "teacher.batch_points=65536", "train.max_points_per_pass=16384", "teacher.score_chunk=16384",
+               "train.eval_chunk=16384", "train.precision=fp32", "model.log2_table=19", "train.eval_every=0",
+               "checkpoint.every=0", "train.probe_points=4096"]
+
+
+def _long_signals(work: Path, kinds: list[str]) -> dict:
+    """kind label -> (source path, config, extra overrides), made here unless already in `work`."""
+    from dist_int.synth import synth_gigapixel, synth_speech, synth_video, synth_volume
+
+    def made(path: Path, make) -> str:
+        if not path.exists():
+            t0 = time.time()
+            make(path)
+            print(f"made {path} in {time.time() - t0:.0f} s", flush=True)
+        return str(path)
+
+    out = {}
+    if "image" in kinds:
+        for size in (8192, 16384, 32768):
+            src = made(work / f"image-{size}.zarr", lambda p, n=size: synth_gigapixel(p, n, chunk=512))
+            out[f"image {size}^2"] = (src, "configs/gigapixel.toml", ["render.format=tiff"])
+    if "audio" in kinds:
+        src = made(work / "hour.wav", lambda p: synth_speech(p, 3600, rate=48000, channels=2))
+        out["audio 1 h, 48 kHz stereo"] = (src, "configs/hash.toml", [])
+    if "video" in kinds:
+        src = made(work / "long.mp4", lambda p: synth_video(p, frames=2000, size=1280, height=720, fps=25))
+        out["video 2,000 frames 720p"] = (src, "configs/hash.toml", ["signal.chunk=[8,128,128]"])
+    if "volume" in kinds:
+        src = made(work / "volume-1024.tif", lambda p: synth_volume(p, 1024))
+        out["volume 1024^3"] = (src, "configs/hash.toml", [])
+    return out
+
+
+def long_table(args) -> str:
+    work = Path(args.work or tempfile.mkdtemp(prefix="bench-long-"))
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for label, (src, config, extra) in _long_signals(work, args.kinds.split(",")).items():
+        run = work / ("run-" + label.split()[0] + label.split()[1].replace("^2", ""))
+        shutil.rmtree(run, ignore_errors=True)
+        print(f"{label} ...", flush=True)
+        t0 = time.time()
+        r = train([f"--config={config}", f"signal.path={src}", f"run.dir={run}", *LONG_COMMON,
+                   f"train.steps={args.steps}", f"train.log_every={args.steps}", *extra], 2)
+        wall = time.time() - t0
+        t = r.get("timings_s", {})
+        sent = sorted({m["select_bytes"] for m in r["metrics"] if m.get("selections")})
+        rows.append([label, f"{math.prod(r['shape'][:-1]) / 1e6:,.1f}", ", ".join(f"{v:.0f}" for v in r["peak_rss_mb"]),
+                     f"{t.get('setup', 0):.0f}", f"{r['train_time_s'] / r['steps'] * 1e3:.0f}",
+                     f"{r['select_fraction']:.2f}", f"{t.get('render', 0):.0f}", f"{t.get('metrics', 0):.0f}",
+                     f"{t.get('export', 0):.0f}", ", ".join(map(str, sent)) or "0", f"{r['psnr_db']:.2f}",
+                     f"{wall:.0f}"])
+        print(rows[-1], flush=True)
+        shutil.rmtree(run, ignore_errors=True)
+    table = markdown_table(["signal", "M points", "peak RSS per rank (MiB)", "ingest + shard (s)",
+                            "train step (ms)", "selection share", "render (s)", "metrics (s)", "export (s)",
+                            "bytes sent per selection per rank", "PSNR after the steps (dB)", "wall (s)"], rows)
+    header = (f"machine: {machine()}\ncommand: python bench/scale.py --kinds {args.kinds} --steps {args.steps}\n"
+              f"2 ranks, each with train.memory_mb = {LONG_BUDGET_MB}; every run: "
+              f"{' '.join(LONG_COMMON)}; {args.steps} steps. RSS includes Python, torch and DeepSpeed (about "
+              f"400 MiB). Times are wall seconds of each part.")
     return header + "\n\n" + table + "\n"
 
 
@@ -250,18 +326,21 @@ def main() -> None:
                    help="points per mini-batch (num_batches = pixels / this, at most a chunk's points); "
                         "also the most points per forward/backward pass")
     p.add_argument("--source", choices=("zarr", "tiff"), default="zarr")
-    p.add_argument("--stream-mb", type=float, default=0.0, help="stream shards with this signal.cache_mb")
+    p.add_argument("--budget-mb", type=float, default=0.0, help="train.memory_mb per rank (0: the machine's share)")
+    p.add_argument("--kinds", default=None, help="long signals instead: image,audio,video,volume")
     p.add_argument("--work", default=None, help="folder for the temporary images and runs")
     p.add_argument("--model", action="store_true", help="the scaling model instead of the size sweep")
     p.add_argument("--model-size", type=int, default=16384)
     p.add_argument("--model-batch", type=int, default=16384)
     p.add_argument("--out", default=None)
     args = p.parse_args()
-    if args.model:
+    if args.kinds:
+        text, default = long_table(args), "scale_long.md"
+    elif args.model:
         text, default = model_table(args), "scale_model.md"
     else:
         text = sizes_table(args)
-        default = "scale_stream.md" if args.stream_mb else "scale.md"
+        default = "scale_stream.md" if args.budget_mb else "scale.md"
     print(text)
     Path(args.out or ROOT / "bench" / "results" / default).write_text(text)
 

@@ -25,12 +25,18 @@ INTERVAL_SCHEDULES = ("dense", "incremental", "step-incremental", "decremental")
 STRATEGIES = ("full", "uniform", "int", "mix", "soft")
 FIELD_KINDS = ("siren", "hash")
 ACTIVATIONS = ("relu", "sine")
-BATCH_LAYOUTS = ("stratified", "chunks")
 SIGNAL_KINDS = ("image", "audio", "volume", "video", "shape")
 PRECISIONS = ("fp32", "tf32", "bf16")
 TARGET_RANGES = ("symmetric", "unit")
 # Keys that were renamed: an old config gets told the new spelling instead of a list of every key.
-RENAMED_KEYS = {"train.bf16": 'train.precision = "bf16" (or "fp32" / "tf32")'}
+RENAMED_KEYS = {
+    "train.bf16": 'train.precision = "bf16" (or "fp32" / "tf32")',
+    "signal.cache_mb": "train.memory_mb (one budget for all a rank holds: signal, teacher, field, passes, buffers)",
+    "train.memory_gb": "train.memory_mb (one budget for all a rank holds, in MiB)",
+    "teacher.batches": 'teacher.window_points (batches are stratified within windows of chunks, and a window is '
+                       'what a streamed shard holds; teacher.batches = "chunks" is teacher.window_points = the '
+                       'signal\'s points / teacher.num_batches)',
+}
 
 
 @dataclass
@@ -62,10 +68,6 @@ class SignalConfig:
     allow_large_image: bool = False
     """Read PNG/JPEG files beyond Pillow's decompression-bomb limit (~179 M pixels), with a warning; they
     are decoded whole into memory. Tiled TIFFs are read lazily at any size."""
-    cache_mb: float = 4096.0
-    """Host memory per rank for the signal's values, MiB. A shard that fits stays resident (on the GPU
-    where there is one); a larger one is streamed from the Zarr store batch by batch, read ahead in the
-    background, which needs teacher.batches = "chunks" (docs/design.md, "Streaming shards")."""
     value_range: str | list[float] = "data"
     """The values that map to [0, 1] (PSNR is on this range; summary.json names it): data = the data's own
     min and max, found exactly at ingest over all ranks (audio: its full scale; shapes: the signed
@@ -133,10 +135,12 @@ class TeacherConfig:
     batch_points: int = 0
     """Mini-batches of about this many points instead: num_batches = ceil(signal points / batch_points),
     so one setting fits signals of any size (configs/hash.toml). 0: use num_batches."""
-    batches: str = "stratified"
-    """How mini-batches are made (num_batches > 1): stratified = every batch samples every chunk (best
-    quality), chunks = each batch is a set of whole chunks (needed to stream a shard from disk). Both
-    visit every point once per epoch and are the same for any number of ranks."""
+    window_points: int = 0
+    """Windows of about this many points (over all ranks): each epoch deals the chunks into windows of
+    random chunks and cuts each window into stratified batches (every batch samples every chunk of its
+    window). A window is the unit of streaming: a rank whose shard does not fit train.memory_mb holds one
+    window (and the next, read ahead) at a time. 0: one window, every batch samples every chunk of the
+    signal. The same for any number of ranks, streamed or not (docs/design.md, "Streaming shards")."""
     score_chunk: int = 65536
     """Points per forward pass while the teacher scores candidates (no gradients); bounds scoring memory."""
 
@@ -171,9 +175,11 @@ class TrainConfig:
     max_points_per_pass: int = 0
     """Most points in one forward/backward pass; a larger teaching set is split into pieces whose
     gradients are accumulated into the same update (bounds activation memory). 0: one pass."""
-    memory_gb: float = 0.0
-    """Memory a rank may use, GiB, for the up-front check that refuses runs that cannot fit (0: the
-    machine's memory, or the GPU's)."""
+    memory_mb: float = 0.0
+    """The memory a rank may use beyond a constant (Python, torch, DeepSpeed), MiB: the field and its
+    optimizer state, one pass's activations, the teacher's state, the signal (resident when the shard fits
+    what is left, else streamed a window at a time), render and export buffers. Checked at start-up with
+    the numbers. 0: this machine's memory (or the GPU's) shared by the ranks on it."""
     compile: bool = False
     """Run the SIREN under torch.compile (dynamic shapes, since teaching-set sizes change); the first
     steps pay for the compilation."""
@@ -240,6 +246,13 @@ class Config:
             return max(1, math.ceil(num_points / self.teacher.batch_points))
         return self.teacher.num_batches
 
+    def num_windows(self, num_points: int, num_chunks: int) -> int:
+        """Windows per epoch (teacher.window_points; at most one per chunk, and at most one per batch)."""
+        if not self.teacher.window_points:
+            return 1
+        return min(max(1, math.ceil(num_points / self.teacher.window_points)), num_chunks,
+                   self.num_batches(num_points))
+
     def validate(self) -> "Config":
         floats = [(f"{section}.{f.name}", getattr(getattr(self, section), f.name))
                   for section in ("model", "teacher", "optim", "train", "signal")
@@ -277,8 +290,7 @@ class Config:
             (self.teacher.batch_points >= 0, "teacher.batch_points must be >= 0 (0: use teacher.num_batches)"),
             (self.teacher.batch_points == 0 or self.teacher.num_batches == 1,
              "set teacher.batch_points or teacher.num_batches, not both (one follows from the other)"),
-            (self.teacher.batches in BATCH_LAYOUTS, f"teacher.batches must be one of {BATCH_LAYOUTS}"),
-            (self.signal.cache_mb > 0, "signal.cache_mb must be > 0"),
+            (self.teacher.window_points >= 0, "teacher.window_points must be >= 0 (0: one window)"),
             (self.teacher.score_chunk >= 1, "teacher.score_chunk must be >= 1"),
             (self.optim.lr > 0, "optim.lr must be > 0"),
             (0 <= self.optim.lr_min <= self.optim.lr, "optim.lr_min must be in [0, optim.lr]"),
@@ -289,7 +301,7 @@ class Config:
             (self.train.log_every >= 1, "train.log_every must be >= 1"),
             (self.train.eval_every >= 0, "train.eval_every must be >= 0"),
             (self.train.eval_chunk >= 1, "train.eval_chunk must be >= 1"),
-            (self.train.memory_gb >= 0, "train.memory_gb must be >= 0 (0 = the machine's)"),
+            (self.train.memory_mb >= 0, "train.memory_mb must be >= 0 (0 = the machine's share)"),
             (self.train.max_points_per_pass >= 0, "train.max_points_per_pass must be >= 0 (0 = one pass)"),
             (self.train.precision in PRECISIONS, f"train.precision must be one of {PRECISIONS}"),
             (self.signal.target_range in TARGET_RANGES, f"signal.target_range must be one of {TARGET_RANGES}"),

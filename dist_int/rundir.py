@@ -235,7 +235,7 @@ class RunDir:
             raise RunDirError(
                 f"run.dir {self.path} holds its signal as ingested with the first config, and these keys shape "
                 f"that store:\n  " + "\n  ".join(fixed) + "\nrun.allow_config_change cannot change them (the chunks "
-                f"are the unit of sharding and of the teacher's saved state): use a new run.dir")
+                "are the unit of sharding and of the teacher's saved state): use a new run.dir")
         if changed and not cfg.run.allow_config_change:
             raise RunDirError(
                 f"run.dir {self.path} belongs to a run with a different config:\n  " + "\n  ".join(changed)

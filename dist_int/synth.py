@@ -103,43 +103,62 @@ def _fresh(dest: Path) -> Path:
     return dest.with_name(f".{dest.name}.tmp-{os.getpid()}{dest.suffix}")
 
 
-def synth_speech(dest: str | Path, seconds: float = 2.0, rate: int = 16000, seed: int = 0) -> Path:
-    """A voiced, speech-like mono int16 WAV: a glottal pulse train (pitch gliding around 90-220 Hz with
-    vibrato) shaped by three formants that move from syllable to syllable, under a syllable envelope."""
+def synth_speech(dest: str | Path, seconds: float = 2.0, rate: int = 16000, seed: int = 0, channels: int = 1) -> Path:
+    """A voiced, speech-like int16 WAV (or FLAC): a glottal pulse train (pitch gliding around 90-220 Hz with
+    vibrato) shaped by three formants that move from syllable to syllable, under a syllable envelope,
+    peaking at 0.8 of full scale. Made in blocks of a minute (one pass for the peak, one to write), so
+    hours of audio never sit in memory; extra channels are the first delayed by 0.7 ms each (a pair of
+    microphones)."""
     import soundfile as sf
 
     dest = Path(dest)
     tmp = _fresh(dest)
     rng = np.random.default_rng([seed, 0x5EEC])
     n = max(2, int(seconds * rate))
-    t = np.arange(n) / rate
     syllable = 0.25
     count = int(np.ceil(seconds / syllable)) + 1
     formants = rng.uniform([300, 900, 2200], [800, 2200, 3200], (count, 3))
     pitch0 = rng.uniform(90, 220, count)
-    k = np.minimum((t / syllable).astype(int), count - 1)
-    frac = t / syllable - k
-    pitch = pitch0[k] * (1 + 0.15 * frac) * (1 + 0.01 * np.sin(2 * np.pi * 5.5 * t))
-    phase = 2 * np.pi * np.cumsum(pitch) / rate
-    wave = np.zeros(n)
-    for h in range(1, 30):  # harmonics of the pitch, weighted by the formant envelope
-        f = h * pitch
-        gain = sum(np.exp(-0.5 * ((f - formants[k, j]) / (80 + 40 * j)) ** 2) for j in range(3)) / h ** 0.5
-        wave += gain * np.sin(h * phase)
-    envelope = np.sin(np.pi * frac) ** 2
-    wave *= envelope * (0.2 + 0.8 * (rng.random(count) > 0.15)[k])
-    wave = 0.8 * wave / max(np.abs(wave).max(), 1e-9)
+    voiced = 0.2 + 0.8 * (rng.random(count) > 0.15)
+    lag = [int(0.0007 * c * rate) for c in range(channels)]
+
+    def blocks():
+        """The mono wave in blocks, the phase carried from block to block."""
+        phase0 = 0.0
+        for start in range(0, n, 60 * rate):
+            t = np.arange(start, min(start + 60 * rate, n)) / rate
+            k = np.minimum((t / syllable).astype(int), count - 1)
+            frac = t / syllable - k
+            pitch = pitch0[k] * (1 + 0.15 * frac) * (1 + 0.01 * np.sin(2 * np.pi * 5.5 * t))
+            phase = phase0 + 2 * np.pi * np.cumsum(pitch) / rate
+            phase0 = phase[-1]
+            wave = np.zeros(len(t))
+            for h in range(1, 30):  # harmonics of the pitch, weighted by the formant envelope
+                f = h * pitch
+                gain = sum(np.exp(-0.5 * ((f - formants[k, j]) / (80 + 40 * j)) ** 2) for j in range(3)) / h ** 0.5
+                wave += gain * np.sin(h * phase)
+            yield wave * np.sin(np.pi * frac) ** 2 * voiced[k]
+
+    peak = max(max(np.abs(w).max() for w in blocks()), 1e-9)
+    fmt = "FLAC" if dest.suffix.lower() == ".flac" else "WAV"
     try:
-        fmt = "FLAC" if dest.suffix.lower() == ".flac" else "WAV"
-        sf.write(str(tmp), (wave * 32767).round().astype(np.int16), rate, subtype="PCM_16", format=fmt)
+        with sf.SoundFile(str(tmp), "w", samplerate=rate, channels=channels, subtype="PCM_16", format=fmt) as f:
+            tail = np.zeros(max(lag))
+            for wave in blocks():
+                wave = np.concatenate([tail, 0.8 * wave / peak])
+                out = np.stack([wave[max(lag) - d:len(wave) - d] for d in lag], 1)
+                tail = wave[len(wave) - max(lag):] if max(lag) else tail
+                f.write((out * 32767).round().astype(np.int16))
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
     return dest
 
 
-def synth_video(dest: str | Path, frames: int = 16, size: int = 64, fps: int = 12, seed: int = 0) -> Path:
-    """A short H.264 clip: coloured discs drifting over a moving colour gradient."""
+def synth_video(dest: str | Path, frames: int = 16, size: int = 64, fps: int = 12, seed: int = 0,
+                height: int | None = None) -> Path:
+    """An H.264 clip of size x height (height: size when not given): coloured discs drifting over a moving
+    colour gradient, written frame by frame."""
     import av
 
     from .modality.video import video_pix_fmt
@@ -147,13 +166,14 @@ def synth_video(dest: str | Path, frames: int = 16, size: int = 64, fps: int = 1
     dest = Path(dest)
     tmp = _fresh(dest)
     rng = np.random.default_rng([seed, 0x71DE0])
-    yy, xx = np.mgrid[0:size, 0:size] / size
+    height = height or size
+    yy, xx = np.mgrid[0:height, 0:size] / size
     discs = rng.uniform(0, 1, (4, 6))  # y, x, vy, vx, radius, hue
     try:
         with av.open(str(tmp), "w") as container:
             stream = container.add_stream("libx264", rate=fps)
-            stream.width = stream.height = size
-            stream.pix_fmt = video_pix_fmt(size, size)  # odd sizes too
+            stream.width, stream.height = size, height
+            stream.pix_fmt = video_pix_fmt(height, size)  # odd sizes too
             stream.options = {"crf": "10"}
             for f in range(frames):
                 s = f / max(frames - 1, 1)
@@ -172,21 +192,31 @@ def synth_video(dest: str | Path, frames: int = 16, size: int = 64, fps: int = 1
 
 
 def synth_volume(dest: str | Path, size: int = 48, seed: int = 0) -> Path:
-    """A uint16 TIFF stack (size^3): nested shells and blobs of different densities, like a CT phantom."""
+    """A uint16 TIFF stack (size^3): nested shells and blobs of different densities, like a CT phantom.
+    Made slice by slice (one pass for the maximum, one to write), so a 1024^3 volume needs a slice of
+    memory, not the volume."""
     import tifffile
 
     dest = Path(dest)
     tmp = _fresh(dest)
     rng = np.random.default_rng([seed, 0x701])
     g = (np.arange(size) + 0.5) / size * 2 - 1
-    z, y, x = np.meshgrid(g, g, g, indexing="ij")
-    r = np.sqrt(z ** 2 + (1.2 * y) ** 2 + x ** 2)
-    vol = 0.3 * (r < 0.9) + 0.3 * (r < 0.8)
-    for cz, cy, cx, rad, dens in rng.uniform([-0.5, -0.5, -0.5, 0.08, 0.1], [0.5, 0.5, 0.5, 0.25, 0.4], (6, 5)):
-        vol += dens * (((z - cz) ** 2 + (y - cy) ** 2 + (x - cx) ** 2) < rad ** 2)
-    vol += 0.05 * np.sin(6 * np.pi * x) * np.cos(4 * np.pi * z) * (r < 0.8)
+    blobs = rng.uniform([-0.5, -0.5, -0.5, 0.08, 0.1], [0.5, 0.5, 0.5, 0.25, 0.4], (6, 5))
+    y, x = np.meshgrid(g, g, indexing="ij")
+
+    def slices():
+        for z in g:
+            r = np.sqrt(z ** 2 + (1.2 * y) ** 2 + x ** 2)
+            vol = 0.3 * (r < 0.9) + 0.3 * (r < 0.8)
+            for cz, cy, cx, rad, dens in blobs:
+                vol += dens * (((z - cz) ** 2 + (y - cy) ** 2 + (x - cx) ** 2) < rad ** 2)
+            vol += 0.05 * np.sin(6 * np.pi * x) * np.cos(4 * np.pi * z) * (r < 0.8)
+            yield vol
+
+    peak = max(v.max() for v in slices())
     try:
-        tifffile.imwrite(tmp, (vol / vol.max() * 60000).round().astype(np.uint16), photometric="minisblack")
+        tifffile.imwrite(tmp, ((v / peak * 60000).round().astype(np.uint16) for v in slices()),
+                         shape=(size, size, size), dtype=np.uint16, photometric="minisblack", bigtiff=size > 512)
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)

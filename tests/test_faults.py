@@ -152,3 +152,55 @@ def test_divergence_rolls_back_and_lowers_the_learning_rate(image, tmp_path):
     assert summary["rollbacks"] == len(events) and summary["status"] == "complete"
     assert summary["psnr_db"] > 45.0
     assert summary["psnr_db"] >= summary["best_psnr_db"] - 0.05 or "warning" in summary
+
+
+def _workers_of(run_dir: Path) -> list:
+    """Live processes whose command line names this run folder (torchrun and its workers)."""
+    out = []
+    for p in psutil.process_iter(["cmdline", "status"]):
+        try:
+            if f"run.dir={run_dir}" in " ".join(p.info["cmdline"] or []) and p.info["status"] != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return out
+
+
+def test_a_killed_launcher_takes_its_workers_along_and_the_folder_resumes(image, tmp_path):
+    """SIGKILL to torchrun (the launcher SLURM or a user kills): its workers end within seconds (the kernel
+    kills them with their parent) and never write the folder again; the same command resumes it."""
+    run_dir = tmp_path / "run"
+    args = [f"run.dir={run_dir}", f"signal.path={image}", *TINY, "train.steps=1000", "checkpoint.every=50"]
+    proc = _popen(args, nproc=2)
+    _wait_for(lambda: _latest_step(run_dir) >= 50, 300, "a checkpoint")
+    assert len(_workers_of(run_dir)) == 3  # torchrun and two workers
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    _wait_for(lambda: not _workers_of(run_dir), 10, "no live worker")
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")}
+    time.sleep(2)
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == before  # nothing writes it any more
+    again = run_train(args, nproc=2)
+    assert again.returncode == 0 and "resuming" in again.stdout, again.stdout[-2000:] + again.stderr[-2000:]
+
+
+def test_a_stop_signal_while_writing_the_outputs_exits_75_and_the_rerun_finishes_them(tmp_path):
+    """SIGTERM once training is over (the final checkpoint written) and the outputs are being rendered: exit
+    75 within seconds; the same command then writes the outputs without training again."""
+    big = tmp_path / "big.png"
+    Image.fromarray(smooth_image(512, 512)).save(big)
+    run_dir = tmp_path / "run"
+    args = [f"run.dir={run_dir}", f"signal.path={big}", "signal.chunk=128", "model.hidden=256", "model.layers=6",
+            "train.steps=2", "train.log_every=1", "train.eval_every=0", "teacher.strategy=uniform",
+            "train.max_points_per_pass=65536", "train.eval_chunk=2048"]  # rendering 262 K points in small
+    proc = _popen(args, nproc=0)                                                # passes: seconds to interrupt
+    _wait_for(lambda: _latest_step(run_dir) == 2 or proc.poll() is not None, 300, "the final checkpoint")
+    assert proc.poll() is None, "the run ended before its outputs could be interrupted"
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    start = time.time()
+    assert proc.wait(timeout=30) == 75 and time.time() - start < 10
+    assert not (run_dir / "summary.json").exists()
+    again = run_train(args)
+    assert again.returncode == 0 and "resuming" in again.stdout, again.stderr[-2000:]
+    assert read_summary(run_dir)["steps"] == 2 and (run_dir / "reconstruction.png").is_file()

@@ -4,14 +4,11 @@ kind of signal end to end (docs/fields.md)."""
 
 import itertools
 import math
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, read_summary, run_train
+from conftest import read_summary, run_train
 from dist_int.model import HashEncoding, HashField, build_field, field_spec
 from dist_int.model.hash import PRIMES, TABLE_ADAM, level_resolutions
 
@@ -142,7 +139,7 @@ BAD = {
                                "set model.growth or model.finest_resolution, not both"),
     "unknown field": (["model.kind=fourier"], "model.kind must be one of"),
     # A point table has no sample spacing to cap the levels at: 16 levels of 2^26 rows.
-    "table beyond the budget": (["model.kind=hash", "model.log2_table=26", "train.memory_gb=4", "signal.path=MESH",
+    "table beyond the budget": (["model.kind=hash", "model.log2_table=26", "train.memory_mb=4096", "signal.path=MESH",
                                  "signal.points=1000"], "model.log2_table=26: the field needs about"),
 }
 

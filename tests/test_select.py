@@ -62,10 +62,10 @@ def test_hash_is_a_pure_function():
     assert (counts / len(gids) - 0.1).abs().max() < 0.01
 
 
-def _plan(chunk_sizes, owners, rank, num_batches, seed=0, layout="stratified"):
+def _plan(chunk_sizes, owners, rank, num_batches, seed=0, windows=1):
     own = owners[rank]
     start = np.concatenate([[0], np.cumsum([chunk_sizes[c] for c in own])])
-    return make_plan(layout, chunk_sizes, own, start, num_batches, seed)
+    return make_plan(chunk_sizes, own, start, num_batches, seed, windows=windows)
 
 
 def _global_ids(chunk_sizes, owners, rank):
@@ -91,30 +91,52 @@ def test_minibatches_visit_every_point_once_per_epoch_for_any_world_size():
     assert batches_by_world[1] == batches_by_world[2] == batches_by_world[3]
 
 
-def test_chunk_batches_are_whole_chunks_visit_every_point_and_ignore_world_size():
+@pytest.mark.parametrize("windows, batches", [(4, 4), (3, 6)])
+def test_windows_visit_every_point_and_ignore_world_size(windows, batches):
+    """Windows of whole chunks: every batch of a window draws from its chunks only (with one batch a
+    window, all of each chunk), every point once per epoch, the same on 1, 2 or 3 ranks."""
     sizes = [37, 64, 64, 50, 11, 64, 64, 20, 5]
+    per_window = batches // windows
     batches_by_world = {}
     for world in (1, 2, 3):
         owners = [list(range(r, len(sizes), world)) for r in range(world)]
-        per_batch = [[] for _ in range(4)]
+        per_batch = [[] for _ in range(batches)]
         for rank in range(world):
-            plan, gids = _plan(sizes, owners, rank, 4, layout="chunks"), _global_ids(sizes, owners, rank)
-            for step in range(8, 12):  # epoch 2
+            plan, gids = _plan(sizes, owners, rank, batches, windows=windows), _global_ids(sizes, owners, rank)
+            assert plan.num_batches == batches and plan.per_window == per_window and plan.per_epoch
+            for step in range(2 * batches, 3 * batches):  # epoch 2
                 got = gids[plan.rows(step)]
-                per_batch[step - 8] += got.tolist()
-                # whole chunks: a chunk's points are all in the batch or none are
-                assert sorted(set((got // 1000).tolist())) == [plan.own_chunks[i] for i in plan.chunk_indices(step)]
-                assert sum(sizes[plan.own_chunks[i]] for i in plan.chunk_indices(step)) == got.numel()
-        for step in range(8, 12):
-            assert plan.count(step) == len(per_batch[step - 8])
+                per_batch[step - 2 * batches] += got.tolist()
+                window = {plan.own_chunks[i] for i in plan.chunk_indices(step)}
+                assert set((got // 1000).tolist()) <= window
+                if per_window == 1:  # whole chunks: a chunk's points are all in the batch or none are
+                    assert sum(sizes[c] for c in window) == got.numel()
+        for step in range(2 * batches, 3 * batches):
+            assert plan.count(step) == len(per_batch[step - 2 * batches])
         assert sorted(g for b in per_batch for g in b) == sorted(_global_ids(sizes, [list(range(9))], 0).tolist())
         batches_by_world[world] = [sorted(b) for b in per_batch]
-        assert sorted(len(set(g // 1000 for g in b)) for b in per_batch) == [2, 2, 2, 3]  # near-equal runs
     assert batches_by_world[1] == batches_by_world[2] == batches_by_world[3]
-    epoch0 = _plan(sizes, [list(range(9))], 0, 4, layout="chunks")
-    assert [g.tolist() for g in epoch0.groups(0)] != [g.tolist() for g in epoch0.groups(1)]
-    with pytest.raises(ConfigError, match="exceeds the 9 chunks"):
-        _plan(sizes, [list(range(9))], 0, 10, layout="chunks")
+    epoch0 = _plan(sizes, [list(range(9))], 0, batches, windows=windows)
+    assert [g.tolist() for g in epoch0.window_chunks(0)] != [g.tolist() for g in epoch0.window_chunks(1)]
+    assert sorted(len(w) for w in epoch0.window_chunks(0)) == sorted(np.diff(np.linspace(0, 9, windows + 1)
+                                                                            .astype(int)).tolist())  # near-equal
+    with pytest.raises(ConfigError, match="exceed the 9 chunks"):
+        _plan(sizes, [list(range(9))], 0, 10, windows=10)
+
+
+def test_a_batch_is_a_keyed_random_draw_of_each_chunk():
+    """The keyed order of a chunk's offsets is a bijection (checked against its forward map) and mixes:
+    a batch takes points from all over a chunk, not a run of neighbours."""
+    from dist_int.teacher.batches import order_forward, order_inverse
+
+    for n in (1, 2, 37, 64, 1000, 4096, 5000):
+        q, nn = torch.arange(n), torch.full((n,), n)
+        key = torch.full((n,), 0x1234567, dtype=torch.int64)
+        p = order_inverse(q, nn, key)
+        assert sorted(p.tolist()) == list(range(n)) and torch.equal(order_forward(p, nn, key), q)
+    rows = _plan([4096], [[0]], 0, 16).rows(0)  # group 0 of 16 of one 64x64 chunk: 256 points
+    assert rows.numel() == 256 and rows.float().std() > 0.25 * 4096  # spread over the chunk
+    assert len(set((rows // 64).tolist())) > 40  # many of its 64 rows of pixels
 
 
 def test_epochs_differ():

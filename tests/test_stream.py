@@ -70,8 +70,8 @@ def test_streamed_shard_reads_what_the_resident_one_holds(store):
     own = list(range(1, store.num_chunks, 2))
     resident = Shard.load(store, own)
     streamed = StreamedShard(store, own, cache_bytes=4096)
-    plan = make_plan("chunks", [store.chunk_size(c) for c in range(store.num_chunks)], own,
-                     resident.chunk_start, 6, seed=3)
+    plan = make_plan([store.chunk_size(c) for c in range(store.num_chunks)], own, resident.chunk_start, 12,
+                     seed=3, windows=6)  # 6 windows of about 6 chunks, each cut into 2 stratified batches
     streamed.check_plan(plan)
     for step in [0, 1, 2, 3, 9, 10, 4]:  # in order, a jump ahead, a jump back
         streamed.stage(plan, step)
@@ -79,7 +79,7 @@ def test_streamed_shard_reads_what_the_resident_one_holds(store):
         assert torch.equal(streamed.targets(rows), resident.targets(rows))
         assert torch.equal(streamed.coords(rows), resident.coords(rows))
         others = [i for i in range(len(own)) if i not in plan.chunk_indices(step)]
-        if others:  # a chunk of another batch is not in memory: reading it fails loudly
+        if others:  # a chunk of another window is not in memory: reading it fails loudly
             with pytest.raises(IndexError):
                 streamed.targets(torch.tensor([int(resident.chunk_start[others[0]])]))
     seen = []
@@ -94,36 +94,53 @@ def test_streamed_shard_reads_what_the_resident_one_holds(store):
     streamed.close()
 
 
-def test_streaming_needs_chunk_batches_that_fit_the_cache(store):
+def test_streaming_needs_windows_that_fit_the_budget(store):
     own = list(range(store.num_chunks))
     streamed = StreamedShard(store, own, cache_bytes=2048)
     sizes = [store.chunk_size(c) for c in own]
     start = Shard.load(store, own).chunk_start
-    with pytest.raises(ConfigError, match='teacher.batches = "chunks"'):
-        streamed.check_plan(make_plan("stratified", sizes, own, start, 4, 0))
-    with pytest.raises(ConfigError, match="raise signal.cache_mb to at least"):
-        streamed.check_plan(make_plan("chunks", sizes, own, start, 2, 0))
-    streamed.check_plan(make_plan("chunks", sizes, own, start, 12, 0))
+    with pytest.raises(ConfigError, match="set teacher.window_points"):  # one window: the whole shard
+        streamed.check_plan(make_plan(sizes, own, start, 4, 0))
+    with pytest.raises(ConfigError, match="lower teacher.window_points"):
+        streamed.check_plan(make_plan(sizes, own, start, 2, 0, windows=2))
+    streamed.check_plan(make_plan(sizes, own, start, 12, 0, windows=12))
+
+
+def _streaming_budget_mb(args: list[str], image, world_size: int) -> float:
+    """A train.memory_mb that leaves the signal 4 KiB on every rank: the shard (6 KiB a rank) streams, and
+    two windows fit (engine/budget.py, rank_budget, as the trainer splits it)."""
+    import torch
+
+    from dist_int.config import load_config
+    from dist_int.engine.budget import rank_budget
+
+    store_dir = image.parent / "budget.zarr"
+    if not store_dir.exists():
+        ingest(str(image), store_dir, 16)
+    cfg = load_config(None, [a for a in args if not a.startswith("run.")])
+    fixed = max(rank_budget(cfg, SignalStore(store_dir), r, world_size, torch.device("cpu"))[2].fixed
+                for r in range(world_size))
+    return (fixed + 4096) / 2**20
 
 
 def test_streamed_two_rank_run_equals_resident_one_rank_run_and_resumes(tmp_path):
-    """teacher.batches=chunks with 8 batches: 1 rank holds its shard; 2 ranks stream theirs (a 4 KiB
-    cache), are stopped by SIGTERM at step 30 and resumed. Both end at the same PSNR."""
+    """8 windows of 2 stratified batches each: 1 rank holds its shard; 2 ranks stream theirs (4 KiB for the
+    signal), are stopped by SIGTERM at step 30 and resumed. Both end at the same PSNR."""
     from test_train_e2e import TINY, _interrupt
 
     image = tmp_path / "img.png"
     Image.fromarray(smooth_image()).save(image)
-    args = [f"signal.path={image}", *TINY, "train.steps=160", "teacher.num_batches=8", "teacher.batches=chunks",
+    args = [f"signal.path={image}", *TINY, "train.steps=160", "teacher.num_batches=16", "teacher.window_points=512",
             "checkpoint.every=20", "train.snapshot_every=40"]
     one = run_train([f"run.dir={tmp_path / 'one'}", *args], nproc=0)
     assert one.returncode == 0, one.stdout + one.stderr
-    stream = [f"run.dir={tmp_path / 'two'}", *args, "signal.cache_mb=0.004"]
+    stream = [f"run.dir={tmp_path / 'two'}", *args, f"train.memory_mb={_streaming_budget_mb(args, image, 2)}"]
     rc, out = _interrupt(stream, 2, signal.SIGTERM, tmp_path / "two")
-    assert rc != 0 and "stopped by" in out and "(streamed from disk)" in out, out
+    assert rc != 0 and "stopped by" in out and "(streamed from disk, a window at a time)" in out, out
     two = run_train(stream, nproc=2)
     assert two.returncode == 0, two.stdout + two.stderr
     s1, s2 = read_summary(tmp_path / "one"), read_summary(tmp_path / "two")
-    assert s1["psnr_db"] > 20 and abs(s1["psnr_db"] - s2["psnr_db"]) <= 0.05, (s1["psnr_db"], s2["psnr_db"])
+    assert s1["psnr_db"] > 16 and abs(s1["psnr_db"] - s2["psnr_db"]) <= 0.05, (s1["psnr_db"], s2["psnr_db"])
     steps = [m["step"] for m in read_metrics(tmp_path / "two")]
     assert steps == sorted(set(steps)) and steps[-1] == 160
     # Teaching-set snapshots of the streamed mini-batch run (resumed) add up to the resident run's.

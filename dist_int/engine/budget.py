@@ -1,63 +1,145 @@
-"""Refuse a run that cannot fit before it starts, with the numbers (docs/training.md, "Memory").
+"""One memory budget per rank, split before anything is loaded (docs/design.md, "Memory stays within one
+budget"; docs/training.md, "Memory").
 
-A field's memory is its parameters with their gradients and Adam moments, plus the activations of the
-largest pass (model/field.py estimates them per field kind: a SIREN keeps every hidden layer's
-pre-activation and sine output for the backward pass; a hash grid its corner rows and weights per level).
-A mistyped width (model.hidden=100000), a hash table of 2^30 rows or a whole 1-Gpx batch in one pass would
-otherwise fail minutes later inside DeepSpeed with an allocator error, or swap the machine to a halt.
+`train.memory_mb` (or, at 0, this machine's memory shared by the ranks on it, or the GPU's) bounds what a
+rank holds beyond a constant (Python, torch, DeepSpeed). The parts whose size the config and the signal
+fix come first: the field with its gradients and optimizer state (and the divergence guard's copy), the
+largest pass's activations, the teacher's state, a selection's candidates, a batch's rows, the render and
+export buffers. What is left is the signal's: a shard that fits it stays resident; a larger one is
+streamed a window at a time (signal/stream.py). A budget that cannot hold the fixed parts, or one window
+and the next, is refused at start-up with the numbers and the key to change.
+
+A mistyped width (model.hidden=100000), a hash table of 2^30 rows or a whole gigapixel batch in one pass
+would otherwise fail minutes later with an allocator error, or swap the machine to a halt.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 
 import torch
 
 from ..errors import ConfigError
 from ..model import FieldSpec
 
-STATE_COPIES = 6  # weights, gradients, two Adam moments, and room for DeepSpeed's flat buffers
-SAFETY = 0.9       # of the memory available
+STATE_COPIES = 9   # weights, gradients, two Adam moments, DeepSpeed's flat buffers, and the guard's copy of
+                   # the weights and both moments (engine/guard.py)
+SELECT_BYTES = 64  # per candidate of a selection: global id, order key, score, noise and their temporaries
+ROW_BYTES = 48     # per point of a batch: its row, and the keyed order's temporaries (teacher/batches.py)
+CACHE_BYTES = 4    # per point of a cached teaching set (an int32 row)
+SAFETY = 0.9       # of the machine's share, when train.memory_mb is 0
 
 
-def available_bytes(device: torch.device, memory_gb: float) -> int:
-    if memory_gb > 0:
-        return int(memory_gb * 2**30)
+def available_bytes(device: torch.device, memory_mb: float) -> int:
+    """train.memory_mb, or the device's memory shared by the ranks on this machine."""
+    if memory_mb > 0:
+        return int(memory_mb * 2**20)
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[1]
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return int(torch.cuda.mem_get_info(device)[1] * SAFETY)
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * SAFETY / local)
 
 
-def _gib(n: float) -> str:
-    return f"{n / 2**30:.1f} GiB"
+def _mib(n: float) -> str:
+    return f"{n / 2**20:,.0f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
 
 
-def check_memory(cfg, device: torch.device, spec: FieldSpec, train_points: int, nograd_points: int,
-                 shard_bytes: int = 0) -> None:
-    """Raise ConfigError when the estimate exceeds what the device has (or train.memory_gb).
-    train_points: the most points one forward/backward pass takes; nograd_points: one scoring or
-    evaluation pass."""
-    state = spec.num_params * 4 * STATE_COPIES
-    act = max(spec.activation_bytes(train_points, True), spec.activation_bytes(nograd_points, False))
-    need, have = state + act + shard_bytes, available_bytes(device, cfg.train.memory_gb) * SAFETY
-    if need <= have:
-        return
-    where = "train.memory_gb" if cfg.train.memory_gb > 0 else ("the GPU" if device.type == "cuda" else "this machine")
-    if spec.kind == "hash":
-        what = (f"the hash field ({spec.table_levels} levels, {spec.table_rows:,} table rows of "
-                f"{cfg.model.features} features) and its optimizer")
-        fix = "lower model.log2_table (or model.levels / model.features)"
-    else:
-        what = f"the {spec.layers}x{spec.hidden} SIREN and its optimizer"
-        fix = "lower model.hidden"
-    if state > have:  # the field alone does not fit: name the key to change
-        key = f"model.log2_table={cfg.model.log2_table}" if spec.kind == "hash" else f"model.hidden={spec.hidden}"
-        raise ConfigError(f"{key}: the field needs about {_gib(state)} for {what}, more than {where} offers "
-                          f"({_gib(have / SAFETY)}); {fix}")
-    raise ConfigError(
-        f"this run needs about {_gib(need)} ({_gib(state)} for {what}"
-        + (f", {_gib(act)} for the activations of {max(train_points, nograd_points):,} points in one pass"
-           if act else "")
-        + (f", {_gib(shard_bytes)} for the signal" if shard_bytes else "")
-        + f"), more than {where} offers ({_gib(have / SAFETY)}); {fix}, set "
-          f"train.max_points_per_pass (and teacher.score_chunk / train.eval_chunk), or use more ranks")
+@dataclass
+class Budget:
+    """A rank's budget and what its fixed parts take; the rest is the signal's."""
+    total: int
+    where: str                      # the key or device the total comes from
+    parts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def fixed(self) -> int:
+        return sum(self.parts.values())
+
+    @property
+    def signal_bytes(self) -> int:
+        return max(0, self.total - self.fixed)
+
+    def describe(self) -> str:
+        return ", ".join(f"{_mib(v)} {k}" for k, v in self.parts.items() if v)
+
+
+def plan_budget(cfg, device: torch.device, spec: FieldSpec, shard_points: int, batch_points: int,
+                windows: int, buffer_bytes: int) -> Budget:
+    """Split this rank's budget. shard_points: the points of this rank's chunks; batch_points: the most
+    points of one batch on this rank; buffer_bytes: the modality's render, metric and export buffers."""
+    total = available_bytes(device, cfg.train.memory_mb)
+    where = "train.memory_mb" if cfg.train.memory_mb > 0 else ("the GPU" if device.type == "cuda" else
+                                                                 "this machine's share (train.memory_mb = 0)")
+    train_points = min(cfg.train.max_points_per_pass or batch_points, batch_points)
+    nograd_points = min(max(cfg.teacher.score_chunk, cfg.train.eval_chunk), shard_points)
+    subset = cfg.teacher.strategy != "full"
+    # Cached teaching sets: one per batch while batches keep their points (one window), else only the set
+    # in use (teacher/teacher.py).
+    cached = (shard_points if windows == 1 else batch_points) if subset else 0
+    parts = {
+        "for the field and its optimizer": spec.num_params * 4 * STATE_COPIES,
+        f"for the activations of the largest pass ({max(train_points, nograd_points):,} points)": max(
+            spec.activation_bytes(train_points, True), spec.activation_bytes(nograd_points, False)),
+        "for the teacher's cached sets": cached * CACHE_BYTES,
+        "for a selection's candidates": batch_points * SELECT_BYTES if subset else 0,
+        "for a batch's rows": batch_points * ROW_BYTES,
+        "for the render, metric and export buffers": buffer_bytes,
+    }
+    return Budget(total, where, parts)
+
+
+def rank_budget(cfg, store, rank: int, world_size: int, device: torch.device):
+    """This rank's chunks, batch plan and budget for `store` under `cfg`: (own chunk ids, plan, budget,
+    the shard's bytes, whether it streams). No signal value is read."""
+    import numpy as np
+
+    from ..modality import modality_for
+    from ..model import field_spec
+    from ..signal import assign_chunks
+    from ..signal.store import held_dtype
+    from ..teacher import make_plan
+
+    own = assign_chunks(store.num_chunks, world_size, cfg.seed)[rank]
+    sizes = [store.chunk_size(c) for c in range(store.num_chunks)]
+    chunk_start = np.concatenate([[0], np.cumsum([sizes[c] for c in own])]).astype(np.int64)
+    windows = cfg.num_windows(store.num_points, store.num_chunks)
+    plan = make_plan(sizes, own, chunk_start, cfg.num_batches(store.num_points), cfg.seed, device, windows,
+                     cfg.train.steps)
+    spec = field_spec(cfg.model, *store.geometry)
+    batch = -(-plan.most_window_points() // plan.per_window) + len(plan.window_indices(0, 0))
+    budget = plan_budget(cfg, device, spec, int(chunk_start[-1]), batch, windows,
+                         modality_for(store).buffer_bytes(store, cfg.render.format))
+    shard_bytes = int(chunk_start[-1]) * store.channels * held_dtype(store).itemsize
+    streamed = shard_bytes > budget.signal_bytes and not store.table  # as open_shard decides
+    check_budget(cfg, budget, spec, 0 if streamed else shard_bytes, streamed)
+    return own, plan, budget
+
+
+def check_budget(cfg, budget: Budget, spec: FieldSpec, shard_bytes: int, streamed: bool) -> None:
+    """Refuse a run whose fixed parts leave nothing for the signal, or whose resident shard does not fit."""
+    if spec.num_params * 4 * STATE_COPIES > budget.total:
+        if spec.kind == "hash":
+            key, fix = f"model.log2_table={cfg.model.log2_table}", "lower model.log2_table (or model.levels / " \
+                                                                   "model.features)"
+            what = (f"the hash field ({spec.table_levels} levels, {spec.table_rows:,} table rows of "
+                    f"{cfg.model.features} features) and its optimizer")
+        else:
+            key, fix = f"model.hidden={spec.hidden}", "lower model.hidden"
+            what = f"the {spec.layers}x{spec.hidden} SIREN and its optimizer"
+        raise ConfigError(f"{key}: the field needs about {_mib(spec.num_params * 4 * STATE_COPIES)} for {what}, "
+                          f"more than {budget.where} offers ({_mib(budget.total)}); {fix}, or raise train.memory_mb")
+    need = budget.fixed + (0 if streamed else shard_bytes)
+    if need > budget.total or (streamed and budget.signal_bytes == 0):
+        raise ConfigError(
+            f"this run needs about {_mib(need)} on each rank ({budget.describe()}"
+            + ("" if streamed else f", {_mib(shard_bytes)} for its shard of the signal")
+            + f"), more than {budget.where} offers ({_mib(budget.total)}); raise train.memory_mb, use more ranks, "
+              f"or make the parts smaller: train.max_points_per_pass, teacher.score_chunk and train.eval_chunk "
+              f"bound a pass, teacher.batch_points a batch")
+
+
+def check_field(cfg, device: torch.device, spec: FieldSpec) -> None:
+    """The field alone, before anything else is known or written."""
+    check_budget(cfg, Budget(available_bytes(device, cfg.train.memory_mb),
+                             "train.memory_mb" if cfg.train.memory_mb > 0 else "this machine"), spec, 0, True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import time
 
 import numpy as np
 import torch
@@ -49,8 +50,9 @@ def previous_summary(comm: Comm, run: RunDir, step: int) -> dict | None:
 
 
 def finish(cfg, comm: Comm, store, shard, predict, run: RunDir, state: RunState, rollbacks: int, status: str,
-           spec: FieldSpec, evaluator, log) -> dict:
-    """Write what a finished run owes its user; returns the summary (the same on every rank)."""
+           spec: FieldSpec, evaluator, log, timings: dict | None = None) -> dict:
+    """Write what a finished run owes its user; returns the summary (the same on every rank). timings:
+    seconds of earlier parts of this start (the ingest), reported with the outputs' own."""
     modality = modality_for(store)
     before = previous_summary(comm, run, state.step)
     todo = set(PARTS) if before is None else set(before["missing"])
@@ -64,6 +66,14 @@ def finish(cfg, comm: Comm, store, shard, predict, run: RunDir, state: RunState,
     summary = dict(before or {})
     warnings: list[str] = []
     missing: list[str] = []
+    seconds = dict(summary.get("timings_s") or {}, **(timings or {}))
+    clock = time.perf_counter()
+
+    def lap(part: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[part] = round(now - clock, 3)
+        clock = now
 
     if "render" in todo:
         sse, problem = _render(cfg, comm, store, shard, predict, run, modality)
@@ -74,6 +84,7 @@ def finish(cfg, comm: Comm, store, shard, predict, run: RunDir, state: RunState,
         else:
             summary["psnr_db"] = round(psnr_db(sse, store.num_points * store.out_channels)
                                        + modality.psnr_offset_db(store), 4)
+        lap("render")
     if "metrics" in todo and "render" not in missing:
         sums, problem = attempt(comm, "computing the metrics", lambda: modality.metric_sums(
             _output(run, "render" in todo), store, comm.rank, comm.world_size))
@@ -86,6 +97,7 @@ def finish(cfg, comm: Comm, store, shard, predict, run: RunDir, state: RunState,
         else:
             warnings.append(problem)
             missing.append("metrics")
+        lap("metrics")
     if "render" in todo and "render" not in missing:
         _, problem = attempt(comm, "publishing reconstruction.zarr", lambda: _publish(run), rank_zero_only=True)
         if problem:
@@ -103,6 +115,8 @@ def finish(cfg, comm: Comm, store, shard, predict, run: RunDir, state: RunState,
             missing.append("export")
         elif exported is not None:
             summary["reconstruction"] = str(exported)
+        lap("export")
+    summary["timings_s"] = seconds  # wall seconds of the ingest and of each output part
     summary.update(memory_report(comm, shard.device))  # peaks over the whole run, export included
     return _write(comm, run, summary, warnings, missing)
 

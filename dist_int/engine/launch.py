@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -48,6 +50,24 @@ def detect_launch() -> Launch:
         env.setdefault("MASTER_ADDR", "127.0.0.1")
         env.setdefault("MASTER_PORT", str(_free_port()))
     return Launch(int(env["RANK"]), int(env.get("LOCAL_RANK", "0")), int(env["WORLD_SIZE"]), how)
+
+
+def die_with_launcher(launch: Launch) -> None:
+    """A worker of torchrun or srun ends as soon as its launcher does (docs/design.md, "A finished training
+    is never lost"): the kernel sends it SIGKILL when its parent exits (prctl PR_SET_PDEATHSIG), so an
+    orphan never trains on or writes the run folder after its job is gone. Everything it writes goes to
+    temporary names first, so the folder it leaves behind resumes. A single process started by hand keeps
+    running when its shell goes (nohup)."""
+    if launch.how == "single" or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the launcher died before the request was in place
+        os._exit(1)
 
 
 def pick_device(launch: Launch) -> torch.device:

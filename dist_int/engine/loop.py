@@ -7,6 +7,7 @@ divergence guard judges at log steps and may roll the run back.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import signal
 from dataclasses import dataclass
@@ -20,11 +21,35 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 STOP_CHECK_EVERY = 10  # steps between stop-flag agreements (a host-only collective, no device sync)
 
 
+class Interrupted(BaseException):
+    """A stop signal while the outputs are written (StopFlag.interrupting): not an Exception, so the
+    attempts that turn failures into warnings (engine/agree.py) let it through."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 class StopFlag:
-    """Signal handlers only set a flag; the ranks agree on the step to stop at through one collective."""
+    """Signal handlers only set a flag; the ranks agree on the step to stop at through one collective.
+    After training (`interrupting`), a signal raises Interrupted at once instead."""
 
     def __init__(self, comm: Comm):
         self.comm, self.signum, self._previous = comm, 0, {}
+        self._raise = False
+
+    @contextlib.contextmanager
+    def interrupting(self):
+        """Within this block a stop signal raises Interrupted; one that came during the last steps (after
+        the last agreement) raises it on entry, on every rank (agreed through one collective)."""
+        pending = int(self.comm.agree_max([self.signum])[0])
+        if pending:
+            raise Interrupted(pending)
+        self._raise = True
+        try:
+            yield
+        finally:
+            self._raise = False
 
     def __enter__(self):
         for s in STOP_SIGNALS:
@@ -35,6 +60,8 @@ class StopFlag:
         if self.signum and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C quits at once
         self.signum = signum
+        if self._raise:
+            raise Interrupted(signum)
 
     def __exit__(self, *exc):
         for s, h in self._previous.items():

@@ -12,6 +12,7 @@ import functools
 import json
 import shutil
 import signal
+import time
 
 import torch
 
@@ -19,22 +20,22 @@ from ..comm import Comm
 from ..config import Config
 from ..errors import ConfigError
 from ..modality import copy_part, modality_for, plan_signal
-from ..model import FieldSpec, build_field, field_spec
+from ..model import build_field, field_spec
 from ..progress import Progress, Scalars
 from ..rundir import RunDir
-from ..signal import Shard, SignalStore, TargetRange, assign_chunks, open_shard, signal_geometry, signal_store_path
+from ..signal import SignalStore, TargetRange, open_shard, signal_geometry, signal_store_path
 from ..signal.ingest import finish_ingest
-from ..teacher import Teacher, make_plan
+from ..teacher import Teacher
 from ..teacher.snapshot import Snapshots
 from .agree import agree_on_failure, everywhere
-from .budget import check_memory
+from .budget import check_field, rank_budget
 from .checkpoint import Checkpointer
 from .deepspeed_engine import build_engine
 from .evaluate import Evaluator
 from .finish import finish
 from .guard import DivergenceGuard
-from .launch import detect_launch, init_distributed, pick_device, shutdown
-from .loop import Loop, StopFlag
+from .launch import detect_launch, die_with_launcher, init_distributed, pick_device, shutdown
+from .loop import Interrupted, Loop, StopFlag
 from .metrics import MetricsLog
 from .precision import Precision
 from .state import RunState
@@ -44,11 +45,12 @@ EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: stopped by a signal after a checkpoint; re
 EXIT_DIVERGED = 3     # divergence persisted through train.max_rollbacks rollbacks
 
 
-def _prepare_run(cfg: Config, comm: Comm, run: RunDir, device: torch.device) -> tuple[SignalStore, Shard]:
+def _prepare_run(cfg: Config, comm: Comm, run: RunDir, device: torch.device):
     """Rank 0 creates the run folder and plans the ingest of the signal; every rank copies its share of
-    a TIFF or Zarr source; rank 0 finishes the store and saves the resolved config; then every rank
-    loads its shard onto `device`. Every wait here is long (one rank may decode a large PNG meanwhile;
-    comm.py)."""
+    a TIFF or Zarr source; rank 0 finishes the store; then every rank plans its mini-batches, splits its
+    memory budget and loads its shard onto `device`: resident when it fits the signal's share, else
+    streamed a window at a time. Every wait here is long (one rank may decode a large PNG meanwhile;
+    comm.py). Returns (store, shard, batch plan, budget)."""
     work = functools.partial(everywhere, comm)
 
     def begin():
@@ -70,7 +72,7 @@ def _prepare_run(cfg: Config, comm: Comm, run: RunDir, device: torch.device) -> 
         # before the signal is copied (docs/fields.md). Every rank decides alike.
         geometry = signal_geometry(plan["shape"], plan["kind"]) if plan is not None else SignalStore(
             signal_store_path(cfg.signal.path, run.signal_store)).geometry
-        check_memory(cfg, device, field_spec(cfg.model, *geometry), 0, 0)
+        check_field(cfg, device, field_spec(cfg.model, *geometry))
         if plan is not None:
             lo, hi = plan.get("range") or work(
                 "copy its share of the signal", lambda: copy_part(plan, comm.rank, comm.world_size))
@@ -79,9 +81,15 @@ def _prepare_run(cfg: Config, comm: Comm, run: RunDir, device: torch.device) -> 
 
         def load():
             store = SignalStore(signal_store_path(cfg.signal.path, run.signal_store), cfg.signal.value_range)
-            owners = assign_chunks(store.num_chunks, comm.world_size, cfg.seed)
-            return store, open_shard(store, owners[comm.rank], device, TargetRange.named(cfg.signal.target_range),
-                                     cfg.signal.cache_mb)
+            if cfg.render.format != "auto" and store.kind != "image":
+                raise ConfigError(f"render.format = \"{cfg.render.format}\" chooses an image's picture (png, tiff "
+                                  f"or zarr); a {store.kind} signal exports its own format: leave render.format = "
+                                  f"\"auto\"")
+            own, plan, budget = rank_budget(cfg, store, comm.rank, comm.world_size, device)
+            shard = open_shard(store, own, device, TargetRange.named(cfg.signal.target_range), budget.signal_bytes)
+            if shard.streamed:
+                shard.check_plan(plan)
+            return store, shard, plan, budget
 
         return work("load its shard of the signal", load)
     except Exception:
@@ -93,11 +101,12 @@ def _prepare_run(cfg: Config, comm: Comm, run: RunDir, device: torch.device) -> 
 def train(cfg: Config) -> int:
     """Run (or resume) the job described by `cfg`. Returns the process exit code."""
     launch = detect_launch()
+    die_with_launcher(launch)
     device = pick_device(launch)
     run = RunDir(cfg.run.dir)
     resuming = run.check(cfg)  # read-only, on every rank, before anything is written
     if cfg.model.kind == "siren":  # the model alone, before anything is written (a hash table's size
-        check_memory(cfg, device, field_spec(cfg.model, 3, 4, None), 0, 0)  # needs the signal: below)
+        check_field(cfg, device, field_spec(cfg.model, 3, 4, None))  # needs the signal: below)
     comm = init_distributed(launch, device, cfg.train.timeout_s)
     try:
         return _train(cfg, comm, device, run, resuming)
@@ -121,12 +130,10 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
     precision.apply()
 
     # Signal: this rank's chunks on the device, in the source dtype (targets are made per row as needed).
-    store, shard = _prepare_run(cfg, comm, run, device)
-    if cfg.render.format != "auto" and store.kind != "image":  # every rank alike
-        raise ConfigError(f"render.format = \"{cfg.render.format}\" chooses an image's picture (png, tiff or zarr); "
-                          f"a {store.kind} signal exports its own format: leave render.format = \"auto\"")
-    num_batches = cfg.num_batches(store.num_points)
-    spec = _check_fit(cfg, comm, device, store, shard, num_batches)
+    started = time.perf_counter()
+    store, shard, plan, budget = _prepare_run(cfg, comm, run, device)
+    timings = {"setup": round(time.perf_counter() - started, 3)}  # ingest (when this start ingested), shard
+    spec = field_spec(cfg.model, *store.geometry)
 
     # Field and engine.
     torch.manual_seed(cfg.seed)
@@ -140,7 +147,6 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
     predict = engine.module  # evaluation and rendering: fp32 (TF32 where enabled)
 
     # Teacher, evaluation, guard, step, checkpoints.
-    plan = _plan(cfg, comm, store, shard, num_batches, device)
     modality = modality_for(store)
     teacher = Teacher(cfg.teacher, cfg.train.steps, cfg.seed, comm, plan, store.num_points, modality.error)
     evaluator = Evaluator(predict, shard, comm, store.num_points, store.out_channels, cfg.train.eval_chunk,
@@ -154,7 +160,8 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
                         chunked={"teacher": teacher})
     _resume(cfg, comm, run, ckpt, state, log, resuming)
     log.message(f"{store.shape} signal, {store.num_chunks} chunks over {comm.world_size} rank(s)"
-                f"{' (streamed from disk)' if shard.streamed else ''}; "
+                f"{' (streamed from disk, a window at a time)' if shard.streamed else ''}; budget per rank "
+                f"{budget.total / 2**20:,.0f} MiB ({budget.signal_bytes / 2**20:,.0f} MiB for the signal); "
                 f"{spec.describe()} ({model.num_params:,} params, {spec.num_bytes / 2**20:.1f} MiB); teacher "
                 f"{cfg.teacher.strategy}; {cfg.train.precision}{' compiled' if cfg.train.compile else ''}; "
                 f"{cfg.train.steps} steps on {device}")
@@ -178,8 +185,16 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
             return EXIT_INTERRUPTED
         if outcome.status == "complete" and not ckpt.exists(state.step):
             ckpt.save(state.step, "complete")
-        summary = finish(cfg, comm, store, shard, predict, run, state, guard.rollbacks, outcome.status, spec,
-                         evaluator, log)
+        # The checkpoint holds the training now: a stop signal during the outputs ends the run at once
+        # (exit 75); the same command then redoes only what is missing (engine/finish.py).
+        try:
+            with stop.interrupting():
+                summary = finish(cfg, comm, store, shard, predict, run, state, guard.rollbacks, outcome.status,
+                                 spec, evaluator, log, timings)
+        except Interrupted as e:
+            log.message(f"stopped by {signal.Signals(e.signum).name} while writing the outputs; the training is "
+                        f"saved in {run.checkpoints}. Run the same command again to finish them.")
+            return EXIT_INTERRUPTED
     if comm.is_rank_zero:
         print(final_line(summary), flush=True)
         for note in summary.get("warnings", []):
@@ -193,32 +208,6 @@ def final_line(summary: dict) -> str:
         ("ssim", "SSIM"), ("snr_db", "SNR (dB)"), ("iou", "IoU"), ("chamfer", "Chamfer")) if key in summary)
     return (f"PSNR {summary['psnr_db']:.2f} dB{more}  train time {summary['train_time_s']:.1f} s  -> "
             f"{summary['reconstruction']}")
-
-
-def _check_fit(cfg: Config, comm: Comm, device: torch.device, store: SignalStore, shard: Shard,
-               num_batches: int) -> FieldSpec:
-    """Refuse the run when the largest pass cannot fit (the folder made for it is removed again)."""
-    batch_points = max(shard.num_points // num_batches, 1) + shard.num_points % num_batches
-    spec = field_spec(cfg.model, *store.geometry)
-    everywhere(comm, "check its memory", lambda: check_memory(
-        cfg, device, spec, min(cfg.train.max_points_per_pass or batch_points, batch_points),
-        min(max(cfg.teacher.score_chunk, cfg.train.eval_chunk), shard.num_points),
-        0 if shard.streamed else shard.raw.numel() * shard.raw.element_size()))
-    return spec
-
-
-def _plan(cfg: Config, comm: Comm, store: SignalStore, shard: Shard, num_batches: int, device: torch.device):
-    """This rank's mini-batches (ranks may fail differently here: shards differ by a chunk)."""
-    plan, error = None, None
-    try:
-        plan = make_plan(cfg.teacher.batches, [store.chunk_size(c) for c in range(store.num_chunks)],
-                         shard.chunk_ids, shard.chunk_start, num_batches, cfg.seed, device)
-        if shard.streamed:
-            shard.check_plan(plan)
-    except Exception as e:  # noqa: BLE001
-        error = e
-    agree_on_failure(comm, error, "plan its mini-batches")
-    return plan
 
 
 def _resume(cfg: Config, comm: Comm, run: RunDir, ckpt: Checkpointer, state: RunState, log: Progress,

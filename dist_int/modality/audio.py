@@ -63,6 +63,10 @@ class Audio(Modality):
         data and [-1, 1] for float data (also when a float file is louder and is normalized by its peak)."""
         return store.value_range if store.meta.get("dtype_range") else (-1.0, 1.0)
 
+    def buffer_bytes(self, store, fmt: str) -> int:
+        """The export's blocks of 2^20 samples (and the metrics' chunks), float64 with a few temporaries."""
+        return 4 * 8 * store.channels * max(1 << 20, store.chunk_shape[0])
+
     def metric_sums(self, path: Path, store, rank: int, world_size: int) -> np.ndarray:
         """[sum of x^2, sum of (x - x_hat)^2] over this rank's share of chunks, x on [-1, 1]."""
         out = zarr.open_array(path, mode="r")

@@ -102,6 +102,11 @@ class Modality:
 
         return write
 
+    def buffer_bytes(self, store, fmt: str) -> int:
+        """The most memory its rendering, metrics and export hold at once beyond a pass (engine/budget.py):
+        here, one sample-thick slab of the output (a frame, a slice) as float64 with some 16 temporaries."""
+        return 16 * 8 * math.prod(store.shape[1:])
+
     def render_extra(self, predict, path: Path, store, rank: int, world_size: int, device, target_range) -> None:
         """Output beyond the signal's own points (a shape's grid); every rank its share."""
 

@@ -14,6 +14,7 @@ import zarr
 
 from ..errors import SignalError
 from ..render import build_level, create_output, export, num_levels, open_level, ssim_mean, ssim_sums, to_source
+from ..render.render import PNG_MAX_PIXELS
 from ..signal.source import AxesView, Source, axes_of, file_sha256, is_zarr_dir, zarr_fingerprint
 from .base import Modality
 
@@ -227,6 +228,16 @@ class Image(Modality):
             level0[:, ys, xs] = to_source(block, dtype, value_range).transpose(2, 0, 1)
 
         return write
+
+    def buffer_bytes(self, store, fmt: str) -> int:
+        """SSIM's tile with its halo and scikit-image's temporaries (about 12 float64 images), a band of the
+        TIFF export, or the whole picture for a PNG (render/render.py)."""
+        h, w = store.spatial
+        c, item = store.channels, np.dtype(store.meta["source_dtype"]).itemsize
+        ssim = 12 * 8 * c * min(h, 1030) * min(w, 1030)
+        band = 3 * 512 * w * c * item
+        png = 2 * h * w * c * item if fmt == "png" or (fmt == "auto" and h * w <= PNG_MAX_PIXELS and item <= 2) else 0
+        return max(ssim, band, png)
 
     def num_levels(self, path: Path) -> int:
         return num_levels(path)

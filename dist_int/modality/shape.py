@@ -184,6 +184,10 @@ class Shape(Modality):
     def open(self, path: Path, options: dict) -> Source:
         return open_shape(path, options.get("points", 100000), options.get("sdf") == "watertight")
 
+    def buffer_bytes(self, store, fmt: str) -> int:
+        """The GRID^3 field, its occupancy and marching cubes' temporaries, and the Chamfer samples."""
+        return 16 * 4 * GRID ** 3
+
     def create_output(self, path: Path, store) -> None:
         arr = zarr.create_array(path, shape=(GRID,) * 3, chunks=(8, GRID, GRID), dtype="float32", fill_value=0)
         arr.attrs["dist_int"] = {"kind": "shape", "grid": GRID, "domain": [-1.0, 1.0]}

@@ -10,7 +10,6 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-import zarr
 
 from ..errors import SignalError
 from ..signal.source import Source, file_sha256

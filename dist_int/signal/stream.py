@@ -1,15 +1,14 @@
-"""Shards larger than memory: chunks read from the Zarr store by a background prefetcher into a bounded
-cache, batch by batch (docs/design.md, "Streaming shards").
+"""Shards larger than their budget: chunks read from the Zarr store by a background prefetcher, a window
+at a time (docs/design.md, "Streaming shards").
 
 A StreamedShard answers the same questions as a resident Shard (positions, coordinates and global ids
-come from the chunk geometry either way); only the raw values live in a *window* that holds the chunks
-of the current batch. Mini-batches must then be made of whole chunks (teacher.batches = "chunks"), so
-the chunks of the next batch are known in advance and read while the current one trains.
+come from the chunk geometry either way); only the raw values live in memory, for the chunks of the
+current window (teacher.window_points: each epoch deals the chunks into windows, and a window's batches
+are consecutive steps). The windows to come are known in advance and read while the current one trains.
 """
 
 from __future__ import annotations
 
-import itertools
 import threading
 from collections import deque
 from typing import Callable, Iterator
@@ -23,7 +22,7 @@ from .store import Shard, SignalStore, held_dtype, read_chunks
 from .targets import TargetRange
 
 READ_AHEAD = 2  # lists read ahead of the consumer: enough to overlap, and no reading far past a short run
-TRAIN_SHARE = 0.75  # of signal.cache_mb: the batch being trained and those read ahead; the rest: sweeps
+TRAIN_SHARE = 0.75  # of the signal's budget: the window being trained and the next; the rest: sweeps
 def _size(n: float) -> str:
     return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
 
@@ -120,8 +119,8 @@ class StreamedShard(Shard):
         read = lambda idx: read_chunks(store, [self.chunk_ids[i] for i in idx], pin)  # noqa: E731
         self._train = Prefetcher(read, self._bytes, int(cache_bytes * TRAIN_SHARE))
         self._sweeps = Prefetcher(read, self._bytes, int(cache_bytes * (1 - TRAIN_SHARE)))
-        self._staged: int | None = None     # step whose batch the training window holds
-        self._expected: int | None = None   # the step the training prefetcher reads next
+        self._staged: tuple | None = None    # (epoch, window) the training window holds
+        self._expected: tuple | None = None  # the (epoch, window) the training prefetcher reads next
         self._window = self._win_start = None
         self._set_window([], self.raw)
 
@@ -129,22 +128,30 @@ class StreamedShard(Shard):
         return sum(int(self.chunk_start[i + 1] - self.chunk_start[i]) for i in idx) * self._point_bytes
 
     def check_plan(self, plan) -> None:
-        """Refuse a batch plan that cannot stream: batches must be whole chunks, and two of them (the one
-        training and the next, read meanwhile) must fit the training share of the cache."""
-        if not hasattr(plan, "groups"):
+        """Refuse a batch plan that cannot stream: two windows (the one training and the next, read
+        meanwhile) must fit the training share of the signal's budget."""
+        total = self._bytes(range(len(self.chunk_ids)))
+        if plan.windows == 1:
             raise ConfigError(
-                f"this rank's shard ({_size(self._bytes(range(len(self.chunk_ids))))}) exceeds "
-                f"signal.cache_mb ({_size(self.cache_bytes)}), so it is streamed from disk, which needs "
-                f"mini-batches of whole chunks: set teacher.batches = \"chunks\" and teacher.num_batches > 1 "
-                f"(or raise signal.cache_mb to keep the shard in memory)")
-        runs = -(-self.store.num_chunks // plan.num_batches)            # the most chunks in one batch
-        most = min(runs, len(self.chunk_ids)) * self.store.chunk_size(0) * self._point_bytes
+                f"this rank's shard ({_size(total)}) does not fit the signal's share of train.memory_mb "
+                f"({_size(self.cache_bytes)}), and teacher.window_points = 0 makes the whole signal one window: "
+                f"set teacher.window_points (windows of that many points are read one at a time; e.g. "
+                f"{self._suggest(plan)}), or raise train.memory_mb, or use more ranks")
+        most = plan.most_window_points() * self._point_bytes
         if 2 * most > self.cache_bytes * TRAIN_SHARE:
             need = 2 * most / TRAIN_SHARE / 2**20
             raise ConfigError(
-                f"a batch of up to {runs} chunks takes up to {_size(most)} on this rank, and two must fit "
-                f"in {TRAIN_SHARE:.0%} of signal.cache_mb ({_size(self.cache_bytes)}): raise "
-                f"signal.cache_mb to at least {need:.4g} or teacher.num_batches")
+                f"a window (teacher.window_points) holds up to {_size(most)} of this rank's shard, and two must "
+                f"fit in {TRAIN_SHARE:.0%} of the signal's share of train.memory_mb ({_size(self.cache_bytes)}): "
+                f"lower teacher.window_points (e.g. {self._suggest(plan)}), raise train.memory_mb so that the "
+                f"signal's share is at least {need:.4g} MiB, or use more ranks")
+
+    def _suggest(self, plan) -> int:
+        """A teacher.window_points whose share on this rank fits twice in the training share (scaled from
+        the windows at hand, with room for their variation from epoch to epoch)."""
+        fits = self.cache_bytes * TRAIN_SHARE / 2 / self._point_bytes
+        window = self.store.num_points / plan.windows
+        return max(1, int(window * fits / max(plan.most_window_points(), 1) * 0.8))
 
     def _set_window(self, idx: list[int], values: torch.Tensor) -> None:
         """Make the chunks at positions `idx` (in this order, back to back in `values`) readable."""
@@ -162,16 +169,18 @@ class StreamedShard(Shard):
         return self._window[self._win_start[chunk] + rows]
 
     def stage(self, plan, step: int) -> None:
-        """Load the chunks of the batch at `step`: read ahead already when steps run in order; after a
+        """Load the chunks of the window of `step`: read ahead already when windows come in order; after a
         jump (resume, rollback) the prefetcher restarts there."""
-        if step == self._staged:
+        key = plan.window_of(step)
+        if key == self._staged:
             return
-        if step != self._expected:
-            self._train.start((s, plan.chunk_indices(s)) for s in itertools.count(step))
-        key, values = self._train.next()
-        assert key == step, (key, step)
+        if key != self._expected:
+            self._train.start(plan.windows_from(step))
+        got, values = self._train.next()
+        assert got == key, (got, key)
         self._set_window(plan.chunk_indices(step), torch.from_numpy(values))
-        self._staged, self._expected = step, step + 1
+        epoch, w = key
+        self._staged, self._expected = key, (epoch, w + 1) if w + 1 < plan.windows else (epoch + 1, 0)
 
     def sweep(self, max_points: int):
         limit = max(1, self._sweeps.budget // 2 // self._point_bytes)  # two groups in flight at a time
@@ -194,10 +203,11 @@ class StreamedShard(Shard):
 
 
 def open_shard(store: SignalStore, chunk_ids: list[int], device, target_range: TargetRange,
-               cache_mb: float) -> Shard:
-    """This rank's shard: resident when its raw values fit in `cache_mb` MiB, streamed otherwise."""
+               budget_bytes: int) -> Shard:
+    """This rank's shard: resident when its raw values fit `budget_bytes` (the signal's share of
+    train.memory_mb), streamed a window at a time otherwise (engine/budget.py)."""
     sizes = sum(store.chunk_size(c) for c in chunk_ids)
     nbytes = sizes * store.channels * held_dtype(store).itemsize
-    if nbytes <= cache_mb * 2**20 or store.table:  # point tables are small: always resident
+    if nbytes <= budget_bytes or store.table:  # point tables are small: always resident
         return Shard.load(store, chunk_ids, device, target_range)
-    return StreamedShard(store, chunk_ids, device, target_range, int(cache_mb * 2**20))
+    return StreamedShard(store, chunk_ids, device, target_range, int(budget_bytes))

@@ -68,9 +68,10 @@ class Teacher:
         self.num_units = math.ceil(total_steps / plan.num_batches)
         # One cached teaching set per batch: batch -> (rows, global count, epoch it was selected in).
         self.cache: dict[int, tuple[torch.Tensor, int, int]] = {}
-        # Chunk batches are different chunks every epoch, so a set selected in an earlier epoch names
-        # points the batch no longer holds (and a streamed shard no longer has in memory): reselect.
-        self.per_epoch = hasattr(plan, "groups")
+        # With windows, a batch holds other chunks every epoch, so a set selected in an earlier epoch names
+        # points the batch no longer holds (and a streamed shard no longer has in memory): reselect, and
+        # keep only the set in use (batches/sets of other windows would only fill memory).
+        self.per_epoch = plan.per_epoch
         # batch -> the most rows any rank holds of its current set. Every rank adds and drops entries at
         # the same steps (selections, loads, rollbacks), so the collective that fills one runs everywhere.
         self._max_rows: dict[int, int] = {}
@@ -131,6 +132,9 @@ class Teacher:
         # Ascending rows: the same order however the set was reached (fresh, or loaded from a checkpoint).
         rows = torch.sort(rows[chosen]).values
         self.bytes_moved += SEARCH_BYTES if self.comm.world_size > 1 else 0
+        if self.per_epoch:
+            self.cache.clear()
+            self._max_rows.clear()
         self.cache[b] = (rows, k, epoch)
         self._max_rows.pop(b, None)
         self.selections += 1
