@@ -203,6 +203,10 @@ class TrainConfig:
     progress_every_s: float = 30.0
     """Without a terminal (SLURM, CI, a log file): seconds between plain progress lines. On a terminal a
     bar updates instead."""
+    sync_census: bool = False
+    """Diagnostics: count, per step, the operations that would make the host wait for a GPU (device reads,
+    data-dependent sizes, pageable copies; dist_int/census.py) and write them to census/rank-N.jsonl in the
+    run folder. Works on any device; slows every step."""
     tensorboard: bool = False
     """Also write the logged scalars as TensorBoard events into <run.dir>/tensorboard (needs the
     `tensorboard` package: pip install tensorboard)."""

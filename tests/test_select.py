@@ -9,16 +9,18 @@ from dist_int.comm import Comm
 from dist_int.config import TeacherConfig
 from dist_int.errors import ConfigError
 from dist_int.teacher import Teacher, make_plan, global_topk, hash_uniform, order_keys, score_order
+from dist_int.teacher.select import tie_break
 
 
-def reference_topk(keys, gids, k):
-    """The definition: the k points with the largest score, ties broken by the smaller global id."""
-    order = sorted(range(len(keys)), key=lambda i: (-float(keys[i]), int(gids[i])))
+def reference_topk(keys, gids, k, salt=()):
+    """The definition: the k points with the largest score, ties broken by the larger tie_break(gid)."""
+    tie = tie_break(torch.as_tensor(gids), *salt).tolist()
+    order = sorted(range(len(keys)), key=lambda i: (-float(keys[i]), -tie[i]))
     return set(int(gids[i]) for i in order[:k])
 
 
-def select(scores, gids, k):
-    return global_topk(order_keys(score_order(scores), gids), k, Comm())
+def select(scores, gids, k, salt=()):
+    return global_topk(order_keys(score_order(scores), gids, *salt), k, Comm())
 
 
 @pytest.mark.parametrize("k", [1, 17, 500, 999, 1000, 5000])
@@ -42,8 +44,28 @@ def test_order_keys_order_like_the_scores_for_any_float():
     keys = order_keys(score_order(scores), gids)
     assert keys.unique().numel() == keys.numel()
     ranked = gids[torch.argsort(keys, descending=True)].tolist()
-    expect = sorted(range(scores.numel()), key=lambda i: (-float(scores[i]), int(gids[i])))
+    tie = tie_break(gids).tolist()
+    expect = sorted(range(scores.numel()), key=lambda i: (-float(scores[i]), -tie[i]))
     assert ranked == [int(gids[i]) for i in expect]
+
+
+def test_ties_go_by_a_hash_of_seed_step_and_id_not_by_position():
+    """bf16 scores tie over whole regions: ties must not favour the first rows of the grid. The tie order
+    is a bijection of 32-bit ids (keys stay unique), changes with (seed, step), and is the same function
+    on every rank (it depends on the id alone)."""
+    gids = torch.arange(1 << 16)
+    assert tie_break(gids, 1, 2).unique().numel() == gids.numel()
+    top32 = torch.tensor([0, 1, (1 << 32) - 2, (1 << 32) - 1])
+    assert tie_break(top32, 5, 6).unique().numel() == 4 and int(tie_break(top32, 5, 6).max()) < (1 << 32)
+    flat = torch.zeros(gids.numel())  # every score equal
+    picks = [set(gids[select(flat, gids, 4096, (7, step))].tolist()) for step in range(3)]
+    for p in picks:
+        assert abs(np.mean(sorted(p)) - gids.numel() / 2) < gids.numel() * 0.03  # not the top rows
+        assert len(p & set(range(4096))) < 4096 * 0.15
+    assert picks[0] != picks[1] != picks[2]
+    # The same points win on a permuted shard: the order depends on the id, not on where it is held.
+    perm = torch.randperm(gids.numel(), generator=torch.Generator().manual_seed(1))
+    assert set(gids[perm][select(flat, gids[perm], 4096, (7, 0))].tolist()) == picks[0]
 
 
 def test_nan_error_is_taught_first():

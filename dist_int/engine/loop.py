@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import signal
 from dataclasses import dataclass
 
 from ..comm import Comm
 from .agree import everywhere
+from ..census import SyncCensus, optimizer_host_tensors
 from .guard import Diverged
 from .metrics import SectionTimer, Throughput, memory_report, rounded
 
@@ -94,6 +96,11 @@ class Loop:
         # scores the same rows with the same model at the same precision (docs/method.md, "Cheaper
         # selection"). Its time is then training (and selection) time.
         self.reuse_scores = reuse_scores
+        self.census = None
+        if cfg.train.sync_census:  # closed with the process
+            path = run.path / "census" / f"rank-{comm.rank}.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.census = open(path, "a")
         self.meter = Throughput(shard.device)
         self.selecting = SectionTimer(shard.device)
         self.reusing = SectionTimer(shard.device)
@@ -132,7 +139,22 @@ class Loop:
         return Outcome()
 
     def _step(self):
-        """One update: select (or reuse) the teaching set, maybe snapshot it, train on it."""
+        """One update: select (or reuse) the teaching set, maybe snapshot it, train on it; with
+        train.sync_census, counted (dist_int/census.py)."""
+        if self.census is None:
+            return self._update()
+        step, selects = self.state.step, self.teacher.selects_at(self.state.step)
+        census = SyncCensus(self.shard.device, where=True)
+        census.mark_host(optimizer_host_tensors(self.engine.optimizer))
+        with census:
+            batch = self._update()
+        self.census.write(json.dumps({"step": step, "selected": selects, "syncs": census.syncs,
+                                      "kinds": dict(census.counts), "ops": census.ops,
+                                      "where": {f"{k} @ {w}": n for (k, w), n in census.where.items()}}) + "\n")
+        self.census.flush()
+        return batch
+
+    def _update(self):
         state, shard = self.state, self.shard
         shard.stage(self.plan, state.step)  # a streamed shard swaps in this batch's chunks (read ahead)
         with self.selecting:

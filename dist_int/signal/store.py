@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import zarr
 
+from ..census import host_buffer
 from .errors import SignalError
 from .source import ATTR
 from .targets import TargetRange
@@ -257,7 +258,7 @@ class Shard:
         """Read the chunks one by one into one preallocated array of the source dtype (the host holds the
         raw shard once, no float copy), checking each for NaN/Inf, then move it to `device`."""
         cls = TableShard if store.table else Shard
-        return cls(store, chunk_ids, torch.from_numpy(read_chunks(store, chunk_ids)), device, target_range)
+        return cls(store, chunk_ids, read_chunks(store, chunk_ids), device, target_range)
 
 
 class TableShard(Shard):
@@ -277,18 +278,18 @@ def held_dtype(store: "SignalStore") -> np.dtype:
     return np.dtype(_AS_SIGNED.get(dtype, (dtype,))[0])
 
 
-def read_chunks(store: "SignalStore", chunk_ids: list[int], pin: bool = False) -> np.ndarray:
+def read_chunks(store: "SignalStore", chunk_ids: list[int], device=None) -> torch.Tensor:
     """The chunks' raw values one after another, (points, C) in `held_dtype`, read one chunk at a time
-    into one preallocated array (pinned host memory when `pin`, for asynchronous copies to a GPU)."""
+    into one preallocated host tensor (with `device`: a census.host_buffer, pinned on a GPU, so that its
+    copy to the device is queued without a wait)."""
     sizes = [store.chunk_size(c) for c in chunk_ids]
     dtype = held_dtype(store)
     shape = (sum(sizes), store.channels)
-    if pin:
-        host = torch.empty(shape, dtype=torch.from_numpy(np.zeros(0, dtype)).dtype, pin_memory=True).numpy()
-    else:
-        host = np.empty(shape, dtype=dtype)
+    tdtype = torch.from_numpy(np.zeros(0, dtype)).dtype
+    out = torch.empty(shape, dtype=tdtype) if device is None else host_buffer(shape, tdtype, device)
+    host = out.numpy()
     row = 0
     for cid, n in zip(chunk_ids, sizes):
         host[row:row + n] = store.read_raw_chunk(cid).view(dtype)
         row += n
-    return host
+    return out

@@ -16,6 +16,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from ..census import to_device
 from ..errors import ConfigError
 from .errors import SignalError
 from .store import Shard, SignalStore, held_dtype, read_chunks
@@ -37,7 +38,7 @@ class Prefetcher:
 
     _END = object()
 
-    def __init__(self, read: Callable[[list[int]], np.ndarray], nbytes: Callable[[list[int]], int], budget: int):
+    def __init__(self, read: Callable[[list[int]], torch.Tensor], nbytes: Callable[[list[int]], int], budget: int):
         self._read, self._nbytes, self.budget = read, nbytes, budget
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -78,7 +79,7 @@ class Prefetcher:
                 self._queue.append(item)
             self._cv.notify_all()
 
-    def next(self) -> tuple[object, np.ndarray] | None:
+    def next(self) -> tuple[object, torch.Tensor] | None:
         """The next (key, values) read; releases the previous one. None when the loads are exhausted."""
         with self._cv:
             self._held -= self._out
@@ -110,13 +111,12 @@ class StreamedShard(Shard):
     def __init__(self, store: SignalStore, chunk_ids: list[int], device="cpu",
                  target_range: TargetRange = TargetRange(0.0, 1.0), cache_bytes: int = 1 << 30):
         dtype = held_dtype(store)
-        super().__init__(store, chunk_ids, torch.from_numpy(np.zeros((0, store.channels), dtype)), device,
+        super().__init__(store, chunk_ids, read_chunks(store, [], device), device,
                          target_range)
         self.store = store
         self.cache_bytes = cache_bytes
         self._point_bytes = store.channels * dtype.itemsize
-        pin = self.device.type == "cuda"
-        read = lambda idx: read_chunks(store, [self.chunk_ids[i] for i in idx], pin)  # noqa: E731
+        read = lambda idx: read_chunks(store, [self.chunk_ids[i] for i in idx], self.device)  # noqa: E731
         self._train = Prefetcher(read, self._bytes, int(cache_bytes * TRAIN_SHARE))
         self._sweeps = Prefetcher(read, self._bytes, int(cache_bytes * (1 - TRAIN_SHARE)))
         self._staged: tuple | None = None    # (epoch, window) the training window holds
@@ -158,8 +158,9 @@ class StreamedShard(Shard):
         start = np.full(len(self.chunk_ids), _UNLOADED, dtype=np.int64)
         sizes = np.diff(self.chunk_start)[idx] if idx else np.zeros(0, np.int64)
         start[idx] = np.concatenate([[0], np.cumsum(sizes)[:-1]]) - self.chunk_start[idx] if idx else []
+        # Both from host buffers (pinned on a GPU): queued copies, the host does not wait (census.py).
         self._window = values.to(self.device, non_blocking=True)
-        self._win_start = torch.from_numpy(start).to(self.device)
+        self._win_start = to_device(start, self.device)
 
     def raw_rows(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         if rows is None:
@@ -178,7 +179,7 @@ class StreamedShard(Shard):
             self._train.start(plan.windows_from(step))
         got, values = self._train.next()
         assert got == key, (got, key)
-        self._set_window(plan.chunk_indices(step), torch.from_numpy(values))
+        self._set_window(plan.chunk_indices(step), values)
         epoch, w = key
         self._staged, self._expected = key, (epoch, w + 1) if w + 1 < plan.windows else (epoch + 1, 0)
 
@@ -190,7 +191,7 @@ class StreamedShard(Shard):
         try:
             for idx in groups:
                 _, values = self._sweeps.next()
-                self._set_window(idx, torch.from_numpy(values))
+                self._set_window(idx, values)
                 yield idx, torch.arange(int(self.chunk_start[idx[0]]), int(self.chunk_start[idx[-1] + 1]),
                                         device=self.device)
         finally:

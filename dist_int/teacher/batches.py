@@ -23,101 +23,69 @@ import math
 import numpy as np
 import torch
 
+from ..census import host_side, to_device
 from ..errors import ConfigError
-from .select import hash64, mix64
+from .select import _shr, hash64, mix64
 
 BATCH_SALT = 0xBA7C4   # keeps the points' order apart from the other hashes
 WINDOW_SALT = 0xC4A11  # keeps the chunks' order apart from the other hashes
-WALKS = 64  # cycle-walking steps for chunks whose size is not a power of two: each leaves a point
-            # outside with probability below 1/2, so all are in after 64 with certainty in practice
+SHUFFLE_ROUNDS = 10  # swap-or-not rounds of a chunk's keyed order (below)
 
 MAX_EPOCHS_CHECKED = 4096  # epochs whose windows are summed to bound a rank's share of one
 _M1, _M2 = 0x5851F42D4C957F2D, 0x14057B7EF767814F  # odd multipliers (PCG's and MMIX's)
-_MASK64 = (1 << 64) - 1
+_ROUND_SALT = 0x2545F4914F6CDD1D
 
 
-def _signed(v: int) -> int:
-    v &= _MASK64
-    return v - (1 << 64) if v >> 63 else v
+def _round_keys(n: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per round and per element of n/key: the reflection's offset in [0, n) and the coin's key, each
+    (SHUFFLE_ROUNDS, m), made in a few whole-array operations."""
+    r = torch.arange(1, SHUFFLE_ROUNDS + 1, dtype=torch.int64, device=key.device).unsqueeze(1)
+    h = mix64(key.unsqueeze(0) + r * _ROUND_SALT)
+    return _shr(h, 1) % n.clamp(min=1).unsqueeze(0), mix64(h ^ _M2)
 
 
-def _inverse(m: int) -> int:
-    """The multiplicative inverse of an odd m modulo 2^64 (Newton's iteration), as an int64."""
-    inv = m
-    for _ in range(6):
-        inv = inv * (2 - m * inv) & _MASK64
-    return _signed(inv)
+def _swap_or_not(x: torch.Tensor, n: torch.Tensor, offset: torch.Tensor, coin: torch.Tensor) -> torch.Tensor:
+    """One round: x and its partner offset - x (mod n) swap places when a keyed coin of the pair (its
+    larger member) says so. Every round is its own inverse on [0, n), for any n."""
+    partner = (offset - x) % n
+    c = (torch.maximum(x, partner) ^ coin) * _M1
+    c = (c ^ (c >> 29)) * _M2
+    return torch.where(c < 0, partner, x)
 
 
-_I1, _I2 = _inverse(_M1), _inverse(_M2)
-
-
-def _unshift(y: torch.Tensor, r: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """The inverse of x -> x ^ (x >> r) on k-bit integers: the xor of y >> (j r) for j r < k."""
-    x, shift = y, r
-    for _ in range(3):  # r = ceil(k / 2) or more, so j <= 2 terms reach every bit
-        x = x ^ torch.where(shift < k, y >> shift.clamp(max=63), torch.zeros_like(y))
-        shift = shift + r
+def _shuffle(x, n, key, local, rounds) -> torch.Tensor:
+    offset, coin = _round_keys(n, key)
+    n = n.clamp(min=1)
+    if local is not None:
+        n = n[local]
+    for i in rounds:
+        o, k = (offset[i], coin[i]) if local is None else (offset[i][local], coin[i][local])
+        x = _swap_or_not(x, n, o, k)
     return x
 
 
-def _params(n: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Per element: bits k (they hold n - 1; 0 for n = 1), mask 2^k - 1, shift ceil(k / 2), two keys."""
-    k = torch.ceil(torch.log2(n.clamp(min=1).double())).long()
-    return k, (torch.ones_like(k) << k) - 1, (k + 1) // 2, mix64(key), mix64(key ^ 0x2545F4914F6CDD1D)
+def order_inverse(q: torch.Tensor, n: torch.Tensor, key: torch.Tensor, local: torch.Tensor | None = None) -> torch.Tensor:
+    """The offsets at positions q of a keyed random order of [0, n) (q: int64 positions; n, key: int64, one
+    per element, or one per chunk with `local` giving each element's chunk).
+
+    The order is a swap-or-not shuffle (Hoang, Morris and Rogaway, CRYPTO 2012): SHUFFLE_ROUNDS rounds, each
+    reflecting x to offset - x (mod n) when a keyed coin of the pair says so. A bijection of [0, n) for any
+    n with no cycle-walking, so the same fixed number of whole-array operations runs on any device and no
+    value is read on the host; the inverse is the same rounds in reverse order."""
+    return _shuffle(q, n, key, local, reversed(range(SHUFFLE_ROUNDS)))
 
 
-def _back(x: torch.Tensor, k, mask, r, a, b) -> torch.Tensor:
-    """One inverse step of the k-bit bijection (see order_forward's `ahead`)."""
-    x = _unshift(x, r, k)
-    x = (x * _I2) & mask
-    x = (x - b) & mask
-    x = _unshift(x, r, k)
-    x = (x * _I1) & mask
-    x = _unshift(x, r, k)
-    return (x - a) & mask
-
-
-def order_inverse(q: torch.Tensor, n: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
-    """The offsets at positions q of a keyed random order of [0, n) (q, n, key: int64, one per element).
-
-    The order is a bijection of k-bit integers (k bits hold n - 1), made of invertible steps (add a key,
-    xorshift, multiply by an odd constant, all mod 2^k), cycle-walked into [0, n): a value that lands at n
-    or beyond is mapped again until it is inside. This is its inverse. On a GPU the walk is WALKS masked
-    steps, so no value is read on the host; on a CPU, where reading is free, only the values still
-    outside are walked."""
-    params = _params(n, key)
-    x = _back(q, *params)
-    if q.device.type != "cpu":
-        walk = (n & (n - 1)) != 0  # sizes that are powers of two fill their k bits: nothing to walk
-        for _ in range(WALKS):
-            x = torch.where(walk & (x >= n), _back(x, *params), x)
-        return x
-    out = (x >= n).nonzero().squeeze(1)
-    while out.numel():
-        x[out] = _back(x[out], *(p[out] for p in params))
-        out = out[x[out] >= n[out]]
-    return x
-
-
-def order_forward(x: torch.Tensor, n: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+def order_forward(x: torch.Tensor, n: torch.Tensor, key: torch.Tensor, local: torch.Tensor | None = None) -> torch.Tensor:
     """The position of each offset x in the keyed order of [0, n): the inverse of order_inverse (the tests
     check one against the other)."""
-    k, mask, r, a, b = _params(n, key)
+    return _shuffle(x, n, key, local, range(SHUFFLE_ROUNDS))
 
-    def ahead(x):
-        x = (x + a) & mask
-        x = x ^ (x >> r)
-        x = (x * _M1) & mask
-        x = x ^ (x >> r)
-        x = (x + b) & mask
-        x = (x * _M2) & mask
-        return x ^ (x >> r)
 
-    x = ahead(x)
-    for _ in range(WALKS):
-        x = torch.where(x >= n, ahead(x), x)
-    return x
+def _chunk_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The chunk ids 0..n-1 sorted by their hash of (seed, epoch): the deal of an epoch's windows (host
+    work on host tensors: no device is involved)."""
+    with host_side():
+        return torch.argsort(hash64(torch.arange(n, dtype=torch.int64), seed, epoch, WINDOW_SALT)).numpy()
 
 
 def group_bounds(n: np.ndarray, groups: int, s: int) -> tuple[np.ndarray, np.ndarray]:
@@ -179,8 +147,7 @@ class BatchPlan:
             if self.windows == 1:
                 self._window_ids = [np.arange(n)]
             else:
-                ids = torch.arange(n, dtype=torch.int64)
-                order = torch.argsort(hash64(ids, self.seed, epoch, WINDOW_SALT)).numpy()
+                order = _chunk_order(n, self.seed, epoch)
                 cuts = [n * w // self.windows for w in range(self.windows + 1)]
                 self._window_ids = [np.sort(order[cuts[w]:cuts[w + 1]]) for w in range(self.windows)]
             self._windows_epoch = epoch
@@ -231,10 +198,9 @@ class BatchPlan:
             own = np.zeros(n, dtype=np.int64)
             own[self.own_chunks] = self._own_sizes
             cuts = np.array([n * w // self.windows for w in range(self.windows)])
-            ids = torch.arange(n, dtype=torch.int64)
             self._most = 0
             for epoch in np.unique(np.linspace(0, self.epochs - 1, min(self.epochs, MAX_EPOCHS_CHECKED)).astype(int)):
-                order = torch.argsort(hash64(ids, self.seed, int(epoch), WINDOW_SALT)).numpy()
+                order = _chunk_order(n, self.seed, int(epoch))
                 self._most = max(self._most, int(np.add.reduceat(own[order], cuts).max()))
         return self._most
 
@@ -251,7 +217,7 @@ class BatchPlan:
         key = self.window_of(step)
         if key != self._window_key:
             idx = self.chunk_indices(step)
-            sel = None if self.windows == 1 else torch.tensor(idx, dtype=torch.int64, device=self.device)
+            sel = None if self.windows == 1 else to_device(np.asarray(idx, dtype=np.int64), self.device)
             self._window_key, self._window_idx, self._window_sel = key, idx, sel
         return self._window_idx, self._window_sel
 
@@ -277,8 +243,7 @@ class BatchPlan:
         if groups == 1:  # whole chunks, in their own order
             offsets = q
         else:
-            keys = hash64(pick(self._ids), self.seed, epoch, BATCH_SALT)[local]
-            offsets = order_inverse(q, sizes[local], keys)
+            offsets = order_inverse(q, sizes, hash64(pick(self._ids), self.seed, epoch, BATCH_SALT), local)
         self._rows, self._rows_key = (starts[local] + offsets).to(self.row_dtype), key
         return self._rows
 

@@ -30,7 +30,8 @@ from ..config import TeacherConfig
 from ..model import Predict, forward_rows
 from .batches import BatchPlan
 from .schedules import ratio_at, should_select
-from .select import SEARCH_BYTES, check_num_points, global_topk, hash_order, hash_uniform, order_keys, score_order
+from .select import (SEARCH_BYTES, check_num_points, hash_order, hash_uniform, order_keys, score_order, top_mask,
+                     top_rows)
 
 SOFT_SALT = 0x50F7  # keeps the Gumbel noise apart from the other hashes
 MIX_SALT = 0x313C
@@ -104,8 +105,9 @@ class Teacher:
         gids = points.gids(rows)
         strategy = self.cfg.strategy
         offered, self._offered = self._offered, None
+        salt = (self.seed, step)  # ties of the score go by a hash of (seed, step, gid) (select.tie_break)
         if strategy == "uniform":
-            chosen = global_topk(order_keys(hash_order(gids, self.seed, step), gids), k, self.comm, total)
+            keys = order_keys(hash_order(gids, self.seed, step), gids, *salt)
         else:
             if offered is not None and offered[0] == step:
                 err = offered[1]  # the evaluation's scoring of the same model (offer_scores)
@@ -113,22 +115,15 @@ class Teacher:
             else:
                 err = l1_error(predict, points, rows, self.cfg.score_chunk, self.error)
             if strategy == "int":
-                chosen = global_topk(order_keys(score_order(err), gids), k, self.comm, total)
+                keys = order_keys(score_order(err), gids, *salt)
             elif strategy == "soft":
                 u = hash_uniform(gids, self.seed, step, SOFT_SALT).clamp(1e-300, 1 - 1e-16)
                 gumbel = -torch.log(-torch.log(u))
                 score = torch.log(err.double().clamp_min(1e-30)) / self.cfg.temperature + gumbel
-                chosen = global_topk(order_keys(score_order(score.float()), gids), k, self.comm, total)
+                keys = order_keys(score_order(score.float()), gids, *salt)
             else:  # mix: the top-k part first, then a uniform draw among everything else
-                k_top = round(self.cfg.mix_topk * k)
-                top = torch.zeros(rows.numel(), dtype=torch.bool, device=rows.device)
-                if k_top:
-                    top[global_topk(order_keys(score_order(err), gids), k_top, self.comm, total)] = True
-                rest = torch.where(top, -(1 << 31), hash_order(gids, self.seed, step, MIX_SALT))
-                if k - k_top:
-                    top[global_topk(order_keys(rest, gids), k - k_top, self.comm, total)] = True
-                    self.bytes_moved += SEARCH_BYTES if self.comm.world_size > 1 else 0
-                chosen = torch.nonzero(top).squeeze(1)
+                keys = self._mix_keys(err, gids, k, total, salt)
+        chosen, most = top_rows(keys, k, self.comm, total)
         # Ascending rows: the same order however the set was reached (fresh, or loaded from a checkpoint).
         rows = torch.sort(rows[chosen]).values
         self.bytes_moved += SEARCH_BYTES if self.comm.world_size > 1 else 0
@@ -136,9 +131,22 @@ class Teacher:
             self.cache.clear()
             self._max_rows.clear()
         self.cache[b] = (rows, k, epoch)
-        self._max_rows.pop(b, None)
+        self._max_rows[b] = most
         self.selections += 1
         return TeachingSet(rows, k, True, self.max_rows(b, rows.numel()))
+
+    def _mix_keys(self, err, gids, k: int, total: int, salt: tuple) -> torch.Tensor:
+        """Order keys whose global top-k is mix's set: the k_top points of largest error rank above all
+        others (their order32 is the largest value), the rest in a uniformly random order below them
+        (31 bits of a hash, so no other point reaches the top value). One search finds the top part
+        without a host read (select.top_mask), the caller's search the whole set."""
+        k_top = min(round(self.cfg.mix_topk * k), k)
+        rest = hash_order(gids, self.seed, salt[1], MIX_SALT) >> 1
+        if k_top:
+            top = top_mask(order_keys(score_order(err), gids, *salt), k_top, self.comm)
+            rest = torch.where(top, (1 << 31) - 1, rest)
+            self.bytes_moved += SEARCH_BYTES if self.comm.world_size > 1 else 0
+        return order_keys(rest, gids, *salt)
 
     def selects_at(self, step: int) -> bool:
         """Whether `teaching_set(step)` runs a selection (else it reuses the batch's cached set)."""
