@@ -1,5 +1,8 @@
 """Where a training step's time goes: DeepSpeed's engine step against the same step in plain PyTorch, on
-the same model, data and optimizer, measured side by side, plus a torch.profiler table of the engine step.
+the same model, data and optimizer, measured side by side, plus a torch.profiler table of the engine step;
+then, per step kind (selecting, reusing, mini-batch rows rebuilt, streamed window), host time against
+time until the device is done, operations launched per step and host waits, from the census
+(dist_int/census.py): a regression in launches per step shows on a CPU.
 
     python bench/profile_step.py --hidden 256 --layers 6 --points 65536 --steps 30
 Runs on the GPU when there is one (then it also counts host-device synchronizations per step).
@@ -36,6 +39,105 @@ def time_steps(step, device, steps: int) -> list[float]:
     return out
 
 
+def step_kinds(device, prec, hidden: int, layers: int, size: int, steps: int) -> str:
+    """A table per step kind on a size^2 synthetic image in 64^2 chunks: median host ms (the step call
+    returns), median ms until the device is done, operations dispatched, host waits (census)."""
+    import tempfile
+
+    import numpy as np
+    from PIL import Image
+
+    from dist_int.census import SyncCensus, optimizer_host_tensors
+    from dist_int.comm import Comm
+    from dist_int.config import Config
+    from dist_int.engine.deepspeed_engine import build_engine
+    from dist_int.engine.step import TrainStep
+    from dist_int.modality import ingest
+    from dist_int.model import Siren
+    from dist_int.signal import Shard, SignalStore
+    from dist_int.signal.stream import StreamedShard
+    from dist_int.teacher import BatchPlan, Teacher
+
+    folder = Path(tempfile.mkdtemp(prefix="profile-step-"))
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    img = np.stack([np.sin(9 * xx + 4 * yy), np.cos(7 * yy * xx), xx - yy], -1) * 0.5 + 0.5
+    Image.fromarray((img * 255).astype(np.uint8)).save(folder / "img.png")
+    ingest(str(folder / "img.png"), folder / "s.zarr", 64)
+    store = SignalStore(folder / "s.zarr")
+    own = list(range(store.num_chunks))
+    sizes = [store.chunk_size(c) for c in own]
+    total = 4 * steps
+    kinds = [  # name, strategy, batches, windows, which steps count
+        ("selecting (int, every step early on)", "int", 1, 1, lambda t, sel: sel),
+        ("reusing (int, cached set)", "int", 1, 1, lambda t, sel: not sel),
+        ("mini-batch (full, rows rebuilt each step)", "full", 8, 1, lambda t, sel: True),
+        ("streamed (full, 2 windows)", "full", 8, 2, lambda t, sel: True),
+    ]
+    def run(strategy, batches, windows, counted, census_on: bool) -> list[tuple]:
+        """(host s, done s) per counted step, or (ops, waits) under the census: two separate runs of the
+        same steps, so that neither the census's overhead nor a second call's caches touch the other."""
+        cfg = Config()
+        cfg.train.steps = total
+        cfg.teacher.strategy, cfg.teacher.num_batches = strategy, batches
+        cfg.teacher.interval_schedule = "incremental"
+        torch.manual_seed(0)
+        engine, _ = build_engine(Siren(2, 3, hidden, layers).to(device), cfg, prec)
+        if windows > 1:
+            shard = StreamedShard(store, own, device, cache_bytes=store.num_points * 3 * 4 // windows)
+        else:
+            shard = Shard.load(store, own, device)
+        plan = BatchPlan(sizes, own, shard.chunk_start, batches, 0, device, windows, epochs=total)
+        teacher = Teacher(cfg.teacher, total, 0, Comm(), plan, store.num_points)
+        step = TrainStep(engine, 1, 3, device)
+
+        def score(x):
+            with prec.scoring():
+                return engine.module(x)
+
+        def one(t):
+            if shard.streamed:
+                shard.stage(plan, t)
+            batch = teacher.teaching_set(t, shard, score)
+            step(shard.coords(batch.rows), shard.targets(batch.rows), batch.count, batch.max_rows)
+
+        out = []
+        for t in range(total):
+            if t < 3 or not counted(t, teacher.selects_at(t)):
+                one(t)
+                continue
+            _sync(device)
+            if census_on:
+                census = SyncCensus(device)
+                census.mark_host(optimizer_host_tensors(engine.optimizer))
+                with census:
+                    one(t)
+                out.append((census.ops, census.syncs))
+            else:
+                t0 = time.perf_counter()
+                one(t)
+                host = time.perf_counter() - t0
+                _sync(device)
+                out.append((host, time.perf_counter() - t0))
+            if len(out) >= steps:
+                break
+        if shard.streamed:
+            shard.close()
+        return out
+
+    rows = []
+    for name, strategy, batches, windows, counted in kinds:
+        timed = run(strategy, batches, windows, counted, False)
+        counts = run(strategy, batches, windows, counted, True)
+        med = lambda values: statistics.median(values)  # noqa: E731
+        rows.append([name, str(len(timed)), f"{med([h for h, _ in timed]) * 1e3:.2f}",
+                     f"{med([d for _, d in timed]) * 1e3:.2f}", f"{med([o for o, _ in counts]):g}",
+                     f"{med([w for _, w in counts]):g}"])
+    return (f"Step kinds: SIREN {layers}x{hidden}, {size}^2 image in 64^2 chunks, 1 rank (timed and counted in "
+            f"two separate runs of the same steps):\n\n" +
+            markdown_table(["step kind", "steps", "host ms (median)", "ms until the device is done",
+                            "ops launched / step", "host waits / step"], rows))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--hidden", type=int, default=256)
@@ -43,6 +145,7 @@ def main() -> None:
     p.add_argument("--points", type=int, default=65536)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--precision", default="tf32", choices=("fp32", "tf32", "bf16"))
+    p.add_argument("--size", type=int, default=256, help="image side for the step-kind table")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "profile_step.md"))
     args = p.parse_args()
 
@@ -125,10 +228,12 @@ def main() -> None:
     summary = (f"DeepSpeed machinery (ops the plain step does not run): {machinery_ms:.2f} ms/step, "
                f"{100 * machinery_ms / (mp * 1e3):.2f} % of the plain step")
     command = (f"python bench/profile_step.py --hidden {args.hidden} --layers {args.layers} --points "
-               f"{args.points} --steps {args.steps} --precision {args.precision}")
+               f"{args.points} --steps {args.steps} --precision {args.precision} --size {args.size}")
     header = (f"machine: {machine()}\ncommand: {command}\nSIREN {args.layers}x{args.hidden}, {args.points} "
               f"points a step, {args.precision}, 1 rank; {3 * args.steps} steps each, alternated")
-    text = header + "\n\n" + table + "\n\n" + summary + " (torch.profiler, 5 steps each):\n\n" + table2 + "\n"
+    kinds = step_kinds(device, prec, args.hidden, args.layers, args.size, min(args.steps, 20))
+    text = (header + "\n\n" + table + "\n\n" + summary + " (torch.profiler, 5 steps each):\n\n" + table2 +
+            "\n\n" + kinds + "\n")
     print(text)
     Path(args.out).write_text(text)
 

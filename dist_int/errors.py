@@ -23,5 +23,9 @@ class CheckpointError(DistIntError, RuntimeError):
     """A checkpoint in the run folder cannot be loaded; the message names it and what to do."""
 
 
+class InstallError(DistIntError, RuntimeError):
+    """An installed package cannot do what the run needs; the message names it and the fix."""
+
+
 class PeerFailed(DistIntError, RuntimeError):
     """Another rank failed and reported the reason itself; this rank stops too."""

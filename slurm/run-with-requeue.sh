@@ -5,9 +5,19 @@
 # agree on a step, checkpoint and exit, and the job is requeued; the requeued job resumes by itself.
 
 DIST_INT_SIGNALS="SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"  # what torchrun forwards to its workers
-# One BLAS/OpenMP thread per process unless the job asked for more CPUs per task: oversubscribed
-# OpenMP threads spin and can slow training tenfold.
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
+
+# Threads per worker: the CPUs this job holds on the node (SLURM_CPUS_ON_NODE: ask with --cpus-per-gpu on
+# GPU nodes, --cpus-per-task on CPU nodes) shared by the workers torchrun starts there, at least 1. Each
+# worker must not take them all: 8 workers each with the allocation's thread count oversubscribe the node
+# 8x, and spinning OpenMP threads can slow training tenfold. An OMP_NUM_THREADS set by the user wins.
+set_worker_threads() {
+    local procs=$1 cpus=${SLURM_CPUS_ON_NODE:-1}
+    if [ -z "${DIST_INT_USER_THREADS:-}" ]; then
+        export OMP_NUM_THREADS=$(( cpus / procs > 0 ? cpus / procs : 1 ))
+    fi
+    echo "dist_int: $procs worker(s) per node, $cpus CPU(s) on the node, OMP_NUM_THREADS=$OMP_NUM_THREADS" >&2
+}
+DIST_INT_USER_THREADS=${OMP_NUM_THREADS:-}
 
 run_with_requeue() {
     local preempted=0 rc=0 child

@@ -1,81 +1,160 @@
-"""GPU-only checks (skipped on machines without CUDA; bench/gpu_check.py runs the speed side)."""
+"""The training step's host waits, in process, on any device: on a CPU by the census (dist_int/census.py),
+on a GPU also under torch.cuda.set_sync_debug_mode("error") with torch.cuda.synchronize patched to raise.
+The same code runs both ways, so a GPU finds no bug the CPU could have found (bench/gpu_check.py --part 1
+runs the GPU side first).
+
+Cases: resident and streamed shards, `int` (selects, then reuses its set), `full` in mini-batches, gradient
+clipping, tf32 and bf16 (autocast inside the DeepSpeed engine), eager and compiled."""
+
+import os
 
 import pytest
 import torch
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+from dist_int.census import SyncCensus, optimizer_host_tensors
+
+CUDA = torch.cuda.is_available()
+needs_gpu = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+
+CASES = [  # strategy, mini-batches, grad_clip, precision, compile, streamed
+    ("int", 1, 0.0, "tf32", False, False),
+    ("full", 4, 0.0, "tf32", False, False),
+    ("int", 1, 0.1, "bf16", False, False),
+    ("int", 1, 0.0, "bf16", True, False),
+    ("full", 8, 0.0, "tf32", False, True),
+]
 
 
-@pytest.mark.parametrize("strategy, num_batches, grad_clip", [("int", 1, 0.0), ("full", 4, 0.0),
-                                                               ("int", 1, 0.1)])
-def test_a_step_without_selection_never_synchronizes_the_gpu(tmp_path, png_image, strategy, num_batches,
-                                                            grad_clip):
-    """The step that reuses a cached teaching set queues work and returns: an implicit sync raises
-    (sync debug mode), and so does an explicit torch.cuda.synchronize (patched for the check)."""
-    import os
-
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
+@pytest.fixture(scope="module")
+def process_group():
+    """One process group for the module (DeepSpeed needs one), on the GPU when there is one."""
     from conftest import free_port
-
-    os.environ["MASTER_PORT"] = str(free_port())
-    from dist_int.config import Config
     from dist_int.engine.launch import detect_launch, init_distributed, pick_device, shutdown
-    from dist_int.signal import Shard, SignalStore, assign_chunks
-    from dist_int.modality import ingest
 
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(free_port()))
     device = pick_device(detect_launch())
-    init_distributed(detect_launch(), device, 60)
-    ingest(str(png_image), tmp_path / "s.zarr", 16)
-    store = SignalStore(tmp_path / "s.zarr")
-    shard = Shard.load(store, assign_chunks(store.num_chunks, 1, 0)[0], device)
-    cfg = Config()
-    cfg.train.steps = 100
-    cfg.teacher.strategy, cfg.teacher.num_batches, cfg.optim.grad_clip = strategy, num_batches, grad_clip
-
-    def forbidden(*args, **kwargs):
-        raise AssertionError("explicit device synchronization in a step")
-
-    try:
-        _check_steps(cfg, device, store, shard, forbidden)
-    finally:
-        shutdown()
+    init_distributed(detect_launch(), device, 120)
+    yield device
+    shutdown()
 
 
-def _check_steps(cfg, device, store, shard, forbidden):
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    from PIL import Image
+
+    from conftest import smooth_image
+    from dist_int.modality import ingest
+    from dist_int.signal import SignalStore
+
+    folder = tmp_path_factory.mktemp("gpu")
+    Image.fromarray(smooth_image()).save(folder / "img.png")
+    ingest(str(folder / "img.png"), folder / "s.zarr", 16)  # 16 chunks of 16x16
+    return SignalStore(folder / "s.zarr")
+
+
+def run_steps(device, store, strategy, num_batches, grad_clip, precision, compiled, streamed, on_gpu_check=None,
+              check_selecting=False):
+    """Trains 40 steps; returns {"reusing": [syncs], "selecting": [syncs]} from the census of steps 30-39
+    (after the warm-up, and past the incremental phase of every interval schedule's first quarter).
+    on_gpu_check: a context manager factory wrapped around each counted step (the GPU's own checks)."""
     from dist_int.comm import Comm
+    from dist_int.config import Config
     from dist_int.engine.deepspeed_engine import build_engine
     from dist_int.engine.precision import Precision
     from dist_int.engine.step import TrainStep
     from dist_int.model import Siren
+    from dist_int.signal import Shard, assign_chunks
+    from dist_int.signal.stream import StreamedShard
     from dist_int.teacher import BatchPlan, Teacher
 
-    for precision in ("tf32", "bf16"):
-        prec = Precision(precision, device)
-        engine, _ = build_engine(Siren(2, 3, 32, 3).to(device), cfg, prec)
-        plan = BatchPlan([store.chunk_size(c) for c in range(store.num_chunks)], shard.chunk_ids,
-                         shard.chunk_start, cfg.teacher.num_batches, 0, device)
-        teacher = Teacher(cfg.teacher, 100, 0, Comm(), plan, store.num_points)
-        step = TrainStep(engine, 1, 3, device)
+    cfg = Config()
+    cfg.train.steps = 40
+    cfg.train.compile = compiled
+    cfg.teacher.strategy, cfg.teacher.num_batches, cfg.optim.grad_clip = strategy, num_batches, grad_clip
+    prec = Precision(precision, device)
+    prec.apply()
+    torch.manual_seed(0)
+    engine, _ = build_engine(Siren(2, 3, 32, 3).to(device), cfg, prec)
+    own = assign_chunks(store.num_chunks, 1, 0)[0]
+    windows = 2 if streamed else 1
+    if streamed:  # room for two windows of 8 chunks: the shard streams a window at a time
+        shard = StreamedShard(store, own, device, cache_bytes=4 * 8 * 256 * 3)
+    else:
+        shard = Shard.load(store, own, device)
+    plan = BatchPlan([store.chunk_size(c) for c in range(store.num_chunks)], shard.chunk_ids, shard.chunk_start,
+                     num_batches, 0, device, windows, epochs=40)
+    teacher = Teacher(cfg.teacher, 40, 0, Comm(), plan, store.num_points)
+    step = TrainStep(engine, 1, 3, device)
 
-        def score(x):
-            with prec.scoring():
-                return engine.module(x)
+    def score(x):
+        with prec.scoring():
+            return engine.module(x)
 
-        def one(t):
-            batch = teacher.teaching_set(t, shard, score)
-            step(shard.coords(batch.rows), shard.targets(batch.rows), batch.count, batch.max_rows)
-            return batch
+    def one(t):
+        shard.stage(plan, t) if streamed else None
+        batch = teacher.teaching_set(t, shard, score)
+        step(shard.coords(batch.rows), shard.targets(batch.rows), batch.count, batch.max_rows)
+        return batch
 
-        for t in range(28):  # the incremental interval selects every step for the first 25 %; full
-            one(t)           # mini-batches build epoch 6's batches at step 24
+    if precision == "bf16":  # autocast inside the engine: bf16 activations, fp32 weights and gradients
+        out = engine(torch.zeros(4, 2, device=device))
+        assert out.dtype == torch.bfloat16 and all(p.dtype == torch.float32 for p in engine.module.parameters())
+    counts = {"reusing": [], "selecting": []}
+    try:
+        for t in range(30):
+            one(t)
+        for t in range(30, 40):
+            census = SyncCensus(device)
+            census.mark_host(optimizer_host_tensors(engine.optimizer))
+            selects = teacher.selects_at(t)
+            with (on_gpu_check() if on_gpu_check and (check_selecting or not selects) else _nothing()), census:
+                one(t)
+            counts["selecting" if selects else "reusing"].append(census.syncs)
+    finally:
+        shard.close() if streamed else None
+    return counts
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+class _sync_forbidden:
+    """Any implicit sync raises (sync debug mode), and so does an explicit synchronize (patched)."""
+
+    def __enter__(self):
+        def forbidden(*args, **kwargs):
+            raise AssertionError("explicit device synchronization in a step")
+
         torch.cuda.synchronize()
-        real = torch.cuda.synchronize, torch.cuda.Event.synchronize
+        self.real = torch.cuda.synchronize, torch.cuda.Event.synchronize
         torch.cuda.synchronize = torch.cuda.Event.synchronize = forbidden
         torch.cuda.set_sync_debug_mode("error")
-        try:
-            for t in range(28, 32):  # interval 10 from step 25 (reuse the cache); full: epoch 7 is built
-                                     # at step 28, inside the checked steps
-                assert not one(t).selected
-        finally:
-            torch.cuda.set_sync_debug_mode(0)
-            torch.cuda.synchronize, torch.cuda.Event.synchronize = real
+        return self
+
+    def __exit__(self, *exc):
+        torch.cuda.set_sync_debug_mode(0)
+        torch.cuda.synchronize, torch.cuda.Event.synchronize = self.real
+        return False
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
+def test_a_step_that_reuses_its_set_makes_no_host_wait(process_group, store, case):
+    """Reusing (or `full`) steps: no host wait at all. Selecting steps on one rank: none either (the
+    top-k sizes are known on the host). On a GPU the reusing steps also run under sync debug mode."""
+    counts = run_steps(process_group, store, *case, on_gpu_check=_sync_forbidden if CUDA else None)
+    assert len(counts["reusing"]) >= 3, counts
+    assert counts["reusing"] == [0] * len(counts["reusing"]) and not any(counts["selecting"]), counts
+
+
+@needs_gpu
+def test_the_census_agrees_with_cuda_on_a_selecting_step(process_group, store):
+    """On a GPU, a step that selects on one rank runs under sync debug mode too (the census says 0)."""
+    counts = run_steps(process_group, store, "int", 1, 0.0, "tf32", False, False,
+                       on_gpu_check=_sync_forbidden, check_selecting=True)
+    assert counts["selecting"] and not any(counts["selecting"])

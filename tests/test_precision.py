@@ -85,16 +85,47 @@ def _compiled(rank, world, out):
     cfg.train.compile = True
     torch._dynamo.utils.counters.clear()
     engine, _ = build_engine(Siren(2, 3, 16, 3), cfg)
+    from dist_int.engine.step import TrainStep
+    from dist_int.model.infer import padded
+
+    step = TrainStep(engine, 1, 3, torch.device("cpu"), max_points_per_pass=2)
     for n in (50, 70, 90):  # teaching sets of changing size
-        loss = engine(torch.rand(n, 2) * 2 - 1).square().mean()
-        engine.backward(loss)
-        engine.step()
-    torch.save({"compiled": engine.is_compiled,
+        step(torch.rand(n, 2) * 2 - 1, torch.rand(n, 3), n)
+    with torch.no_grad():
+        padded(engine, torch.rand(40, 2))
+    warm = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    # Pieces of 0 and 1 rows (a rank with fewer rows than the largest share: 3 rows in 5 pieces) and
+    # scoring/evaluation pieces of 0, 1 and n rows: no new graph (model/infer.py, padded).
+    step(torch.rand(3, 2) * 2 - 1, torch.rand(3, 3), 20, max_rows=10)
+    with torch.no_grad():
+        for n in (0, 1, 2, 33):
+            assert padded(engine, torch.rand(n, 2)).shape == (n, 3)
+    torch.save({"compiled": engine.is_compiled, "warm": warm,
+                "graphs": torch._dynamo.utils.counters["stats"]["unique_graphs"],
                 "frames": sum(torch._dynamo.utils.counters["frames"].values())}, out)
 
 
-def test_compile_really_compiles_through_deepspeed(tmp_path):
+def test_compile_really_compiles_through_deepspeed_without_graphs_for_tiny_pieces(tmp_path):
     out = tmp_path / "compiled.pt"
     run_distributed(_compiled, 1, (out,))
     got = torch.load(out)
     assert got["compiled"] and got["frames"] >= 1
+    assert got["graphs"] == got["warm"], got  # no graph for empty or single-row pieces
+
+
+def test_a_deepspeed_that_ignores_our_config_sections_is_refused():
+    """An older DeepSpeed accepts unknown sections silently (bf16 off, an all-reduce per piece): the engine
+    is checked at start-up and the error names the version needed."""
+    from types import SimpleNamespace
+
+    from dist_int.engine.deepspeed_engine import MIN_DEEPSPEED, check_engine
+    from dist_int.engine.precision import Precision
+    from dist_int.errors import InstallError
+
+    good = SimpleNamespace(managed_gradient_accumulation=lambda: False, torch_autocast_enabled=lambda: True,
+                           torch_autocast_dtype=lambda: torch.bfloat16, gradient_clipping=lambda: 0.0)
+    check_engine(good, Precision("bf16", torch.device("cpu")))
+    old = SimpleNamespace(torch_autocast_enabled=lambda: False, gradient_clipping=lambda: 1.0)
+    with pytest.raises(InstallError, match=f"deepspeed>={MIN_DEEPSPEED}") as e:
+        check_engine(old, Precision("bf16", torch.device("cpu")))
+    assert "managed_gradient_accumulation is None" in str(e.value) and "torch_autocast_enabled is False" in str(e.value)

@@ -93,7 +93,7 @@ def test_array_job_and_collect(cluster, images, tmp_path):
 
 
 def _train_job(tmp_path, run_dir, image, steps, name):
-    return sbatch([f"--output={tmp_path}/{name}.out", "slurm/train.sbatch", "configs/demo.toml",
+    return sbatch([f"--output={tmp_path}/{name}.out", "--cpus-per-task=2", "slurm/train.sbatch", "configs/demo.toml",
                    f"run.dir={run_dir}", f"signal.path={image}", *TINY, f"train.steps={steps}",
                    "checkpoint.every=500"], env={"PROCS_PER_NODE": "2"})
 
@@ -115,6 +115,8 @@ def test_train_sbatch_runs_two_ranks_on_one_node(sbatch_reference):
     assert summary["world_size"] == 2 and summary["steps"] == STEPS and summary["psnr_db"] > PSNR_FLOOR_DB
     log = (sbatch_reference / "ref.out").read_text()
     assert "2 rank(s)" in log
+    # The node's 2 CPUs shared by the 2 workers: one thread each, not 2 each (slurm/run-with-requeue.sh).
+    assert "2 worker(s) per node, 2 CPU(s) on the node, OMP_NUM_THREADS=1" in log, log
 
 
 def test_usr1_requeues_and_resumes_to_the_same_result(cluster, images, tmp_path, sbatch_reference):

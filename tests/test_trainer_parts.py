@@ -111,3 +111,28 @@ def test_collect_reports_a_stopped_run_from_its_checkpoint(tmp_path):
     run.latest.write_text(run.checkpoint(40).name)
     (row,) = collect(tmp_path / "runs")
     assert (row["steps"], row["train_time_s"], row["status"]) == (40, 12.346, "not finished (stopped)")
+
+
+@pytest.mark.parametrize("mode, env, visible, expect", [
+    # torchrun on a node of 8 GPUs: every GPU visible, LOCAL_RANK from torchrun.
+    ("torchrun", {"RANK": "13", "WORLD_SIZE": "16", "LOCAL_RANK": "5"}, 8, (13, 16, 5)),
+    # srun, one task per node, each running torchrun: torchrun's variables win over SLURM's.
+    ("torchrun", {"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_LOCALID": "0", "RANK": "10",
+                  "WORLD_SIZE": "16", "LOCAL_RANK": "2"}, 8, (10, 16, 2)),
+    # srun, one task per GPU with --gpus-per-task=1: each task sees one GPU (index 0), SLURM_LOCALID = 3.
+    ("srun", {"SLURM_PROCID": "11", "SLURM_NTASKS": "16", "SLURM_LOCALID": "3", "MASTER_ADDR": "node-1"},
+     1, (11, 16, 0)),
+    # srun, one task per GPU without per-task binding: every GPU visible, the local id picks one.
+    ("srun", {"SLURM_PROCID": "11", "SLURM_NTASKS": "16", "SLURM_LOCALID": "3", "MASTER_ADDR": "node-1"},
+     8, (11, 16, 3)),
+])
+def test_the_device_and_the_local_rank_deepspeed_reads_agree_in_every_launch_mode(mode, env, visible, expect):
+    """DeepSpeed calls set_device(LOCAL_RANK) itself: LOCAL_RANK must name the device we picked, or a task
+    of `srun` with one GPU per task fails with "invalid device ordinal" (engine/launch.py)."""
+    from dist_int.engine.launch import detect_launch, device_index
+
+    env = dict(env)
+    launch = detect_launch(env)
+    index = device_index(launch.local_rank, visible, env)
+    assert (launch.how, launch.rank, launch.world_size, index) == (mode, *expect)
+    assert env["LOCAL_RANK"] == str(index) and env["RANK"] == str(expect[0]) and 0 <= index < visible

@@ -8,6 +8,7 @@ import math
 import torch
 
 from ..config import Config
+from ..errors import InstallError
 from .precision import Precision
 
 
@@ -61,6 +62,31 @@ class CosineLR:
         self.scale = float(state["scale"])
 
 
+MIN_DEEPSPEED = "0.19.3"  # the first release whose config sections below all take effect (docs/training.md)
+
+
+def check_engine(engine, precision: Precision) -> None:
+    """Refuse a DeepSpeed that ignored a config section the training depends on: an older release accepts
+    unknown sections silently, and then bf16 would be off, gradients all-reduced per piece, and a
+    device-side clipping run at every step."""
+    import deepspeed
+
+    want = {"managed_gradient_accumulation": False, "torch_autocast_enabled": precision.bf16,
+            "gradient_clipping": 0.0}
+    wrong = []
+    for name, expect in want.items():
+        got = getattr(engine, name, None)
+        got = got() if callable(got) else got
+        if got != expect:
+            wrong.append(f"{name} is {got!r}, not {expect!r}")
+    if precision.bf16 and getattr(engine, "torch_autocast_dtype", lambda: None)() != torch.bfloat16:
+        wrong.append("torch_autocast dtype is not bfloat16")
+    if wrong:
+        raise InstallError(f"DeepSpeed {deepspeed.__version__} did not take the config dist_int gave it "
+                           f"({'; '.join(wrong)}); dist_int needs deepspeed>={MIN_DEEPSPEED}: "
+                           f"pip install 'deepspeed>={MIN_DEEPSPEED}'")
+
+
 def build_engine(model: torch.nn.Module, cfg: Config, precision: Precision | None = None):
     """Returns (engine, its CosineLR)."""
     import deepspeed
@@ -78,6 +104,7 @@ def build_engine(model: torch.nn.Module, cfg: Config, precision: Precision | Non
         # schedule's own fields: scale and length come from our config and run state.
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda step: schedule(step)),
     )
+    check_engine(engine, precision)
     if cfg.optim.grad_clip > 0:
         # Runs inside engine.step(), after the gradient all-reduce and before the update: the global
         # gradient is clipped, all on the device (the norm is never read on the host).

@@ -29,9 +29,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def detect_launch() -> Launch:
-    """Read (and where needed fill in) RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT."""
-    env = os.environ
+def detect_launch(env=None) -> Launch:
+    """Read (and where needed fill in) RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT of `env`
+    (the process environment)."""
+    env = os.environ if env is None else env
     if "RANK" in env and "WORLD_SIZE" in env:
         how = "torchrun"
     elif "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
@@ -70,11 +71,22 @@ def die_with_launcher(launch: Launch) -> None:
         os._exit(1)
 
 
+def device_index(local_rank: int, visible: int, env=None) -> int:
+    """The GPU this process uses, among the `visible` ones, and LOCAL_RANK made to name it.
+
+    torchrun (one process per GPU, every GPU visible): the local rank. Plain srun with one task per GPU
+    (each task sees only its own GPU, as index 0, while SLURM_LOCALID counts the tasks on the node):
+    local rank modulo the visible count, 0. DeepSpeed reads LOCAL_RANK itself, for `set_device` and for
+    the device it gives the process group, so LOCAL_RANK is rewritten to the index picked here; otherwise
+    every task with SLURM_LOCALID >= 1 fails with "invalid device ordinal" (docs/cluster.md)."""
+    index = local_rank % max(visible, 1)
+    (os.environ if env is None else env)["LOCAL_RANK"] = str(index)
+    return index
+
+
 def pick_device(launch: Launch) -> torch.device:
     if torch.cuda.is_available():
-        # Modulo the visible devices: plain `srun` with one GPU per task shows each task one device (index
-        # 0) while its local rank counts the tasks on the node.
-        index = launch.local_rank % torch.cuda.device_count()
+        index = device_index(launch.local_rank, torch.cuda.device_count())
         torch.cuda.set_device(index)
         return torch.device("cuda", index)
     os.environ.setdefault("DS_ACCELERATOR", "cpu")  # explicit, and it silences DeepSpeed's guess

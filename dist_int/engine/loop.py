@@ -228,6 +228,10 @@ class Loop:
                  "scores_reused": reused}
         if psnr is not None:
             entry["psnr_db"] = round(psnr, 4)
+        if self.cfg.train.compile:  # graphs compiled so far: constant after warm-up (model/infer.py, padded)
+            import torch._dynamo
+
+            entry["graphs"] = int(comm.agree_max([torch._dynamo.utils.counters["stats"]["unique_graphs"]])[0])
         entry.update(memory_report(comm, self.shard.device))
         self.metrics.write(entry)
         self.scalars.write(entry, step)

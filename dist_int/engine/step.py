@@ -7,6 +7,7 @@ import math
 import torch
 
 from ..comm import Comm
+from ..model.infer import padded
 
 
 def num_pieces(max_rows: int, max_points_per_pass: int) -> int:
@@ -45,7 +46,9 @@ class TrainStep:
             stop = start + n // pieces + (i < n % pieces)
             rows = slice(start, stop)
             start = stop
-            pred = self.engine(coords[rows]).float()                          # (n_piece, C)
+            # Pieces of 0 or 1 rows are padded (model.padded): no graph of their own under compile, and an
+            # empty piece still gives defined (zero) gradients.
+            pred = padded(self.engine, coords[rows]).float()                  # (n_piece, C)
             loss = (pred - targets[rows]).square().sum() * scale
             self.engine.backward(loss)
             self._loss_sum += loss.detach()
