@@ -151,3 +151,27 @@ def test_streamed_two_rank_run_equals_resident_one_rank_run_and_resumes(tmp_path
         assert b["complete"] and b["ranks"] == 2 and int(a["count"]) == int(b["count"])
         assert np.array_equal(a["selected"], b["selected"]) and np.array_equal(a["points"], b["points"])
         assert int(a["points"].sum()) == 64 * 64 and 0 < int(a["selected"].sum()) < 64 * 64 // 2
+
+
+def test_peak_memory_does_not_grow_with_the_signal_at_a_fixed_budget(tmp_path):
+    """The same train.memory_mb on a 1040^2 and a 2080^2 image (4x the points), both streamed: the peak
+    RSS during training and at the end (render, SSIM, export included) stays the same within a margin
+    (docs/design.md, "Memory stays within one budget"; bench/scale.py measures it up to 1 Gpx)."""
+    peaks = {}
+    for n in (1040, 2080):
+        yy, xx = np.mgrid[0:n, 0:n] / n
+        img = np.stack([np.sin(30 * xx + 13 * yy), np.cos(25 * yy * xx), np.sin(40 * xx * yy)], -1) * 0.5 + 0.5
+        Image.fromarray((img * 255).astype(np.uint8)).save(tmp_path / f"{n}.png")
+        ingest(str(tmp_path / f"{n}.png"), tmp_path / f"{n}.zarr", 130)
+        run = tmp_path / f"run{n}"
+        r = run_train([f"signal.path={tmp_path / f'{n}.zarr'}", f"run.dir={run}", "model.hidden=16",
+                       "model.layers=2", "train.steps=16", "teacher.strategy=soft", "teacher.batch_points=16384",
+                       "teacher.window_points=131072", "train.memory_mb=304", "train.log_every=8",
+                       "train.eval_every=0", "checkpoint.every=0", "render.format=zarr",
+                       "train.eval_chunk=65536", "teacher.score_chunk=65536"])
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "streamed from disk" in r.stdout + r.stderr
+        training = max(m["peak_rss_mb"][0] for m in read_metrics(run) if "peak_rss_mb" in m)
+        peaks[n] = (training, read_summary(run)["peak_rss_mb"][0])
+    (t1, end1), (t2, end2) = peaks[1040], peaks[2080]
+    assert t2 <= t1 * 1.04 and end2 <= end1 * 1.06, peaks

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -100,8 +101,16 @@ def init_distributed(launch: Launch, device: torch.device, timeout_s: float) -> 
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type != "cuda":
         _skip_shm_build()
-    deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(seconds=timeout_s),
-                               verbose=False)
+    init_method = None  # env://: MASTER_ADDR and MASTER_PORT, as torchrun and srun set them
+    if launch.how == "single":
+        # One process needs no port: a file rendezvous cannot collide with another run that picked the
+        # same free port between our pick and our bind (seen as EADDRINUSE with several runs at once).
+        fd, path = tempfile.mkstemp(prefix="dist_int-rdzv-")
+        os.close(fd)
+        os.unlink(path)
+        init_method = f"file://{path}"
+    deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(seconds=timeout_s), verbose=False,
+                               init_method=init_method, rank=launch.rank, world_size=launch.world_size)
     if launch.world_size == 1:
         return Comm()
     return DistComm(launch.rank, launch.world_size, device, timeout_s)

@@ -18,10 +18,24 @@ def rounded(x: float, digits: int = 4):
     return round(x, digits) if math.isfinite(x) else None
 
 
+def _peak_rss_mb() -> float:
+    """This process's peak RSS. On Linux VmHWM of /proc/self/status: getrusage's ru_maxrss survives
+    execve, so a run started by a large parent (a test or a benchmark that had just made a big signal)
+    would report the parent's peak as its own."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
+
+
 def memory_peaks(device: torch.device) -> tuple[float, float | None]:
     """(peak host RSS of this process, peak GPU memory allocated by torch or None without a GPU), MiB."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    rss_mb = peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
+    rss_mb = _peak_rss_mb()
     gpu_mb = torch.cuda.max_memory_allocated(device) / (1 << 20) if device.type == "cuda" else None
     return round(rss_mb, 1), None if gpu_mb is None else round(gpu_mb, 1)
 

@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 
+from ..hostmem import trim
+
 
 def psnr_db(sse: float, count: int) -> float:
     """PSNR with data range 1 on [0, 1] values (the paper's definition, docs/method.md)."""
@@ -42,6 +44,7 @@ def ssim_sums(recon, store, tile: int = 1024, rank: int = 0, world_size: int = 1
     sums = np.zeros(store.channels)
     tiles = [(y0, x0) for y0 in range(pad, h - pad, tile) for x0 in range(pad, w - pad, tile)]
     for y0, x0 in tiles[rank::world_size]:
+        trim()  # the last tile's temporaries (hostmem.py)
         y1, x1 = min(y0 + tile, h - pad), min(x0 + tile, w - pad)
         ys, xs = slice(y0 - pad, y1 + pad), slice(x0 - pad, x1 + pad)
         target = (store.array[ys, xs].astype(np.float64) - store.offset) * store.scale

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import zarr
 
+from ..hostmem import trim
+
 from ..model import Predict, forward_rows
 
 PNG_MAX_PIXELS = 8192 * 8192
@@ -100,6 +102,7 @@ def build_level(path: Path, level: int, rank: int, world_size: int) -> None:
     cy, cx = dst.chunks[1:]
     grid = (math.ceil(h / cy), math.ceil(w / cx))
     for cid in range(rank, grid[0] * grid[1], world_size):
+        trim()  # the last block's temporaries (hostmem.py)
         y0, x0 = (cid // grid[1]) * cy, (cid % grid[1]) * cx
         y1, x1 = min(y0 + cy, h), min(x0 + cx, w)
         block = np.asarray(src[:, 2 * y0:2 * y1, 2 * x0:2 * x1], dtype=np.float64)

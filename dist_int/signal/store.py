@@ -16,6 +16,7 @@ import torch
 import zarr
 
 from ..census import host_buffer
+from ..hostmem import trim
 from .errors import SignalError
 from .source import ATTR
 from .targets import TargetRange
@@ -225,6 +226,7 @@ class Shard:
         `max_points` points (at least one chunk), each readable while it is being used: evaluation and
         rendering visit every point this way, resident or streamed."""
         for idx in self._sweep_groups(max_points):
+            trim()  # the last group's temporaries (hostmem.py)
             yield idx, torch.arange(int(self.chunk_start[idx[0]]), int(self.chunk_start[idx[-1] + 1]),
                                     device=self.device)
 

@@ -18,6 +18,7 @@ import torch
 
 from ..census import to_device
 from ..errors import ConfigError
+from ..hostmem import trim
 from .errors import SignalError
 from .store import Shard, SignalStore, held_dtype, read_chunks
 from .targets import TargetRange
@@ -190,6 +191,7 @@ class StreamedShard(Shard):
         self._sweeps.start(((g[0], g) for g in groups))
         try:
             for idx in groups:
+                trim()  # the last group's temporaries: keep RSS to what is held (hostmem.py)
                 _, values = self._sweeps.next()
                 self._set_window(idx, values)
                 yield idx, torch.arange(int(self.chunk_start[idx[0]]), int(self.chunk_start[idx[-1] + 1]),
