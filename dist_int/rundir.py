@@ -210,14 +210,17 @@ class RunDir:
             pass
 
     # Checks and writes.
-    def check(self, cfg: Config) -> bool:
+    def check(self, cfg: Config, judge_lock: bool = True) -> bool:
         """Read-only, run by every rank before anything is written. True when the folder holds an earlier
-        run of this config that will be resumed."""
+        run of this config that will be resumed. judge_lock: refuse a folder locked by a live process
+        (rank 0 only: whether a lock is stale can be told only on the host of the process that took it,
+        and rank 0 is the one that takes it; another host would refuse a stale lock it cannot check)."""
         if not self.path.exists():
             return False
         if not self.path.is_dir():
             raise RunDirError(f"run.dir {self.path} is a file; choose a folder path")
-        self._refuse_if_locked()
+        if judge_lock:
+            self._refuse_if_locked()
         if not [p for p in self.path.iterdir() if p.name != self.lock.name]:
             return False
         if not self.config.is_file():

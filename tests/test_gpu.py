@@ -31,12 +31,21 @@ def process_group():
     from conftest import free_port
     from dist_int.engine.launch import detect_launch, init_distributed, pick_device, shutdown
 
+    keys = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    saved = {k: os.environ.get(k) for k in keys}
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(free_port()))
-    device = pick_device(detect_launch())
-    init_distributed(detect_launch(), device, 120)
-    yield device
-    shutdown()
+    try:
+        device = pick_device(detect_launch())
+        init_distributed(detect_launch(), device, 120)
+        yield device
+        shutdown()
+    finally:  # later tests start runs from this process: they must not inherit a rank or a port
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @pytest.fixture(scope="module")

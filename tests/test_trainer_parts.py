@@ -136,3 +136,18 @@ def test_the_device_and_the_local_rank_deepspeed_reads_agree_in_every_launch_mod
     index = device_index(launch.local_rank, visible, env)
     assert (launch.how, launch.rank, launch.world_size, index) == (mode, *expect)
     assert env["LOCAL_RANK"] == str(index) and env["RANK"] == str(expect[0]) and 0 <= index < visible
+
+
+def test_a_host_that_would_publish_a_loopback_address_is_refused_with_the_fix():
+    """Across hosts, gloo publishes the address the host's name resolves to; 127.0.1.1 (a common
+    /etc/hosts entry) makes the other hosts wait until the timeout. One error line naming the variables."""
+    from dist_int.engine.launch import check_host_address
+    from dist_int.errors import ConfigError
+
+    loop, lan = (lambda name: "127.0.1.1"), (lambda name: "10.1.2.3")
+    two_hosts = {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "1"}
+    with pytest.raises(ConfigError, match="GLOO_SOCKET_IFNAME .*NCCL_SOCKET_IFNAME"):
+        check_host_address(two_hosts, loop, lambda: "node-a")
+    check_host_address(two_hosts, lan, lambda: "node-a")                                 # a routable address
+    check_host_address({**two_hosts, "GLOO_SOCKET_IFNAME": "eth0"}, loop, lambda: "node-a")  # interface named
+    check_host_address({"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}, loop, lambda: "node-a")  # one host

@@ -14,6 +14,7 @@ from datetime import timedelta
 import torch
 
 from ..comm import Comm, DistComm
+from ..errors import ConfigError
 
 
 @dataclass
@@ -52,6 +53,32 @@ def detect_launch(env=None) -> Launch:
         env.setdefault("MASTER_ADDR", "127.0.0.1")
         env.setdefault("MASTER_PORT", str(_free_port()))
     return Launch(int(env["RANK"]), int(env.get("LOCAL_RANK", "0")), int(env["WORLD_SIZE"]), how)
+
+
+def check_host_address(env=None, resolve=socket.gethostbyname, hostname=socket.gethostname) -> None:
+    """Refuse, with the fix, a job on several hosts whose ranks would tell the others a loopback address.
+
+    gloo (and NCCL's bootstrap) publish the address this host's name resolves to, unless GLOO_SOCKET_IFNAME
+    (NCCL_SOCKET_IFNAME) names an interface. Many machines map their own name to 127.0.1.1 in /etc/hosts;
+    the other hosts then connect to themselves and every rank waits until the collective times out. Across
+    hosts (WORLD_SIZE beyond the ranks on this host) with no interface set, a name that resolves to a
+    loopback address is an error naming both variables (docs/cluster.md, "Interfaces")."""
+    env = os.environ if env is None else env
+    world, local = int(env.get("WORLD_SIZE", "1")), int(env.get("LOCAL_WORLD_SIZE", env.get("WORLD_SIZE", "1")))
+    if world <= local or env.get("GLOO_SOCKET_IFNAME"):
+        return
+    name = hostname()
+    try:
+        addr = resolve(name)
+    except OSError as e:
+        raise ConfigError(f"this host's name {name!r} does not resolve ({e}); the other hosts could not reach "
+                          f"its ranks. Fix name resolution, or set GLOO_SOCKET_IFNAME (and NCCL_SOCKET_IFNAME "
+                          f"on GPUs) to the interface the hosts share, e.g. GLOO_SOCKET_IFNAME=eth0") from None
+    if addr.startswith("127."):
+        raise ConfigError(f"this host's name {name!r} resolves to {addr}, a loopback address: the other hosts "
+                          f"would connect to themselves and wait until the collective timeout. Set "
+                          f"GLOO_SOCKET_IFNAME (and NCCL_SOCKET_IFNAME on GPUs) to the interface the hosts "
+                          f"share, e.g. GLOO_SOCKET_IFNAME=eth0, or map the name to that interface's address")
 
 
 def die_with_launcher(launch: Launch) -> None:
@@ -98,6 +125,7 @@ def init_distributed(launch: Launch, device: torch.device, timeout_s: float) -> 
     """Start the process group (NCCL on GPU, gloo on CPU) through DeepSpeed; return our collectives."""
     import deepspeed
 
+    check_host_address()
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type != "cuda":
         _skip_shm_build()

@@ -11,12 +11,14 @@ import contextlib
 import functools
 import json
 import signal
+import socket
 from dataclasses import dataclass
 
 from ..comm import Comm
 from .agree import everywhere
 from ..census import SyncCensus, optimizer_host_tensors
 from .guard import Diverged
+from .watchdog import Watchdog, peer_lost
 from .metrics import SectionTimer, Throughput, memory_report, rounded
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
@@ -96,6 +98,8 @@ class Loop:
         # scores the same rows with the same model at the same precision (docs/method.md, "Cheaper
         # selection"). Its time is then training (and selection) time.
         self.reuse_scores = reuse_scores
+        # Every rank's host, for the watchdog's message when a peer is lost.
+        self.watchdog = Watchdog(cfg.train.timeout_s, comm.rank, comm.gather_strings(socket.gethostname()))
         self.census = None
         if cfg.train.sync_census:  # closed with the process
             path = run.path / "census" / f"rank-{comm.rank}.jsonl"
@@ -109,6 +113,16 @@ class Loop:
         return every > 0 and step % every == 0
 
     def run(self) -> Outcome:
+        """The steps; a collective that fails because a peer is gone (in a step, a log line, a stop
+        agreement or a checkpoint) ends this process with one line naming the hosts (engine/watchdog.py)."""
+        try:
+            return self._run()
+        except RuntimeError as e:
+            if peer_lost(e):  # one line that names the lost hosts, not a traceback per rank
+                self.watchdog.lost(f"a collective failed ({str(e).splitlines()[-1][:200]})")
+            raise
+
+    def _run(self) -> Outcome:
         cfg, state = self.cfg, self.state
         last = cfg.train.steps
         self.guard.start(state.step)  # the state we start (or resume) from is the first good one
@@ -139,8 +153,12 @@ class Loop:
         return Outcome()
 
     def _step(self):
-        """One update: select (or reuse) the teaching set, maybe snapshot it, train on it; with
-        train.sync_census, counted (dist_int/census.py)."""
+        """One update: select (or reuse) the teaching set, maybe snapshot it, train on it, under the
+        watchdog (engine/watchdog.py); with train.sync_census, counted (dist_int/census.py)."""
+        with self.watchdog.step(self.state.step):
+            return self._counted()
+
+    def _counted(self):
         if self.census is None:
             return self._update()
         step, selects = self.state.step, self.teacher.selects_at(self.state.step)

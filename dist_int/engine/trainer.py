@@ -104,7 +104,7 @@ def train(cfg: Config) -> int:
     die_with_launcher(launch)
     device = pick_device(launch)
     run = RunDir(cfg.run.dir)
-    resuming = run.check(cfg)  # read-only, on every rank, before anything is written
+    resuming = run.check(cfg, judge_lock=launch.rank == 0)  # read-only, every rank, before any write
     if cfg.model.kind == "siren":  # the model alone, before anything is written (a hash table's size
         check_field(cfg, device, field_spec(cfg.model, 3, 4, None))  # needs the signal: below)
     comm = init_distributed(launch, device, cfg.train.timeout_s)

@@ -1,0 +1,194 @@
+"""Several hosts on this machine: the bed of slurm/local-cluster.sh --nodes 2 (network namespaces with
+their own address, hostname and /etc/hosts on a private bridge, a slurmd each; docs/cluster.md). Real
+processes, real SLURM, one bed for the module. Skipped, with the reason, only where namespaces cannot be
+made (not root, or no `ip netns`)."""
+
+import os
+import shutil
+import subprocess
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT, free_port, read_metrics, read_summary, run_train, smooth_image, train_env
+from test_slurm import job_field, sbatch, wait_state
+
+BED = ROOT / "slurm" / "local-cluster.sh"
+ARGS = ["--config", "configs/demo.toml", "signal.chunk=16", "model.hidden=32", "model.layers=4",
+        "train.log_every=20", "train.eval_every=0", "checkpoint.every=100"]
+STEPS = 1000
+
+
+def _namespaces_work() -> str | None:
+    """None when network namespaces can be made here, else why not."""
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    if shutil.which("ip") is None or shutil.which("nsenter") is None:
+        return "no `ip` or `nsenter` command (iproute2, util-linux)"
+    name = f"dintprobe{os.getpid()}"
+    made = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    if made.returncode:
+        return f"`ip netns add` failed: {made.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    return None
+
+
+@pytest.fixture(scope="module")
+def bed(tmp_path_factory):
+    why = _namespaces_work()
+    if why:
+        pytest.skip(f"cannot make separate hosts here: {why}")
+    if shutil.which("slurmctld") is None:
+        pytest.fail("SLURM is not installed: apt-get install slurm-wlm munge (.ci/run does this)")
+    state = tmp_path_factory.mktemp("bed")
+    out = subprocess.run([str(BED), "start", str(state), "--nodes", "2"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    old = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(state / "slurm.conf")
+    try:
+        yield state
+    finally:
+        subprocess.run(["scancel", "--user", "root"], capture_output=True)
+        subprocess.run([str(BED), "stop", str(state)], capture_output=True)
+        if old is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = old
+        left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert not any(_namespace(state, k) in left for k in (1, 2)), left  # stop removed what it made
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+    path = tmp_path_factory.mktemp("img") / "img.png"
+    Image.fromarray(smooth_image()).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(image, tmp_path_factory):
+    """The same run on one host with 2 ranks."""
+    run = tmp_path_factory.mktemp("ref") / "run"
+    r = run_train([*ARGS, f"signal.path={image}", f"run.dir={run}", f"train.steps={STEPS}"], nproc=2)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return read_summary(run)
+
+
+def on_host(bed, k: int, cmd: list[str], log) -> subprocess.Popen:
+    """Starts cmd on host node-k of the bed (its namespace, hostname and /etc/hosts)."""
+    return subprocess.Popen([str(BED), "exec", str(bed), str(k), *cmd], cwd=ROOT, env=train_env(),
+                            stdout=log, stderr=subprocess.STDOUT, text=True)
+
+
+def two_host_torchrun(bed, tmp_path, args: list[str], port: int) -> list[subprocess.Popen]:
+    cmd = ["python3", "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", "--rdzv-backend=c10d",
+           f"--rdzv-endpoint=node-1:{port}", f"--rdzv-id=t{port}", "launch/train.py", *args]
+    return [on_host(bed, k, cmd, open(tmp_path / f"host{k}.log", "w")) for k in (1, 2)]
+
+
+def test_the_bed_has_two_hosts_that_resolve_each_other(bed):
+    out = subprocess.run([str(BED), "exec", str(bed), "2", "sh", "-c", "hostname; getent hosts node-1 node-2"],
+                         capture_output=True, text=True, timeout=30)
+    lines = out.stdout.split("\n")
+    assert lines[0] == "node-2" and "node-1" in out.stdout and "node-2" in lines[2], out.stdout + out.stderr
+    nodes = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T"], capture_output=True, text=True).stdout.split("\n")
+    assert [n.split()[0] for n in nodes if n] == ["node-1", "node-2"], nodes
+
+
+def test_torchrun_across_two_hosts_ends_where_one_host_ends(bed, image, reference, tmp_path):
+    """The teaching set does not depend on placement: 2 hosts x 1 rank = 1 host x 2 ranks."""
+    run = tmp_path / "run"
+    procs = two_host_torchrun(bed, tmp_path, [*ARGS, f"signal.path={image}", f"run.dir={run}",
+                                              f"train.steps={STEPS}"], free_port())
+    codes = [p.wait(timeout=300) for p in procs]
+    logs = "".join((tmp_path / f"host{k}.log").read_text() for k in (1, 2))
+    assert codes == [0, 0], logs
+    s = read_summary(run)
+    assert s["world_size"] == 2 and abs(s["psnr_db"] - reference["psnr_db"]) <= 0.05, (s["psnr_db"], reference)
+
+
+def test_sbatch_on_two_nodes_ends_where_one_host_ends(bed, image, reference, tmp_path):
+    run = tmp_path / "run"
+    job = sbatch([f"--output={tmp_path}/job.out", "--nodes=2", "slurm/train.sbatch", *ARGS[1:2],
+                  *ARGS[2:], f"signal.path={image}", f"run.dir={run}", f"train.steps={STEPS}"],
+                 env={"PROCS_PER_NODE": "1"})
+    state = wait_state(job, {"COMPLETED", "FAILED", "CANCELLED"})
+    log = (tmp_path / "job.out").read_text()
+    assert state == "COMPLETED", log
+    assert "on node-[1-2]" in log  # one task per node, each running torchrun
+    s = read_summary(run)
+    assert s["world_size"] == 2 and abs(s["psnr_db"] - reference["psnr_db"]) <= 0.05, (s["psnr_db"], reference)
+
+
+def test_preempting_a_two_node_job_requeues_and_resumes_to_the_same_result(bed, image, reference, tmp_path):
+    run = tmp_path / "run"
+    job = sbatch([f"--output={tmp_path}/job.out", "--nodes=2", "slurm/train.sbatch", *ARGS[1:2], *ARGS[2:],
+                  f"signal.path={image}", f"run.dir={run}", f"train.steps={STEPS}"], env={"PROCS_PER_NODE": "1"})
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 4):
+        assert time.time() < deadline and job_field(job, "JobState") in ("PENDING", "RUNNING")
+        time.sleep(0.2)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", str(job)], check=True)  # as before a time limit
+    deadline = time.time() + 120
+    while job_field(job, "Restarts") in ("", "0"):
+        assert time.time() < deadline, (tmp_path / "job.out").read_text()
+        time.sleep(0.5)
+    wait_state(job, {"PENDING"}, timeout=120)
+    deadline = time.time() + 60
+    while set(subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True).stdout.split()) != {"idle"}:
+        assert time.time() < deadline, "the nodes did not become idle after the requeue"
+        time.sleep(0.5)
+    time.sleep(5)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
+    state = wait_state(job, {"COMPLETED", "FAILED", "CANCELLED"})
+    log = (tmp_path / "job.out").read_text()
+    assert state == "COMPLETED", log
+    assert "stopped by SIGUSR1" in log and "resuming" in log
+    s = read_summary(run)
+    assert s["steps"] == STEPS and abs(s["psnr_db"] - reference["psnr_db"]) <= 0.05, (s["psnr_db"], reference)
+
+
+def test_a_cut_link_ends_every_process_with_a_reason_and_the_run_resumes(bed, image, reference, tmp_path):
+    """Host 2's link goes down mid-run: every process on both hosts ends within train.timeout_s + 60 s,
+    non-zero, with one line naming the host it lost; with the link back the same command resumes from
+    the last complete checkpoint and ends where the uninterrupted run ends."""
+    run = tmp_path / "run"
+    args = [*ARGS, f"signal.path={image}", f"run.dir={run}", f"train.steps={STEPS}", "train.timeout_s=30",
+            "checkpoint.every=40"]
+    procs = two_host_torchrun(bed, tmp_path, args, free_port())
+    deadline = time.time() + 300
+    while not any(m.get("step", 0) >= 120 for m in (read_metrics(run) if (run / "metrics.jsonl").exists() else [])):
+        assert time.time() < deadline and all(p.poll() is None for p in procs)
+        time.sleep(0.2)
+    ns = _namespace(bed, 2)
+    subprocess.run(["ip", "-n", ns, "link", "set", "eth0", "down"], check=True)
+    cut = time.time()
+    try:
+        codes = [p.wait(timeout=30 + 60) for p in procs]
+    finally:
+        subprocess.run(["ip", "-n", ns, "link", "set", "eth0", "up"], check=True)
+    took = time.time() - cut
+    logs = [(tmp_path / f"host{k}.log").read_text() for k in (1, 2)]
+    assert all(c != 0 for c in codes) and took <= 90, (codes, took)
+    assert "rank 0 on node-1" in logs[0] and "lost contact with node-2 (rank 1)" in logs[0], logs[0][-3000:]
+    assert "lost contact with node-1 (rank 0)" in logs[1], logs[1][-3000:]
+    left = subprocess.run(["pgrep", "-f", f"run.dir={run}"], capture_output=True, text=True).stdout.split()
+    assert not left, left  # no trainer and no torchrun agent on either host
+    # The link is back: the same command resumes and ends where one host ends.
+    time.sleep(3)
+    procs = two_host_torchrun(bed, tmp_path, args, free_port())
+    assert [p.wait(timeout=300) for p in procs] == [0, 0], (tmp_path / "host1.log").read_text()[-3000:]
+    assert "resuming" in (tmp_path / "host1.log").read_text()
+    s = read_summary(run)
+    assert s["steps"] == STEPS and abs(s["psnr_db"] - reference["psnr_db"]) <= 0.05, (s["psnr_db"], reference)
+
+
+def _namespace(bed, k: int) -> str:
+    """The namespace of host node-k (local-cluster.sh names them from the bed's folder)."""
+    tag = int(subprocess.run(["sh", "-c", f"printf '%s' '{bed}' | cksum"], capture_output=True, text=True)
+              .stdout.split()[0]) % 100000
+    return f"din{tag}-{k}"
