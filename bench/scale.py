@@ -131,7 +131,7 @@ LONG_COMMON = [f"train.memory_mb={LONG_BUDGET_MB}", f"teacher.window_points={1 <
                "checkpoint.every=0", "train.probe_points=4096"]
 
 
-def _long_signals(work: Path, kinds: list[str]) -> dict:
+def _long_signals(work: Path, kinds: list[str], sizes=(8192, 16384, 32768)) -> dict:
     """kind label -> (source path, config, extra overrides), made here unless already in `work`."""
     from dist_int.synth import synth_gigapixel, synth_speech, synth_video, synth_volume
 
@@ -144,7 +144,7 @@ def _long_signals(work: Path, kinds: list[str]) -> dict:
 
     out = {}
     if "image" in kinds:
-        for size in (8192, 16384, 32768):
+        for size in sizes:
             src = made(work / f"image-{size}.zarr", lambda p, n=size: synth_gigapixel(p, n, chunk=512))
             out[f"image {size}^2"] = (src, "configs/gigapixel.toml", ["render.format=tiff"])
     if "audio" in kinds:
@@ -163,7 +163,8 @@ def long_table(args) -> str:
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-long-"))
     work.mkdir(parents=True, exist_ok=True)
     rows = []
-    for label, (src, config, extra) in _long_signals(work, args.kinds.split(",")).items():
+    sizes = [int(v) for v in args.image_sizes.split(",")]
+    for label, (src, config, extra) in _long_signals(work, args.kinds.split(","), sizes).items():
         run = work / ("run-" + label.split()[0] + label.split()[1].replace("^2", ""))
         shutil.rmtree(run, ignore_errors=True)
         print(f"{label} ...", flush=True)
@@ -183,7 +184,8 @@ def long_table(args) -> str:
     table = markdown_table(["signal", "M points", "peak RSS per rank (MiB)", "ingest + shard (s)",
                             "train step (ms)", "selection share", "render (s)", "metrics (s)", "export (s)",
                             "bytes sent per selection per rank", "PSNR after the steps (dB)", "wall (s)"], rows)
-    header = (f"machine: {machine()}\ncommand: python bench/scale.py --kinds {args.kinds} --steps {args.steps}\n"
+    header = (f"machine: {machine()}\ncommand: python bench/scale.py --kinds {args.kinds} --image-sizes "
+              f"{args.image_sizes} --steps {args.steps}\n"
               f"2 ranks, each with train.memory_mb = {LONG_BUDGET_MB}; every run: "
               f"{' '.join(LONG_COMMON)}; {args.steps} steps. RSS includes Python, torch and DeepSpeed (about "
               f"400 MiB). Times are wall seconds of each part.")
@@ -329,6 +331,7 @@ def main() -> None:
     p.add_argument("--budget-mb", type=float, default=0.0, help="train.memory_mb per rank (0: the machine's share)")
     p.add_argument("--kinds", default=None, help="long signals instead: image,audio,video,volume")
     p.add_argument("--work", default=None, help="folder for the temporary images and runs")
+    p.add_argument("--image-sizes", default="8192,16384,32768", help="--kinds image: the image sides")
     p.add_argument("--model", action="store_true", help="the scaling model instead of the size sweep")
     p.add_argument("--model-size", type=int, default=16384)
     p.add_argument("--model-batch", type=int, default=16384)

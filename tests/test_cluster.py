@@ -8,12 +8,11 @@ import shutil
 import subprocess
 import time
 
-import numpy as np
 import pytest
 from PIL import Image
 
 from conftest import ROOT, free_port, read_metrics, read_summary, run_train, smooth_image, train_env
-from test_slurm import job_field, sbatch, wait_state
+from test_slurm import job_field, local_cluster, sbatch, wait_state
 
 BED = ROOT / "slurm" / "local-cluster.sh"
 ARGS = ["--config", "configs/demo.toml", "signal.chunk=16", "model.hidden=32", "model.layers=4",
@@ -40,25 +39,11 @@ def bed(tmp_path_factory):
     why = _namespaces_work()
     if why:
         pytest.skip(f"cannot make separate hosts here: {why}")
-    if shutil.which("slurmctld") is None:
-        pytest.fail("SLURM is not installed: apt-get install slurm-wlm munge (.ci/run does this)")
     state = tmp_path_factory.mktemp("bed")
-    out = subprocess.run([str(BED), "start", str(state), "--nodes", "2"], capture_output=True, text=True,
-                         timeout=120)
-    assert out.returncode == 0, out.stdout + out.stderr
-    old = os.environ.get("SLURM_CONF")
-    os.environ["SLURM_CONF"] = str(state / "slurm.conf")
-    try:
+    with local_cluster(state, "--nodes", "2"):
         yield state
-    finally:
-        subprocess.run(["scancel", "--user", "root"], capture_output=True)
-        subprocess.run([str(BED), "stop", str(state)], capture_output=True)
-        if old is None:
-            os.environ.pop("SLURM_CONF", None)
-        else:
-            os.environ["SLURM_CONF"] = old
-        left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-        assert not any(_namespace(state, k) in left for k in (1, 2)), left  # stop removed what it made
+    left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert not any(_namespace(state, k) in left for k in (1, 2)), left  # stop removed what it made
 
 
 @pytest.fixture(scope="module")
@@ -192,3 +177,42 @@ def _namespace(bed, k: int) -> str:
     tag = int(subprocess.run(["sh", "-c", f"printf '%s' '{bed}' | cksum"], capture_output=True, text=True)
               .stdout.split()[0]) % 100000
     return f"din{tag}-{k}"
+
+
+def test_an_array_job_spread_over_two_nodes_collects_into_one_table(bed, image, tmp_path):
+    """Two array tasks at once: SLURM puts them on different nodes; `collect` reads both runs."""
+    manifest = tmp_path / "manifest.txt"
+    manifest.write_text(f"{image}\n{image}\n")
+    root = tmp_path / "runs"
+    job = sbatch(["--wait", "--array=0-1", "--exclusive", f"--output={tmp_path}/%A_%a.out", "slurm/array.sbatch",
+                  str(manifest), *ARGS[1:2], str(root), *ARGS[2:], "train.steps=100"])
+    hosts = {job_field(f"{job}_{i}", "BatchHost") for i in (0, 1)}
+    assert hosts == {"node-1", "node-2"}, hosts
+    out = subprocess.run(["python3", "-m", "dist_int", "collect", str(root)], cwd=ROOT, capture_output=True,
+                         text=True)
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| 000")]
+    assert out.returncode == 0 and len(rows) == 2 and all("complete" in r for r in rows), out.stdout + out.stderr
+
+
+def test_a_killed_host_ends_the_other_hosts_processes_with_a_reason(bed, image, tmp_path):
+    """Every process of the run on node-2 killed at once (as a crashed host): node-1's end within
+    train.timeout_s + 60 s, non-zero, naming node-2."""
+    run = tmp_path / "run"
+    procs = two_host_torchrun(bed, tmp_path, [*ARGS, f"signal.path={image}", f"run.dir={run}",
+                                              "train.steps=100000", "train.timeout_s=30"], free_port())
+    deadline = time.time() + 300
+    while not (run / "metrics.jsonl").exists() or len(read_metrics(run)) < 2:
+        assert time.time() < deadline and all(p.poll() is None for p in procs)
+        time.sleep(0.2)
+    ns = _namespace(bed, 2)
+    pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
+    ours = [p for p in pids if f"run.dir={run}".encode() in open(f"/proc/{p}/cmdline", "rb").read()
+            or b"torch.distributed.run" in open(f"/proc/{p}/cmdline", "rb").read()]
+    assert ours
+    subprocess.run(["kill", "-9", *ours])
+    killed = time.time()
+    code = procs[0].wait(timeout=30 + 60)
+    procs[1].wait(timeout=30)
+    log = (tmp_path / "host1.log").read_text()
+    assert code != 0 and time.time() - killed <= 90, code
+    assert "lost contact with node-2 (rank 1)" in log, log[-3000:]

@@ -1,5 +1,6 @@
 """The sbatch scripts on a real one-node SLURM cluster that this module starts (slurm/local-cluster.sh)."""
 
+import contextlib
 import os
 import re
 import shutil
@@ -15,13 +16,14 @@ PSNR_FLOOR_DB = 25.0  # 4x32 SIREN, 200 steps: the three images reach 27-34 dB
 TINY = ["signal.chunk=16", "model.hidden=32", "model.layers=4", "train.log_every=10", "train.eval_every=0"]
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+@contextlib.contextmanager
+def local_cluster(state, *options: str):
+    """slurm/local-cluster.sh started in `state` (with `options`, e.g. --nodes 2), SLURM_CONF pointing at
+    it; jobs cancelled and the cluster stopped afterwards."""
     if shutil.which("slurmctld") is None:
         pytest.fail("SLURM is not installed: apt-get install slurm-wlm munge (.ci/run does this)")
-    state = tmp_path_factory.mktemp("slurm")
-    out = subprocess.run([str(ROOT / "slurm" / "local-cluster.sh"), "start", str(state)], capture_output=True,
-                         text=True, timeout=120)
+    script = str(ROOT / "slurm" / "local-cluster.sh")
+    out = subprocess.run([script, "start", str(state), *options], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     old = os.environ.get("SLURM_CONF")
     os.environ["SLURM_CONF"] = str(state / "slurm.conf")
@@ -29,11 +31,17 @@ def cluster(tmp_path_factory):
         yield state
     finally:
         subprocess.run(["scancel", "--user", "root"], capture_output=True)
-        subprocess.run([str(ROOT / "slurm" / "local-cluster.sh"), "stop", str(state)], capture_output=True)
+        subprocess.run([script, "stop", str(state)], capture_output=True)
         if old is None:
             os.environ.pop("SLURM_CONF", None)
         else:
             os.environ["SLURM_CONF"] = old
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    with local_cluster(tmp_path_factory.mktemp("slurm")) as state:
+        yield state
 
 
 @pytest.fixture(scope="module")

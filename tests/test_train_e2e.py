@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, read_metrics, read_summary, run_train, smooth_image, train_cmd, train_env
+from dist_int.teacher.select import SEARCH_BYTES
 
 TINY = ["signal.chunk=16", "model.hidden=32", "model.layers=4", "train.steps=300", "train.log_every=10",
         "train.eval_every=100", "checkpoint.every=50"]
@@ -51,7 +52,7 @@ def test_two_ranks_reach_psnr_floor(two_rank_run):
     assert len(metrics[-1]["peak_rss_mb"]) == 2 and all(50 < m < 8000 for m in metrics[-1]["peak_rss_mb"])
     assert metrics[-1]["peak_gpu_mb"] is None and len(summary["peak_rss_mb"]) == 2
     # The threshold search sends the same 16 KiB per selection whatever the signal size (2 ranks).
-    assert {m["select_bytes"] for m in metrics if m["selections"]} == {8 * 256 * 8}
+    assert {m["select_bytes"] for m in metrics if m["selections"]} == {SEARCH_BYTES}  # teacher/select.py
     assert [m["step"] for m in metrics if "psnr_db" in m] == [100, 200, 300]
     assert metrics[-1]["psnr_db"] == pytest.approx(summary["psnr_db"], abs=1e-3)
     assert metrics[0]["selected"] == round(0.2 * 64 * 64)  # step ratio starts at r0 = 0.2
