@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, free_port, read_metrics, read_summary, run_train, smooth_image, train_env
-from test_slurm import job_field, local_cluster, sbatch, wait_state
+from test_slurm import job_field, local_cluster, preempt_and_finish, sbatch, wait_state
 
 BED = ROOT / "slurm" / "local-cluster.sh"
 ARGS = ["--config", "configs/demo.toml", "signal.chunk=16", "model.hidden=32", "model.layers=4",
@@ -112,25 +112,7 @@ def test_preempting_a_two_node_job_requeues_and_resumes_to_the_same_result(bed, 
     run = tmp_path / "run"
     job = sbatch([f"--output={tmp_path}/job.out", "--nodes=2", "slurm/train.sbatch", *ARGS[1:2], *ARGS[2:],
                   f"signal.path={image}", f"run.dir={run}", f"train.steps={STEPS}"], env={"PROCS_PER_NODE": "1"})
-    metrics = run / "metrics.jsonl"
-    deadline = time.time() + 300
-    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 4):
-        assert time.time() < deadline and job_field(job, "JobState") in ("PENDING", "RUNNING")
-        time.sleep(0.2)
-    subprocess.run(["scancel", "--signal=USR1", "--batch", str(job)], check=True)  # as before a time limit
-    deadline = time.time() + 120
-    while job_field(job, "Restarts") in ("", "0"):
-        assert time.time() < deadline, (tmp_path / "job.out").read_text()
-        time.sleep(0.5)
-    wait_state(job, {"PENDING"}, timeout=120)
-    deadline = time.time() + 60
-    while set(subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True).stdout.split()) != {"idle"}:
-        assert time.time() < deadline, "the nodes did not become idle after the requeue"
-        time.sleep(0.5)
-    time.sleep(5)
-    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
-    state = wait_state(job, {"COMPLETED", "FAILED", "CANCELLED"})
-    log = (tmp_path / "job.out").read_text()
+    state, log = preempt_and_finish(job, run / "metrics.jsonl", 4, tmp_path / "job.out")
     assert state == "COMPLETED", log
     assert "stopped by SIGUSR1" in log and "resuming" in log
     s = read_summary(run)

@@ -77,6 +77,32 @@ def wait_state(job: int, states: set[str], timeout: float = 300) -> str:
     raise AssertionError(f"job {job} not in {states} after {timeout} s (last: {job_field(job, 'JobState')})")
 
 
+def preempt_and_finish(job: int, metrics, lines: int, out) -> tuple[str, str]:
+    """Once `metrics` has `lines` lines, USR1 to the batch shell (what SLURM does before a time limit with
+    --signal=B:USR1@...); waits for the requeue, starts the requeued job as soon as every node is idle,
+    and returns its final state and the job's output."""
+    deadline = time.time() + 300
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= lines):
+        assert time.time() < deadline and job_field(job, "JobState") in ("PENDING", "RUNNING"), \
+            out.read_text() if out.exists() else "no output"
+        time.sleep(0.2)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", str(job)], check=True)
+    deadline = time.time() + 120
+    while job_field(job, "Restarts") in ("", "0"):
+        assert time.time() < deadline, out.read_text()
+        time.sleep(0.5)
+    # A requeued job waits out a begin-time hold (~2 minutes); once the first run has fully left the nodes
+    # (its credential revoked, every node idle again), start it now, as a free cluster would.
+    wait_state(job, {"PENDING"}, timeout=120)
+    deadline = time.time() + 60
+    while set(subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True).stdout.split()) != {"idle"}:
+        assert time.time() < deadline, "the nodes did not become idle after the requeue"
+        time.sleep(0.5)
+    time.sleep(5)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
+    return wait_state(job, {"COMPLETED", "FAILED", "CANCELLED"}), out.read_text()
+
+
 def test_array_job_and_collect(cluster, images, tmp_path):
     manifest = tmp_path / "manifest.txt"
     manifest.write_text("# three small images\n" + "\n".join(map(str, images)) + "\n\n")
@@ -130,29 +156,7 @@ def test_train_sbatch_runs_two_ranks_on_one_node(sbatch_reference):
 def test_usr1_requeues_and_resumes_to_the_same_result(cluster, images, tmp_path, sbatch_reference):
     run_dir = tmp_path / "run"
     job = _train_job(tmp_path, run_dir, images[0], STEPS, "pre")
-    metrics = run_dir / "metrics.jsonl"
-    deadline = time.time() + 300
-    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 10):
-        assert time.time() < deadline and job_field(job, "JobState") in ("PENDING", "RUNNING"), \
-            (tmp_path / "pre.out").read_text() if (tmp_path / "pre.out").exists() else "no output"
-        time.sleep(0.2)
-    # What SLURM does before a time limit with --signal=B:USR1@...: signal the batch shell.
-    subprocess.run(["scancel", "--signal=USR1", "--batch", str(job)], check=True)
-    deadline = time.time() + 120
-    while job_field(job, "Restarts") in ("", "0"):
-        assert time.time() < deadline, (tmp_path / "pre.out").read_text()
-        time.sleep(0.5)
-    # A requeued job waits out a begin-time hold (~2 minutes); once the first run has fully left the node
-    # (its credential revoked, the node idle again), start it now, as a free cluster would.
-    wait_state(job, {"PENDING"}, timeout=120)
-    deadline = time.time() + 60
-    while subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True).stdout.strip() != "idle":
-        assert time.time() < deadline, "the node did not become idle after the requeue"
-        time.sleep(0.5)
-    time.sleep(5)
-    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
-    state = wait_state(job, {"COMPLETED", "FAILED", "CANCELLED"})
-    log = (tmp_path / "pre.out").read_text()
+    state, log = preempt_and_finish(job, run_dir / "metrics.jsonl", 10, tmp_path / "pre.out")
     assert state == "COMPLETED", log
     assert "stopped by SIGUSR1" in log and "requeueing job" in log and "resuming" in log
     resumed, reference = read_summary(run_dir), read_summary(sbatch_reference / "run")
