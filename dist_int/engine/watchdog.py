@@ -9,7 +9,8 @@ prints one line naming the step and the ranks on other hosts (which this rank ca
 process with exit code 1, and its torchrun agent with it (the agent would otherwise retry a rendezvous
 store on the lost host for minutes). No step waits legitimately that long: every rank's collectives in a step time
 out after train.timeout_s, so a step that takes longer is one whose peer is gone. Everything the run
-writes goes to temporary names first, so the last complete checkpoint resumes.
+writes goes to temporary names first, so the last complete checkpoint resumes. Under SLURM the line also
+goes to the batch script, which requeues the job (slurm/run-with-requeue.sh).
 """
 
 from __future__ import annotations
@@ -59,7 +60,9 @@ class Watchdog:
 
     def lost(self, what: str) -> None:
         """End this process (and its torchrun agent) with the one-line reason: a peer is gone."""
-        print(self.reason(what), file=sys.stderr, flush=True)
+        line = self.reason(what)
+        print(line, file=sys.stderr, flush=True)
+        tell_batch_script(line)
         if os.environ.get("TORCHELASTIC_RUN_ID"):
             # torchrun's agent would go on talking to a rendezvous store on the lost host, a minute per
             # attempt: it goes too, so that no process of the job outlives the bound.
@@ -74,6 +77,20 @@ class Watchdog:
             if started is not None and time.monotonic() - started > self.limit:
                 self.lost(f"the step has waited {time.monotonic() - started:.0f} s in a collective, more than "
                           f"train.timeout_s + {GRACE_S:.0f} s")
+
+
+def tell_batch_script(line: str) -> None:
+    """Under SLURM, leave the reason where the job's batch script looks (slurm/run-with-requeue.sh sets
+    DIST_INT_LOST_FILE and DIST_INT_BATCH_HOST): srun itself would wait for the lost host's task until the
+    controller declares that node down (SlurmdTimeout, minutes), so the batch script requeues the job on
+    this line instead. Only ranks on the batch script's host write it (a path on another host's disk would
+    be read by no one)."""
+    path = os.environ.get("DIST_INT_LOST_FILE")
+    if not path or os.environ.get("DIST_INT_BATCH_HOST") != socket.gethostname():
+        return
+    with contextlib.suppress(OSError):
+        with open(path, "a") as f:
+            f.write(line + "\n")
 
 
 def peer_lost(error: BaseException) -> bool:
