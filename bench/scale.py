@@ -131,7 +131,7 @@ LONG_COMMON = [f"train.memory_mb={LONG_BUDGET_MB}", f"teacher.window_points={1 <
                "checkpoint.every=0", "train.probe_points=4096"]
 
 
-def _long_signals(work: Path, kinds: list[str], sizes=(8192, 16384, 32768)) -> dict:
+def _long_signals(work: Path, kinds: list[str], sizes=(8192, 16384, 32768), tile_from: int = 0) -> dict:
     """kind label -> (source path, config, extra overrides), made here unless already in `work`."""
     from dist_int.synth import synth_gigapixel, synth_speech, synth_video, synth_volume
 
@@ -145,18 +145,106 @@ def _long_signals(work: Path, kinds: list[str], sizes=(8192, 16384, 32768)) -> d
     out = {}
     if "image" in kinds:
         for size in sizes:
-            src = made(work / f"image-{size}.zarr", lambda p, n=size: synth_gigapixel(p, n, chunk=512))
+            if tile_from and size > tile_from and size % tile_from == 0:
+                small = made(work / f"image-{tile_from}.zarr", lambda p: synth_gigapixel(p, tile_from, chunk=512))
+                src = made(work / f"image-{size}-tiled.zarr",
+                           lambda p, n=size: tiled_image(Path(small), p, n // tile_from))
+            else:
+                src = made(work / f"image-{size}.zarr", lambda p, n=size: synth_gigapixel(p, n, chunk=512))
             out[f"image {size}^2"] = (src, "configs/gigapixel.toml", ["render.format=tiff"])
     if "audio" in kinds:
         src = made(work / "hour.wav", lambda p: synth_speech(p, 3600, rate=48000, channels=2))
         out["audio 1 h, 48 kHz stereo"] = (src, "configs/hash.toml", [])
     if "video" in kinds:
         src = made(work / "long.mp4", lambda p: synth_video(p, frames=2000, size=1280, height=720, fps=25))
-        out["video 2,000 frames 720p"] = (src, "configs/hash.toml", ["signal.chunk=[8,128,128]"])
+        # windows of 2^23 points: two 2^26-point windows of RGB frames (384 MiB) do not fit beside a 3-D
+        # table in the 1 GiB budget (the start-up check says so)
+        out["video 2,000 frames 720p"] = (src, "configs/hash.toml", ["signal.chunk=[8,128,128]",
+                                                                     f"teacher.window_points={1 << 23}"])
     if "volume" in kinds:
         src = made(work / "volume-1024.tif", lambda p: synth_volume(p, 1024))
         out["volume 1024^3"] = (src, "configs/hash.toml", [])
     return out
+
+
+def tiled_image(src: Path, dest: Path, reps: int) -> None:
+    """A (reps * n)^2 image made of the n^2 Zarr image `src` repeated reps x reps times, chunk by chunk:
+    a 32768^2 synth image takes 40 minutes to render on one core, this takes one. The repeats do not
+    matter to what the benchmark measures (memory, the time of a step and of selection)."""
+    import hashlib
+    import json
+
+    import numpy as np
+    import zarr
+
+    from dist_int.signal.source import ATTR
+
+    a = zarr.open_array(src, mode="r")
+    n, _, c = a.shape
+    chunk = a.chunks[0]
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    out = zarr.create_array(tmp, shape=(n * reps, n * reps, c), chunks=a.chunks, dtype=a.dtype, fill_value=0)
+    for y in range(0, n, chunk):
+        band = np.asarray(a[y:y + chunk])
+        for ry in range(reps):
+            for rx in range(reps):
+                out[ry * n + y:ry * n + y + band.shape[0], rx * n:(rx + 1) * n] = band
+    attrs = dict(a.attrs[ATTR])
+    attrs["source"] = f"{attrs['source']} tiled {reps}x{reps}"
+    attrs["source_sha256"] = hashlib.sha256(json.dumps([attrs["source_sha256"], reps]).encode()).hexdigest()
+    out.attrs[ATTR] = attrs
+    os.replace(tmp, dest)
+
+
+def _points(src: str) -> int | None:
+    """Sample positions of a Zarr store (its last axis: channels); None for other sources."""
+    import zarr
+
+    if not src.endswith(".zarr"):
+        return None
+    return math.prod(zarr.open_array(src, mode="r").shape[:-1])
+
+
+def train_only(args: list[str], nproc: int, steps: int) -> dict:
+    """The run up to its last training step: once that step's metrics line is written, SIGTERM (the run is
+    then in its render, which it leaves with exit 75; docs/training.md). For signals whose render alone
+    takes longer than the benchmark should (1 G points on 2 CPU cores: over an hour)."""
+    import json
+    import signal
+    import subprocess
+
+    run_dir = Path(next(a.split("=", 1)[1] for a in args if a.startswith("run.dir=")))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+           "--master_port", str(29500 + os.getpid() % 1000), str(ROOT / "launch" / "train.py"), *args]
+    t0 = time.time()
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
+        metrics: list[dict] = []
+        first = None
+        while not metrics or metrics[-1]["step"] < steps:
+            if proc.poll() is not None:
+                log.seek(0)
+                text = log.read()
+                errors = "\n".join(line for line in text.splitlines() if line.startswith("error:"))
+                raise RuntimeError(f"{' '.join(cmd)} ended ({proc.returncode}) before step {steps}:\n"
+                                   f"{errors or text[-3000:]}")
+            time.sleep(1)
+            path = run_dir / "metrics.jsonl"
+            metrics = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+            if metrics and first is None:
+                first = time.time() - t0 - metrics[0]["train_time_s"]
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=300)
+        log.seek(0)
+        text = log.read()
+        # torchrun itself exits 1 on a signal; its workers exit 75, saying so
+        if code not in (0, 75) and "stopped by SIGTERM" not in text:
+            raise RuntimeError(f"{' '.join(cmd)} ended with {code} after SIGTERM:\n{text[-3000:]}")
+    return {"metrics": metrics, "startup_s": first, "train_time_s": metrics[-1]["train_time_s"],
+            "steps": metrics[-1]["step"], "peak_rss_mb": metrics[-1]["peak_rss_mb"],
+            "select_fraction": metrics[-1]["select_fraction"], "psnr_db": None,
+            "shape": None, "wall_s": time.time() - t0}
 
 
 def long_table(args) -> str:
@@ -164,31 +252,47 @@ def long_table(args) -> str:
     work.mkdir(parents=True, exist_ok=True)
     rows = []
     sizes = [int(v) for v in args.image_sizes.split(",")]
-    for label, (src, config, extra) in _long_signals(work, args.kinds.split(","), sizes).items():
-        run = work / ("run-" + label.split()[0] + label.split()[1].replace("^2", ""))
+    for label, (src, config, extra) in _long_signals(work, args.kinds.split(","), sizes, args.tile_from).items():
+        run = work / ("run-" + label.split()[0] + label.split()[1].replace("^2", "").replace(",", ""))
         shutil.rmtree(run, ignore_errors=True)
         print(f"{label} ...", flush=True)
         t0 = time.time()
-        r = train([f"--config={config}", f"signal.path={src}", f"run.dir={run}", *LONG_COMMON,
-                   f"train.steps={args.steps}", f"train.log_every={args.steps}", *extra], 2)
+        run_args = [f"--config={config}", f"signal.path={src}", f"run.dir={run}", *LONG_COMMON,
+                    f"train.steps={args.steps}", f"train.log_every={args.log_every or args.steps}", *extra]
+        if args.train_only:
+            r = train_only(run_args, 2, args.steps)
+            t = {"setup": r["startup_s"]}
+        else:
+            r = train(run_args, 2)
+            t = r.get("timings_s", {})
         wall = time.time() - t0
-        t = r.get("timings_s", {})
         sent = sorted({m["select_bytes"] for m in r["metrics"] if m.get("selections")})
-        rows.append([label, f"{math.prod(r['shape'][:-1]) / 1e6:,.1f}", ", ".join(f"{v:.0f}" for v in r["peak_rss_mb"]),
+        # the teacher's share of the training time over every logged interval, weighted by its time
+        times = [m["train_time_s"] for m in r["metrics"]]
+        spans = [b - a for a, b in zip([0.0, *times[:-1]], times)]
+        share = sum(m["select_fraction"] * d for m, d in zip(r["metrics"], spans)) / max(sum(spans), 1e-9)
+        points = _points(src) if r["shape"] is None else math.prod(r["shape"][:-1])
+        skipped = "-" if args.train_only else None
+        rows.append([label, "-" if points is None else f"{points / 1e6:,.1f}", ", ".join(f"{v:.0f}" for v in r["peak_rss_mb"]),
                      f"{t.get('setup', 0):.0f}", f"{r['train_time_s'] / r['steps'] * 1e3:.0f}",
-                     f"{r['select_fraction']:.2f}", f"{t.get('render', 0):.0f}", f"{t.get('metrics', 0):.0f}",
-                     f"{t.get('export', 0):.0f}", ", ".join(map(str, sent)) or "0", f"{r['psnr_db']:.2f}",
-                     f"{wall:.0f}"])
+                     f"{share:.2f}", skipped or f"{t.get('render', 0):.0f}", skipped or f"{t.get('metrics', 0):.0f}",
+                     skipped or f"{t.get('export', 0):.0f}", ", ".join(map(str, sent)) or "0",
+                     skipped or f"{r['psnr_db']:.2f}", f"{wall:.0f}"])
         print(rows[-1], flush=True)
         shutil.rmtree(run, ignore_errors=True)
     table = markdown_table(["signal", "M points", "peak RSS per rank (MiB)", "ingest + shard (s)",
                             "train step (ms)", "selection share", "render (s)", "metrics (s)", "export (s)",
                             "bytes sent per selection per rank", "PSNR after the steps (dB)", "wall (s)"], rows)
+    flags = (f" --log-every {args.log_every}" * bool(args.log_every) + f" --tile-from {args.tile_from}" *
+             bool(args.tile_from) + " --train-only" * args.train_only)
     header = (f"machine: {machine()}\ncommand: python bench/scale.py --kinds {args.kinds} --image-sizes "
-              f"{args.image_sizes} --steps {args.steps}\n"
+              f"{args.image_sizes} --steps {args.steps}{flags}\n"
               f"2 ranks, each with train.memory_mb = {LONG_BUDGET_MB}; every run: "
               f"{' '.join(LONG_COMMON)}; {args.steps} steps. RSS includes Python, torch and DeepSpeed (about "
-              f"400 MiB). Times are wall seconds of each part.")
+              f"400 MiB). Times are wall seconds of each part"
+              + ("; --train-only: each run stopped (SIGTERM) once its last step was logged, so render, metrics "
+                 "and export were not run and the start-up column is the time to the first step" if args.train_only
+                 else "") + ".")
     return header + "\n\n" + table + "\n"
 
 
@@ -332,6 +436,11 @@ def main() -> None:
     p.add_argument("--kinds", default=None, help="long signals instead: image,audio,video,volume")
     p.add_argument("--work", default=None, help="folder for the temporary images and runs")
     p.add_argument("--image-sizes", default="8192,16384,32768", help="--kinds image: the image sides")
+    p.add_argument("--tile-from", type=int, default=0,
+                   help="--kinds image: make larger images by tiling the synth image of this side (fast)")
+    p.add_argument("--train-only", action="store_true",
+                   help="--kinds: stop each run after its last step (no render, metrics, export)")
+    p.add_argument("--log-every", type=int, default=0, help="--kinds: train.log_every (0: one line at the end)")
     p.add_argument("--model", action="store_true", help="the scaling model instead of the size sweep")
     p.add_argument("--model-size", type=int, default=16384)
     p.add_argument("--model-batch", type=int, default=16384)
