@@ -8,8 +8,8 @@ bytes each rank sends per selection.
 
     python bench/scale.py --kinds image,audio,video,volume --work /big/disk
 
---train-only stops each run once its last step is logged (render, metrics and export of a billion points
-are left out: on 2 CPU cores they take longer than the rest together); --tile-from 8192 makes the larger
+--train-only stops each run once its last step is logged, leaving out the render, metrics and export
+(passes over every point: a billion and more here); --tile-from 8192 makes the larger
 images by tiling the 8192^2 synth image (minutes instead of the generator's 40 minutes for 32768^2).
 
     python bench/scale.py --kinds image --image-sizes 8192,16384,32768 --tile-from 8192 --steps 40 --log-every 10 --train-only
