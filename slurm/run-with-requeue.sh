@@ -21,16 +21,18 @@ set_worker_threads() {
 DIST_INT_USER_THREADS=${OMP_NUM_THREADS:-}
 
 run_with_requeue() {
-    local preempted=0 rc=0 child waited
+    local preempted=0 rc=0 child="" waited
     # A trainer that loses contact with a peer (a cut link, a dead or hung host; dist_int/engine/watchdog.py)
     # ends within train.timeout_s + 30 s and writes its one-line reason here. When srun then still runs,
     # it is waiting for a node SLURM cannot reach either, until the controller declares that node down
     # (SlurmdTimeout, often 300 s and more): the batch script requeues the job instead, and the rerun
-    # resumes from the last complete checkpoint on whichever nodes SLURM gives it. When srun ends by itself
-    # every node answered: a process died (a crash, the OOM killer), a rerun would likely meet it again,
-    # and the job fails as any failed step does (docs/cluster.md, "Lost hosts").
+    # resumes from the last complete checkpoint once SLURM has released the lost node (it answers again or
+    # is declared down), there or on other nodes. When srun ends by itself SLURM reached every node: a
+    # process died (a crash, the OOM killer) or only the ranks' network failed, a rerun would likely meet
+    # the same, and the job fails as any failed step does (docs/cluster.md, "Lost hosts").
     export DIST_INT_LOST_FILE="${TMPDIR:-/tmp}/dist_int-${SLURM_JOB_ID:-0}-$$.lost"
-    export DIST_INT_BATCH_HOST=$(hostname)
+    # The ranks compare this with their own SLURMD_NODENAME (srun sets it for every task)
+    export DIST_INT_BATCH_HOST=${SLURMD_NODENAME:-$(hostname)}
     rm -f "$DIST_INT_LOST_FILE"
     trap 'preempted=1; echo "dist_int: preemption signal; asking the trainers to checkpoint" >&2;
           kill -USR1 "$child" 2>/dev/null || true' USR1 TERM
@@ -39,20 +41,18 @@ run_with_requeue() {
     # Poll rather than `wait`: the line must be seen while srun still waits on the lost host. (A trapped
     # signal runs its trap once the current `sleep` has ended, within a second.)
     while kill -0 "$child" 2>/dev/null; do
-        if [ "$preempted" = 0 ] && [ -s "$DIST_INT_LOST_FILE" ]; then
+        if [ -s "$DIST_INT_LOST_FILE" ]; then
             waited=0  # srun ends a step whose nodes all answer within seconds (--kill-on-bad-exit)
             while kill -0 "$child" 2>/dev/null && [ "$waited" -lt "${DIST_INT_LOST_GRACE_S:-10}" ]; do
                 sleep 1; waited=$((waited + 1))
             done
             if kill -0 "$child" 2>/dev/null; then
                 trap - USR1 TERM
-                rm -f "$DIST_INT_LOST_FILE"
-                echo "dist_int: a host was lost ($(hostname) cannot reach it, nor can SLURM); requeueing job" \
-                     "${SLURM_JOB_ID}: it resumes from the last complete checkpoint" >&2
-                scontrol requeue "$SLURM_JOB_ID"
-                # srun would wait up to KillWait for the lost node's share of the step: it is of no use now
+                echo "dist_int: a host was lost (${DIST_INT_BATCH_HOST} cannot reach it, nor can SLURM)" >&2
+                # srun would wait for the lost node's share of the step until SLURM gives up on that node
                 kill -KILL "$child" 2>/dev/null || true
-                exit 0
+                rm -f "$DIST_INT_LOST_FILE"
+                requeue_job
             fi
             break
         fi
@@ -60,17 +60,28 @@ run_with_requeue() {
     done
     wait "$child" && rc=0 || rc=$?
     trap - USR1 TERM
-    if [ -s "$DIST_INT_LOST_FILE" ] && [ "$rc" != 0 ]; then
-        echo "dist_int: a rank lost contact with a peer, but every node answered SLURM: a process died" \
-             "(see above); not requeueing" >&2
+    if [ -s "$DIST_INT_LOST_FILE" ] && [ "$rc" != 0 ] && [ "$preempted" = 0 ]; then
+        echo "dist_int: a rank lost contact with a peer, but srun ended by itself (SLURM reached every node:" \
+             "a process died, see above, or only the ranks' network failed); not requeueing" >&2
     fi
     rm -f "$DIST_INT_LOST_FILE"
     if [ "$preempted" = 1 ] && [ "$rc" != 0 ]; then
-        echo "dist_int: checkpoint written; requeueing job ${SLURM_JOB_ID}" >&2
-        scontrol requeue "$SLURM_JOB_ID"  # an array task has a job id of its own too
-        exit 0
+        echo "dist_int: checkpoint written" >&2
+        requeue_job
     fi
     return "$rc"
+}
+
+# Requeue this job (an array task has a job id of its own too) and end the batch script; the rerun resumes
+# from the last complete checkpoint. A job that cannot be requeued (submitted with --no-requeue, or the
+# controller unreachable) fails, saying so, rather than ending as if it had completed.
+requeue_job() {
+    # said first: SLURM may end this script (SIGTERM) as soon as the requeue is accepted
+    echo "dist_int: requeueing job ${SLURM_JOB_ID}; it resumes from the last complete checkpoint" >&2
+    scontrol requeue "$SLURM_JOB_ID" && exit 0
+    echo "dist_int: could not requeue job ${SLURM_JOB_ID}; submit the same command again, it resumes from" \
+         "the last complete checkpoint" >&2
+    exit 1
 }
 
 # The launch command for one node: torchrun with c10d rendezvous on the job's first node.

@@ -189,9 +189,29 @@ def test_an_array_job_spread_over_two_nodes_collects_into_one_table(bed, image, 
     assert out.returncode == 0 and len(rows) == 2 and all("complete" in r for r in rows), out.stdout + out.stderr
 
 
+def test_a_trainer_killed_on_a_live_host_fails_the_job_without_requeueing(bed, image, tmp_path):
+    """The trainer on node-2 killed, its host alive: node-1's rank loses its peer as when a host is lost,
+    but srun reaches both nodes and ends the step by itself, so this is a dead process, not a lost host:
+    the job fails, saying why, instead of requeueing into the same failure (slurm/run-with-requeue.sh)."""
+    run, out = tmp_path / "run", tmp_path / "job.out"
+    job = two_node_job(image, run, out, "train.steps=100000")
+    pids = subprocess.run(["ip", "netns", "pids", _namespace(bed, 2)], capture_output=True, text=True).stdout.split()
+    trainers = [p for p in pids if f"run.dir={run}".encode() in open(f"/proc/{p}/cmdline", "rb").read()
+                and b"torch.distributed.run" not in open(f"/proc/{p}/cmdline", "rb").read()]
+    assert len(trainers) == 1, trainers
+    subprocess.run(["kill", "-9", *trainers])
+    state = wait_state(job, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=120)
+    log = out.read_text()
+    assert state == "FAILED" and job_field(job, "Restarts") == "0", (state, log[-3000:])
+    assert "lost contact with node-2 (rank 1)" in log, log[-3000:]
+    assert "srun ended by itself" in log and "not requeueing" in log, log[-3000:]
+
+
 def test_a_crashed_host_ends_every_process_and_the_slurm_job_requeues(bed, image, tmp_path):
-    """Every process on node-2 killed at once, its slurmd included (a host that crashed): the run's
-    processes on node-1 end within train.timeout_s + 60 s, naming node-2, and the job requeues itself."""
+    """Every process on node-2 killed at once, its slurmd included (a host whose processes all died; its
+    network stays up, so the connections close): the run's processes on node-1 end within
+    train.timeout_s + 60 s, naming node-2, and the job requeues itself. Last in the module: node-2's
+    slurmd is started again, but its old job may keep it busy a while."""
     run, out = tmp_path / "run", tmp_path / "job.out"
     job = two_node_job(image, run, out, "train.steps=100000")
     ns = _namespace(bed, 2)

@@ -86,11 +86,19 @@ def tell_batch_script(line: str) -> None:
     this line instead. Only ranks on the batch script's host write it (a path on another host's disk would
     be read by no one)."""
     path = os.environ.get("DIST_INT_LOST_FILE")
-    if not path or os.environ.get("DIST_INT_BATCH_HOST") != socket.gethostname():
+    here = os.environ.get("SLURMD_NODENAME") or socket.gethostname()  # as the batch script names its host
+    if not path or os.environ.get("DIST_INT_BATCH_HOST") != here:
         return
-    with contextlib.suppress(OSError):
-        with open(path, "a") as f:
-            f.write(line + "\n")
+
+    def write():
+        with contextlib.suppress(OSError):
+            with open(path, "a") as f:
+                f.write(line + "\n")
+
+    # a hung file system must not keep this process alive: the line is a courtesy, the exit is not
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    writer.join(timeout=5.0)
 
 
 def peer_lost(error: BaseException) -> bool:
