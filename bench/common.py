@@ -27,13 +27,18 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
 
 
-def train(args: list[str], nproc: int = 0, prefix: list[str] | None = None) -> dict:
-    """Run the trainer (after `prefix`, e.g. taskset); return summary.json plus the metrics.jsonl records."""
+def train_cmd(args: list[str], nproc: int = 0) -> list[str]:
+    """The trainer's command line: one process, or torchrun with `nproc` workers."""
     cmd = [sys.executable, str(ROOT / "launch" / "train.py"), *args]
     if nproc:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
                "--master_port", str(29500 + os.getpid() % 1000), *cmd[1:]]
-    cmd = [*(prefix or []), *cmd]
+    return cmd
+
+
+def train(args: list[str], nproc: int = 0, prefix: list[str] | None = None) -> dict:
+    """Run the trainer (after `prefix`, e.g. taskset); return summary.json plus the metrics.jsonl records."""
+    cmd = [*(prefix or []), *train_cmd(args, nproc)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")

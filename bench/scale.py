@@ -40,7 +40,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, machine, markdown_table, train
+from common import ROOT, machine, markdown_table, train, train_cmd
 
 sys.path.insert(0, str(ROOT))
 
@@ -221,8 +221,7 @@ def train_only(args: list[str], nproc: int, steps: int) -> dict:
     import subprocess
 
     run_dir = Path(next(a.split("=", 1)[1] for a in args if a.startswith("run.dir=")))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-           "--master_port", str(29500 + os.getpid() % 1000), str(ROOT / "launch" / "train.py"), *args]
+    cmd = train_cmd(args, nproc)
     t0 = time.time()
     with tempfile.TemporaryFile("w+") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
@@ -230,8 +229,7 @@ def train_only(args: list[str], nproc: int, steps: int) -> dict:
         first = None
         while not metrics or metrics[-1]["step"] < steps:
             if proc.poll() is not None:
-                log.seek(0)
-                text = log.read()
+                text = _read(log)
                 errors = "\n".join(line for line in text.splitlines() if line.startswith("error:"))
                 raise RuntimeError(f"{' '.join(cmd)} ended ({proc.returncode}) before step {steps}:\n"
                                    f"{errors or text[-3000:]}")
@@ -242,15 +240,17 @@ def train_only(args: list[str], nproc: int, steps: int) -> dict:
                 first = time.time() - t0 - metrics[0]["train_time_s"]
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=300)
-        log.seek(0)
-        text = log.read()
+        text = _read(log)
         # torchrun itself exits 1 on a signal; its workers exit 75, saying so
         if code not in (0, 75) and "stopped by SIGTERM" not in text:
             raise RuntimeError(f"{' '.join(cmd)} ended with {code} after SIGTERM:\n{text[-3000:]}")
     return {"metrics": metrics, "startup_s": first, "train_time_s": metrics[-1]["train_time_s"],
-            "steps": metrics[-1]["step"], "peak_rss_mb": metrics[-1]["peak_rss_mb"],
-            "select_fraction": metrics[-1]["select_fraction"], "psnr_db": None,
-            "shape": None, "wall_s": time.time() - t0}
+            "steps": metrics[-1]["step"], "peak_rss_mb": metrics[-1]["peak_rss_mb"], "shape": None}
+
+
+def _read(log) -> str:
+    log.seek(0)
+    return log.read()
 
 
 def long_table(args) -> str:

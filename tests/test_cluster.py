@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, free_port, read_metrics, read_summary, run_train, smooth_image, train_env
-from test_slurm import job_field, local_cluster, preempt_and_finish, sbatch, start_requeued, wait_requeued, wait_state
+from test_slurm import (job_field, local_cluster, preempt_and_finish, sbatch, start_requeued, wait_requeued,
+                        wait_running_until, wait_state)
 
 BED = ROOT / "slurm" / "local-cluster.sh"
 ARGS = ["--config", "configs/demo.toml", "signal.chunk=16", "model.hidden=32", "model.layers=4",
@@ -123,11 +124,8 @@ def two_node_job(image, run, out, *extra: str):
     """A 2-node sbatch of train.sbatch, returned once its metrics reach step 120."""
     job = sbatch([f"--output={out}", "--nodes=2", "slurm/train.sbatch", *ARGS[1:2], *ARGS[2:],
                   f"signal.path={image}", f"run.dir={run}", "train.timeout_s=30", *extra], env={"PROCS_PER_NODE": "1"})
-    deadline = time.time() + 300
-    while not any(m.get("step", 0) >= 120 for m in (read_metrics(run) if (run / "metrics.jsonl").exists() else [])):
-        assert time.time() < deadline and job_field(job, "JobState") in ("PENDING", "RUNNING"), \
-            out.read_text() if out.exists() else "no output"
-        time.sleep(0.2)
+    wait_running_until(job, out, lambda: (run / "metrics.jsonl").exists()
+                       and any(m.get("step", 0) >= 120 for m in read_metrics(run)))
     return job
 
 

@@ -81,14 +81,19 @@ def preempt_and_finish(job: int, metrics, lines: int, out) -> tuple[str, str]:
     """Once `metrics` has `lines` lines, USR1 to the batch shell (what SLURM does before a time limit with
     --signal=B:USR1@...); waits for the requeue, starts the requeued job as soon as every node is idle,
     and returns its final state and the job's output."""
-    deadline = time.time() + 300
-    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= lines):
-        assert time.time() < deadline and job_field(job, "JobState") in ("PENDING", "RUNNING"), \
-            out.read_text() if out.exists() else "no output"
-        time.sleep(0.2)
+    wait_running_until(job, out, lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= lines)
     subprocess.run(["scancel", "--signal=USR1", "--batch", str(job)], check=True)
     wait_requeued(job, out)
     return start_requeued(job, out)
+
+
+def wait_running_until(job: int, out, ready, timeout: float = 300) -> None:
+    """Waits until ready() while the job is pending or running (its output in the error otherwise)."""
+    deadline = time.time() + timeout
+    while not ready():
+        assert time.time() < deadline and job_field(job, "JobState") in ("PENDING", "RUNNING"), \
+            out.read_text() if out.exists() else "no output"
+        time.sleep(0.2)
 
 
 def wait_requeued(job: int, out, timeout: float = 120) -> None:
@@ -169,12 +174,8 @@ def test_a_job_that_cannot_be_requeued_fails_instead_of_completing(cluster, imag
     job = sbatch([f"--output={out}", "--no-requeue", "--cpus-per-task=2", "slurm/train.sbatch", "configs/demo.toml",
                   f"run.dir={run_dir}", f"signal.path={images[0]}", *TINY, "train.steps=100000"],
                  env={"PROCS_PER_NODE": "2"})
-    deadline = time.time() + 120
     metrics = run_dir / "metrics.jsonl"
-    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
-        assert time.time() < deadline and job_field(job, "JobState") in ("PENDING", "RUNNING"), \
-            out.read_text() if out.exists() else "no output"
-        time.sleep(0.2)
+    wait_running_until(job, out, lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 2, 120)
     subprocess.run(["scancel", "--signal=USR1", "--batch", str(job)], check=True)
     state = wait_state(job, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=120)
     log = out.read_text()
