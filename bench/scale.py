@@ -175,8 +175,9 @@ def _long_signals(work: Path, kinds: list[str], sizes=(8192, 16384, 32768), tile
 
 def tiled_image(src: Path, dest: Path, reps: int) -> None:
     """A (reps * n)^2 image made of the n^2 Zarr image `src` repeated reps x reps times, chunk by chunk:
-    the generator wrote 1.85 chunks a second here (about 37 minutes for 32768^2); tiling 8192^2 into 16384^2 took 5 s. The repeats do not
-    matter to what the benchmark measures (memory, the time of a step and of selection)."""
+    the generator wrote 1.85 chunks a second here (about 37 minutes for 32768^2); tiling 8192^2 into
+    16384^2 took 5 s. The repeats do not matter to what the benchmark measures (memory, the time of a step
+    and of selection)."""
     import hashlib
     import json
 
