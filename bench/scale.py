@@ -32,6 +32,7 @@ predicts epoch times of configs/gigapixel.toml on 1-64 ranks as compute / ranks 
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import os
 import shutil
@@ -257,15 +258,19 @@ def _read(log) -> str:
 def long_table(args) -> str:
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-long-"))
     work.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, phases = [], {}
     sizes = [int(v) for v in args.image_sizes.split(",")]
-    for label, (src, config, extra) in _long_signals(work, args.kinds.split(","), sizes, args.tile_from).items():
+    ratios = [float(v) for v in args.ratios.split(",")] if args.ratios else [None]
+    signals = _long_signals(work, args.kinds.split(","), sizes, args.tile_from)
+    for (label, (src, config, extra)), ratio in itertools.product(signals.items(), ratios):
         run = work / ("run-" + label.split()[0] + label.split()[1].replace("^2", "").replace(",", ""))
         shutil.rmtree(run, ignore_errors=True)
-        print(f"{label} ...", flush=True)
+        # --ratios: the teacher's ratio held at each value (a phase of the ratio schedule) for the run
+        held = [] if ratio is None else ["teacher.ratio_schedule=constant", f"teacher.ratio={ratio}"]
+        print(f"{label}{'' if ratio is None else f', ratio {ratio}'} ...", flush=True)
         t0 = time.time()
         run_args = [f"--config={config}", f"signal.path={src}", f"run.dir={run}", *LONG_COMMON,
-                    f"train.steps={args.steps}", f"train.log_every={args.log_every or args.steps}", *extra]
+                    f"train.steps={args.steps}", f"train.log_every={args.log_every or args.steps}", *extra, *held]
         if args.train_only:
             r = train_only(run_args, 2, args.steps)
             t = {"setup": r["startup_s"]}
@@ -280,18 +285,22 @@ def long_table(args) -> str:
         share = sum(m["select_fraction"] * d for m, d in zip(r["metrics"], spans)) / max(sum(spans), 1e-9)
         points = _points(src) if r["shape"] is None else math.prod(r["shape"][:-1])
         skipped = "-" if args.train_only else None
-        rows.append([label, "-" if points is None else f"{points / 1e6:,.1f}", ", ".join(f"{v:.0f}" for v in r["peak_rss_mb"]),
-                     f"{t.get('setup', 0):.0f}", f"{r['train_time_s'] / r['steps'] * 1e3:.0f}",
+        step_s = r["train_time_s"] / r["steps"]
+        phases.setdefault(label, []).append((ratio, share * step_s, step_s))
+        rows.append([label, *([] if ratio is None else [f"{ratio:g}"]),
+                     "-" if points is None else f"{points / 1e6:,.1f}", ", ".join(f"{v:.0f}" for v in r["peak_rss_mb"]),
+                     f"{t.get('setup', 0):.0f}", f"{step_s * 1e3:.0f}",
                      f"{share:.2f}", skipped or f"{t.get('render', 0):.0f}", skipped or f"{t.get('metrics', 0):.0f}",
                      skipped or f"{t.get('export', 0):.0f}", ", ".join(map(str, sent)) or "0",
                      skipped or f"{r['psnr_db']:.2f}", f"{wall:.0f}"])
         print(rows[-1], flush=True)
         shutil.rmtree(run, ignore_errors=True)
-    table = markdown_table(["signal", "M points", "peak RSS per rank (MiB)", "ingest + shard (s)",
+    table = markdown_table(["signal", *([] if ratios == [None] else ["ratio"]), "M points",
+                            "peak RSS per rank (MiB)", "ingest + shard (s)",
                             "train step (ms)", "selection share", "render (s)", "metrics (s)", "export (s)",
                             "bytes sent per selection per rank", "PSNR after the steps (dB)", "wall (s)"], rows)
     flags = (f" --log-every {args.log_every}" * bool(args.log_every) + f" --tile-from {args.tile_from}" *
-             bool(args.tile_from) + " --train-only" * args.train_only)
+             bool(args.tile_from) + " --train-only" * args.train_only + f" --ratios {args.ratios}" * bool(args.ratios))
     header = (f"machine: {machine()}\ncommand: python bench/scale.py --kinds {args.kinds} --image-sizes "
               f"{args.image_sizes} --steps {args.steps}{flags}\n"
               f"2 ranks, each with train.memory_mb = {LONG_BUDGET_MB}; every run: "
@@ -300,7 +309,21 @@ def long_table(args) -> str:
               + ("; --train-only: each run stopped (SIGTERM) once its last step was logged, so render, metrics "
                  "and export were not run and the start-up column is the time to the first step" if args.train_only
                  else "") + ".")
-    return header + "\n\n" + table + "\n"
+    return header + "\n\n" + table + "\n" + ("" if ratios == [None] else schedule_share(phases))
+
+
+def schedule_share(phases: dict) -> str:
+    """The selection share of a whole run whose ratio follows the measured values for equal numbers of
+    steps (the `step` schedule: ten phases of equal length, one ratio each): the selection time over the
+    training time summed over the phases, from each phase's measured time per step and share."""
+    lines = ["", "Selection share of a whole run that spends equal steps at each measured ratio (the `step` "
+             "schedule's ten phases when the ratios are 0.2, 0.28 ... 0.92): sum over phases of (share x step "
+             "time) / sum of step times, each phase as measured above.", ""]
+    for label, parts in phases.items():
+        select, total = sum(p[1] for p in parts), sum(p[2] for p in parts)
+        lines.append(f"- {label}: {select / total:.2f} over {len(parts)} ratios "
+                     f"({', '.join(f'{p[0]:g}' for p in parts)})")
+    return "\n".join(lines) + "\n"
 
 
 # ----------------------------------------------------------------------------------------------- model
@@ -447,6 +470,9 @@ def main() -> None:
                    help="--kinds image: make larger images by tiling the synth image of this side (fast)")
     p.add_argument("--train-only", action="store_true",
                    help="--kinds: stop each run after its last step (no render, metrics, export)")
+    p.add_argument("--ratios", default=None,
+                   help="--kinds: one run per teacher ratio, held constant (e.g. the step schedule's phases "
+                        "0.2,0.28,...,0.92), and the whole-run selection share over them")
     p.add_argument("--log-every", type=int, default=0, help="--kinds: train.log_every (0: one line at the end)")
     p.add_argument("--model", action="store_true", help="the scaling model instead of the size sweep")
     p.add_argument("--model-size", type=int, default=16384)
