@@ -124,6 +124,11 @@ def bench_kinds(args) -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-fields-"))
     work.mkdir(parents=True, exist_ok=True)
     results: dict = {}
+    out = Path(args.out)
+    # What the files held before this run (--append keeps it); the tables are rewritten after every run, so
+    # a benchmark cut off part way keeps the runs that finished.
+    before = {suffix: out.with_suffix(suffix).read_text() if args.append and out.with_suffix(suffix).exists()
+              else None for suffix in (".md", ".json")}
     try:
         for kind in args.kinds.split(","):
             spec = KINDS[kind]
@@ -145,13 +150,15 @@ def bench_kinds(args) -> None:
                                           "bits_per_sample", "num_params", "select_fraction", "peak_rss_mb")}
                 results[kind]["runs"][label]["curve"] = curve(r)
                 print(f"  {r['psnr_db']:.2f} dB in {r['train_time_s']:.0f} s", flush=True)
+                write(results, args, before)
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
-    write(results, args)
 
 
-def write(results: dict, args) -> None:
+def write(results: dict, args, before: dict) -> None:
+    """The table and plot of `results` (every run finished so far), after `before` (the files' earlier
+    text, with --append)."""
     out = Path(args.out)
     rows = []
     for kind, res in results.items():
@@ -180,10 +187,10 @@ def write(results: dict, args) -> None:
             f"curve at that much training time.\n\n{table}\n")
     print(text)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.with_suffix(".md").exists() and args.append:
-        text = out.with_suffix(".md").read_text() + "\n" + text
+    if before[".md"] is not None:
+        text = before[".md"] + "\n" + text
     out.with_suffix(".md").write_text(text)
-    old = json.loads(out.with_suffix(".json").read_text()) if args.append and out.with_suffix(".json").exists() else {}
+    old = json.loads(before[".json"]) if before[".json"] is not None else {}
     out.with_suffix(".json").write_text(json.dumps({**old, **results}, indent=1))
     plot({**old, **results}, out.with_suffix(".png"))
 
