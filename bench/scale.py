@@ -14,6 +14,12 @@ images by tiling the 8192^2 synth image (seconds; the generator wrote 1.85 chunk
 
     python bench/scale.py --kinds image --image-sizes 8192,16384,32768 --tile-from 8192 --steps 40 --log-every 10 --train-only
 
+--ratios runs each signal once per teacher ratio, held constant (a phase of the `step` ratio schedule),
+and adds the selection share of a whole run over those phases:
+
+    python bench/scale.py --kinds image --image-sizes 32768 --tile-from 8192 --steps 40 --train-only \
+        --ratios 0.2,0.28,0.36,0.44,0.52,0.6,0.68,0.76,0.84,0.92
+
 Sizes (CPU, 1-2 ranks): every rank's peak host RSS and the bytes each rank sends per selection, for
 procedural images of several sizes, mini-batch INT, a few steps, ingest (from a tiled BigTIFF with
 --source tiff), render, pyramid, export and SSIM included. `--budget-mb` fixes train.memory_mb (shards

@@ -136,8 +136,9 @@ class StreamedShard(Shard):
             raise ConfigError(
                 f"this rank's shard ({_size(total)}) does not fit the signal's share of train.memory_mb "
                 f"({_size(self.cache_bytes)}), and the whole signal is one window (teacher.window_points is 0 or "
-                f"at least the signal's {self.store.num_points} points): set teacher.window_points lower (windows of that many points are read one at a time; e.g. "
-                f"{self._suggest(plan)}), or raise train.memory_mb, or use more ranks")
+                f"at least the signal's {self.store.num_points} points): set teacher.window_points lower "
+                f"(windows of that many points are read one at a time; e.g. {self._suggest(plan)}), or raise "
+                f"train.memory_mb, or use more ranks")
         most = plan.most_window_points() * self._point_bytes
         if 2 * most > self.cache_bytes * TRAIN_SHARE:
             need = 2 * most / TRAIN_SHARE / 2**20
