@@ -9,8 +9,8 @@
             like (the same `incremental` interval on both sides; dist_int's default `soft` on its default
             `step-incremental` beside them), time and final PSNR.
   --part 3  throughput of a 6x512 SIREN on batches of 2^19 points at fp32, tf32, bf16 and bf16 + compile,
-            dist_int against the plain loop; then one epoch of configs/gigapixel.toml on an 8192^2 synth
-            image (skip with --no-gigapixel).
+            dist_int against the plain loop; then 64 steps of configs/gigapixel.toml (the hash field) on an
+            8192^2 synth image (skip with --no-gigapixel).
 Prints Markdown tables and writes them to bench/results/gpu_check-partN.md.
 
     python bench/gpu_check.py --part 1         # on a GPU machine, then --part 2, --part 3
@@ -74,7 +74,7 @@ def part1(args) -> str:
 
 
 def part2(args, work: Path, device: str) -> str:
-    size, hidden, layers, steps = (64, 32, 4, 60) if args.quick else (512, 256, 6, 5000)
+    size, hidden, layers, steps = (64, 32, 4, 60) if args.quick else (512, 256, 6, args.steps)
     import skimage.data
 
     cam = work / "camera.png"
@@ -106,7 +106,7 @@ def part2(args, work: Path, device: str) -> str:
 
 
 def part3(args, work: Path, device: str) -> str:
-    big, wide, batches, tsteps = (256, 64, 8, 40) if args.quick else (2048, 512, 8, 250)
+    big, wide, batches, tsteps = (256, 64, 8, 40) if args.quick else (2048, 512, 8, 100)
     img = (np.random.default_rng(0).random((big, big, 3)) * 255).astype(np.uint8)
     Image.fromarray(img).save(work / "big.png")
     batch = big * big // batches
@@ -129,19 +129,27 @@ def part3(args, work: Path, device: str) -> str:
         return text
     from dist_int.synth import synth_gigapixel
 
-    giga = 512 if args.quick else 8192
+    giga = 512 if args.quick else args.giga_size
     t0 = time.time()
-    store = synth_gigapixel(work / "giga.zarr", giga, chunk=min(512, giga // 4))
-    made = time.time() - t0
+    if args.giga_store:  # made beforehand (bench/gpu_session.sh synthesises it on the CPU during part 1)
+        import zarr
+
+        store = args.giga_store
+        giga = zarr.open_array(store, mode="r").shape[0]
+        made = float("nan")
+    else:
+        store = synth_gigapixel(work / "giga.zarr", giga, chunk=min(512, giga // 4))
+        made = time.time() - t0
     epoch = 64
     r = train(["--config", str(ROOT / "configs" / "gigapixel.toml"), f"signal.path={store}",
                f"run.dir={work / 'giga'}", f"train.steps={epoch}", f"train.log_every={epoch // 4}",
                "train.eval_every=0", "checkpoint.every=0", "render.format=zarr"])
-    return text + "\n\nconfigs/gigapixel.toml, one epoch:\n\n" + markdown_table(
-        ["image", "epoch (64 steps) train time (s)", "peak GPU memory per rank (MiB)", "peak host RSS per rank (MiB)",
-         "PSNR after 1 epoch (dB)", "synth time (s)"],
-        [[f"{giga}^2", f"{r['train_time_s']:.1f}", str(r.get("peak_gpu_mb")), str(r.get("peak_rss_mb")),
-          f"{r['psnr_db']:.2f}", f"{made:.0f}"]])
+    return text + "\n\nconfigs/gigapixel.toml, 64 steps of 2^18 points:\n\n" + markdown_table(
+        ["image", "64 steps train time (s)", "M points/s", "peak GPU memory per rank (MiB)",
+         "peak host RSS per rank (MiB)", "PSNR after 64 steps (dB)", "synth time (s)"],
+        [[f"{giga}^2", f"{r['train_time_s']:.1f}", f"{dist_int_points_per_s(r['metrics']) / 1e6:.2f}",
+          str(r.get("peak_gpu_mb")), str(r.get("peak_rss_mb")), f"{r['psnr_db']:.2f}",
+          "made before" if made != made else f"{made:.0f}"]])
 
 
 def main() -> None:
@@ -149,7 +157,10 @@ def main() -> None:
     p.add_argument("--part", type=int, choices=(1, 2, 3), required=True)
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks the script on a CPU")
     p.add_argument("--precision", default="tf32", help="precision of part 2 (both dist_int and plain)")
+    p.add_argument("--steps", type=int, default=5000, help="part 2's steps (the paper's 5,000)")
     p.add_argument("--no-gigapixel", action="store_true", help="part 3 without the gigapixel epoch")
+    p.add_argument("--giga-size", type=int, default=8192, help="part 3's synth image side")
+    p.add_argument("--giga-store", default=None, help="part 3: an existing synth Zarr store (else made here)")
     p.add_argument("--out", default=None, help="default: bench/results/gpu_check-partN.md (--quick: bench/out/)")
     args = p.parse_args()
     args.out = args.out or str(ROOT / "bench" / ("out" if args.quick else "results") / f"gpu_check-part{args.part}.md")

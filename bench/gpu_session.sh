@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Every part of bench/gpu_check.py in one call on a lent GPU machine, each under a time limit, so a part
+# that runs long cannot take the others' time (GPU time comes in minutes):
+#   bash bench/gpu_session.sh OUT_DIR [PART2_STEPS] [TOTAL_SECONDS]
+# Installs wheels from .whl/ first when that folder exists (the GPU image has neither DeepSpeed nor zarr),
+# synthesises part 3's 8192^2 image on the CPU while part 1 runs, then runs part 3 and gives part 2 what is
+# left of TOTAL_SECONDS (default 560; part 1 gets at most 150 s, part 3 240 s). Each part's table and log land in OUT_DIR.
+# GPU_QUICK=1 runs the CPU-sized versions (--quick, a 512^2 synth image): a check of this script anywhere.
+set -u -o pipefail
+out=${1:?usage: bash bench/gpu_session.sh OUT_DIR [PART2_STEPS] [TOTAL_SECONDS]}
+steps=${2:-5000}
+deadline=$((SECONDS + ${3:-560}))
+quick=${GPU_QUICK:+--quick}
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1
+if [ -d .whl ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+        .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site:$PWD
+else
+    export PYTHONPATH=$PWD
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee "$out/gpu.txt"
+python3 -c "import torch, deepspeed, zarr; print(torch.__version__, deepspeed.__version__, zarr.__version__)" \
+    2>&1 | tee -a "$out/gpu.txt"
+giga=/tmp/gpu-session-giga.zarr
+rm -rf "$giga"
+size=8192
+[ -n "$quick" ] && size=512
+(python3 -m dist_int synth gigapixel "$giga" --size "$size" >"$out/synth.log" 2>&1) &
+synth=$!
+timeout 150 python3 bench/gpu_check.py --part 1 $quick --out "$out/part1.md" 2>&1 | tee "$out/log1.txt"
+wait "$synth" || echo "synth failed: $(tail -3 "$out/synth.log")"
+timeout 240 python3 bench/gpu_check.py --part 3 $quick --giga-store "$giga" --out "$out/part3.md" 2>&1 \
+    | tee "$out/log3.txt"
+left=$((deadline - SECONDS))
+echo "part 2: $left s left"
+[ "$left" -gt 30 ] && timeout "$left" python3 bench/gpu_check.py --part 2 $quick --steps "$steps" \
+    --out "$out/part2.md" 2>&1 | tee "$out/log2.txt"
+rm -rf "$giga"
+echo "done in $SECONDS s"
