@@ -138,8 +138,9 @@ def bench_kinds(args) -> None:
             budget = spec["budget"] * args.budget_scale
             nproc = spec["nproc"] if spec["nproc"] > 1 else 0
             common = [f"signal.path={signal}", *spec["common"], f"seed={args.seed}"]
-            runs = {"siren": spec["siren"]}
-            for teacher in spec.get("teachers", TEACHERS):
+            runs = {} if args.no_siren else {"siren": spec["siren"]}
+            teachers = args.teachers.split(",") if args.teachers else spec.get("teachers", TEACHERS)
+            for teacher in teachers:
                 runs[f"hash {teacher}"] = [*spec.get("hash", HASH), f"teacher.strategy={teacher}"]
             results[kind] = {"budget_s": budget, "nproc": max(nproc, 1), "runs": {}}
             for label, extra in runs.items():
@@ -163,15 +164,15 @@ def write(results: dict, args, before: dict) -> None:
     rows = []
     for kind, res in results.items():
         budget = res["budget_s"]
-        siren = res["runs"]["siren"]
+        siren = res["runs"].get("siren")  # absent with --no-siren: no time-to-SIREN column
         times = [budget / 8, budget / 4, budget / 2, budget]
         for label, r in res["runs"].items():
-            reach = time_to(r["curve"], siren["psnr_db"])
+            reach = time_to(r["curve"], siren["psnr_db"]) if siren else None
             marks = [at(r["curve"], t) for t in times]
             rows.append([kind, res["nproc"], label, *("-" if m is None else f"{m:.2f}" for m in marks),
                          f"{r['psnr_db']:.2f}" + (f" (IoU {r['iou']:.4f})" if r.get("iou") is not None else ""),
                          f"{r['train_time_s']:.0f}", r["steps"],
-                         "-" if label == "siren" else ("not reached" if reach is None else f"{reach:.0f}"),
+                         "-" if label == "siren" or not siren else ("not reached" if reach is None else f"{reach:.0f}"),
                          f"{r['field_bytes'] / 2**20:.2f}", f"{r['bits_per_sample']:.1f}",
                          "-" if r.get("peak_rss_mb") is None else "/".join(f"{v:.0f}" for v in r["peak_rss_mb"])])
     table = markdown_table(["kind", "ranks", "field / teacher", "PSNR at 1/8 budget", "at 1/4", "at 1/2",
@@ -180,7 +181,8 @@ def write(results: dict, args, before: dict) -> None:
                             "peak RSS per rank (MiB)"], rows)
     budgets = ", ".join(f"{k} {v['budget_s']:.0f} s" for k, v in results.items())
     text = (f"machine: {machine()}\ncommand: python bench/fields.py --kinds {args.kinds}"
-            f"{f' --budget-scale {args.budget_scale}' if args.budget_scale != 1 else ''}\n"
+            f"{f' --budget-scale {args.budget_scale}' if args.budget_scale != 1 else ''}"
+            f"{f' --teachers {args.teachers}' if args.teachers else ''}{' --no-siren' if args.no_siren else ''}\n"
             f"budgets (training time per run): {budgets}. Single-process runs: one thread, pinned to one core. "
             f"SIREN: the kind's shipped config with the default teacher (soft); hash: configs/hash.toml with "
             f"each teacher. PSNR is final (not best), on the source range; 'at' columns read the evaluation "
@@ -314,6 +316,9 @@ def main() -> None:
     p.add_argument("--kinds", default="image512,image2048,audio,volume,video,shape")
     p.add_argument("--budget-scale", type=float, default=1.0, help="multiply every kind's training budget")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--teachers", default=None, help="the hash field's teachers to run, e.g. uniform,soft "
+                   "(default: all of the kind's)")
+    p.add_argument("--no-siren", action="store_true", help="skip the SIREN run (and the time-to-SIREN column)")
     p.add_argument("--work", default=None, help="keep signals and runs in this folder")
     p.add_argument("--append", action="store_true", help="add to the existing results instead of replacing them")
     p.add_argument("--allreduce", action="store_true", help="the gradient all-reduce against the step instead")
