@@ -3,7 +3,9 @@
 # that runs long cannot take the others' time (GPU time comes in minutes):
 #   bash bench/gpu_session.sh OUT_DIR [PART2_STEPS] [TOTAL_SECONDS]
 # Installs wheels from .whl/ first when that folder exists (the GPU image has neither DeepSpeed nor zarr),
-# synthesises part 3's 8192^2 image on the CPU while part 1 runs, then runs part 3 and gives part 2 what is
+# synthesises part 3's gigapixel-config image on the CPU while part 1 runs (4096^2: the H200 machine's CPU
+# took 28 s for it and 138 s for 8192^2, which left part 3 no time for its run; GIGA_SIZE=8192 to
+# choose), then runs part 3 and gives part 2 what is
 # left of TOTAL_SECONDS (default 560; part 1 gets at most 150 s, part 3 240 s). Each part's table and log land in OUT_DIR.
 # GPU_QUICK=1 runs the CPU-sized versions (--quick, a 512^2 synth image): a check of this script anywhere.
 set -u -o pipefail
@@ -27,7 +29,7 @@ python3 -c "import torch, deepspeed, zarr; print(torch.__version__, deepspeed.__
     2>&1 | tee -a "$out/gpu.txt"
 giga=/tmp/gpu-session-giga.zarr
 rm -rf "$giga"
-size=8192
+size=${GIGA_SIZE:-4096}
 [ -n "$quick" ] && size=512
 (python3 -m dist_int synth gigapixel "$giga" --size "$size" >"$out/synth.log" 2>&1) &
 synth=$!
