@@ -69,6 +69,7 @@ KINDS = {
 }
 HASH = ["--config=configs/hash.toml"]
 TEACHERS = ["full", "uniform", "int", "mix", "soft"]
+DEFAULT_OUT = str(ROOT / "bench" / "results" / "fields")
 TOLERANCE = 0.15  # a run whose training time is further than this from the budget is rerun
 
 
@@ -139,7 +140,10 @@ def bench_kinds(args) -> None:
             nproc = spec["nproc"] if spec["nproc"] > 1 else 0
             common = [f"signal.path={signal}", *spec["common"], f"seed={args.seed}"]
             runs = {} if args.no_siren else {"siren": spec["siren"]}
-            teachers = args.teachers.split(",") if args.teachers else spec.get("teachers", TEACHERS)
+            teachers = [t.strip() for t in args.teachers.split(",")] if args.teachers else spec.get("teachers", TEACHERS)
+            unknown = sorted(set(teachers) - set(TEACHERS))
+            if unknown:
+                raise SystemExit(f"error: --teachers: unknown {', '.join(unknown)} (choose from {', '.join(TEACHERS)})")
             for teacher in teachers:
                 runs[f"hash {teacher}"] = [*spec.get("hash", HASH), f"teacher.strategy={teacher}"]
             results[kind] = {"budget_s": budget, "nproc": max(nproc, 1), "runs": {}}
@@ -182,7 +186,9 @@ def write(results: dict, args, before: dict) -> None:
     budgets = ", ".join(f"{k} {v['budget_s']:.0f} s" for k, v in results.items())
     text = (f"machine: {machine()}\ncommand: python bench/fields.py --kinds {args.kinds}"
             f"{f' --budget-scale {args.budget_scale}' if args.budget_scale != 1 else ''}"
-            f"{f' --teachers {args.teachers}' if args.teachers else ''}{' --no-siren' if args.no_siren else ''}\n"
+            f"{f' --teachers {args.teachers}' if args.teachers else ''}{' --no-siren' if args.no_siren else ''}"
+            f"{' --append' if args.append else ''}"
+            f"{'' if args.out == DEFAULT_OUT else f' --out {args.out}'}\n"
             f"budgets (training time per run): {budgets}. Single-process runs: one thread, pinned to one core. "
             f"SIREN: the kind's shipped config with the default teacher (soft); hash: configs/hash.toml with "
             f"each teacher. PSNR is final (not best), on the source range; 'at' columns read the evaluation "
@@ -192,9 +198,11 @@ def write(results: dict, args, before: dict) -> None:
     if before[".md"] is not None:
         text = before[".md"] + "\n" + text
     out.with_suffix(".md").write_text(text)
-    old = json.loads(before[".json"]) if before[".json"] is not None else {}
-    out.with_suffix(".json").write_text(json.dumps({**old, **results}, indent=1))
-    plot({**old, **results}, out.with_suffix(".png"))
+    merged = json.loads(before[".json"]) if before[".json"] is not None else {}
+    for kind, res in results.items():  # --append adds runs to a kind already there, keeping its others
+        merged[kind] = {**res, "runs": {**merged.get(kind, {}).get("runs", {}), **res["runs"]}}
+    out.with_suffix(".json").write_text(json.dumps(merged, indent=1))
+    plot(merged, out.with_suffix(".png"))
 
 
 def plot(results: dict, path: Path) -> None:
@@ -322,7 +330,7 @@ def main() -> None:
     p.add_argument("--work", default=None, help="keep signals and runs in this folder")
     p.add_argument("--append", action="store_true", help="add to the existing results instead of replacing them")
     p.add_argument("--allreduce", action="store_true", help="the gradient all-reduce against the step instead")
-    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "fields"))
+    p.add_argument("--out", default=DEFAULT_OUT)
     args = p.parse_args()
     os.environ["OMP_NUM_THREADS"] = "1"  # one thread per process, as the README's numbers
     if args.allreduce:
