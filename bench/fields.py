@@ -140,11 +140,7 @@ def bench_kinds(args) -> None:
             nproc = spec["nproc"] if spec["nproc"] > 1 else 0
             common = [f"signal.path={signal}", *spec["common"], f"seed={args.seed}"]
             runs = {} if args.no_siren else {"siren": spec["siren"]}
-            teachers = [t.strip() for t in args.teachers.split(",")] if args.teachers else spec.get("teachers", TEACHERS)
-            unknown = sorted(set(teachers) - set(TEACHERS))
-            if unknown:
-                raise SystemExit(f"error: --teachers: unknown {', '.join(unknown)} (choose from {', '.join(TEACHERS)})")
-            for teacher in teachers:
+            for teacher in args.teachers or spec.get("teachers", TEACHERS):
                 runs[f"hash {teacher}"] = [*spec.get("hash", HASH), f"teacher.strategy={teacher}"]
             results[kind] = {"budget_s": budget, "nproc": max(nproc, 1), "runs": {}}
             for label, extra in runs.items():
@@ -176,7 +172,7 @@ def write(results: dict, args, before: dict) -> None:
             rows.append([kind, res["nproc"], label, *("-" if m is None else f"{m:.2f}" for m in marks),
                          f"{r['psnr_db']:.2f}" + (f" (IoU {r['iou']:.4f})" if r.get("iou") is not None else ""),
                          f"{r['train_time_s']:.0f}", r["steps"],
-                         "-" if label == "siren" or not siren else ("not reached" if reach is None else f"{reach:.0f}"),
+                         "-" if label == "siren" or siren is None else ("not reached" if reach is None else f"{reach:.0f}"),
                          f"{r['field_bytes'] / 2**20:.2f}", f"{r['bits_per_sample']:.1f}",
                          "-" if r.get("peak_rss_mb") is None else "/".join(f"{v:.0f}" for v in r["peak_rss_mb"])])
     table = markdown_table(["kind", "ranks", "field / teacher", "PSNR at 1/8 budget", "at 1/4", "at 1/2",
@@ -186,7 +182,7 @@ def write(results: dict, args, before: dict) -> None:
     budgets = ", ".join(f"{k} {v['budget_s']:.0f} s" for k, v in results.items())
     text = (f"machine: {machine()}\ncommand: python bench/fields.py --kinds {args.kinds}"
             f"{f' --budget-scale {args.budget_scale}' if args.budget_scale != 1 else ''}"
-            f"{f' --teachers {args.teachers}' if args.teachers else ''}{' --no-siren' if args.no_siren else ''}"
+            f"{' --teachers ' + ','.join(args.teachers) if args.teachers else ''}{' --no-siren' if args.no_siren else ''}"
             f"{' --append' if args.append else ''}"
             f"{'' if args.out == DEFAULT_OUT else f' --out {args.out}'}\n"
             f"budgets (training time per run): {budgets}. Single-process runs: one thread, pinned to one core. "
@@ -332,6 +328,11 @@ def main() -> None:
     p.add_argument("--allreduce", action="store_true", help="the gradient all-reduce against the step instead")
     p.add_argument("--out", default=DEFAULT_OUT)
     args = p.parse_args()
+    if args.teachers:  # checked before any signal is made or run started
+        args.teachers = [t.strip() for t in args.teachers.split(",")]
+        unknown = sorted(set(args.teachers) - set(TEACHERS))
+        if unknown:
+            p.error(f"--teachers: unknown {', '.join(unknown)} (choose from {', '.join(TEACHERS)})")
     os.environ["OMP_NUM_THREADS"] = "1"  # one thread per process, as the README's numbers
     if args.allreduce:
         bench_allreduce(args)

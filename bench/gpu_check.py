@@ -129,15 +129,15 @@ def part3(args, work: Path, device: str) -> str:
         return text
     from dist_int.synth import synth_gigapixel
 
-    giga = 512 if args.quick else args.giga_size
-    t0 = time.time()
-    if args.giga_store:  # made beforehand (bench/gpu_session.sh synthesises it on the CPU during part 1)
+    made = None  # seconds to synthesise the image here; None: made beforehand
+    if args.giga_store:  # bench/gpu_session.sh synthesises it on the CPU during part 1
         import zarr
 
         store = args.giga_store
         giga = zarr.open_array(store, mode="r").shape[0]
-        made = float("nan")
     else:
+        giga = 512 if args.quick else args.giga_size
+        t0 = time.time()
         store = synth_gigapixel(work / "giga.zarr", giga, chunk=min(512, giga // 4))
         made = time.time() - t0
     epoch = 64
@@ -149,7 +149,7 @@ def part3(args, work: Path, device: str) -> str:
          "peak host RSS per rank (MiB)", "PSNR after 64 steps (dB)", "synth time (s)"],
         [[f"{giga}^2", f"{r['train_time_s']:.1f}", f"{dist_int_points_per_s(r['metrics']) / 1e6:.2f}",
           str(r.get("peak_gpu_mb")), str(r.get("peak_rss_mb")), f"{r['psnr_db']:.2f}",
-          "made before" if made != made else f"{made:.0f}"]])
+          "made before" if made is None else f"{made:.0f}"]])
 
 
 def main() -> None:
@@ -171,8 +171,7 @@ def main() -> None:
         body = part1(args) if args.part == 1 else (part2 if args.part == 2 else part3)(args, work, device)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    text = (f"machine: {machine()}\ncommand: python bench/gpu_check.py --part {args.part}"
-            f"{' --quick' if args.quick else ''}\nwall time {time.time() - started:.0f} s\n\n{body}\n")
+    text = (f"machine: {machine()}\ncommand: python bench/gpu_check.py {' '.join(sys.argv[1:])}\nwall time {time.time() - started:.0f} s\n\n{body}\n")
     print(text)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
