@@ -8,6 +8,9 @@
 # choose), then runs part 3 and gives part 2 what is
 # left of TOTAL_SECONDS (default 560; part 1 gets at most 150 s, part 3 240 s). Each part's table and log land in OUT_DIR.
 # GPU_QUICK=1 runs the CPU-sized versions (--quick, a 512^2 synth image): a check of this script anywhere.
+# GPU_PARTS chooses the parts, run in this order (default "1 3 2"): 1, 3, 2 (what is left), "profile"
+# (bench/profile_step.py at the paper's setting, 6x256 on 512^2 with 2^18-point steps: host against device
+# time per step kind; 120 s kept for it). A session that ran part 3 before can spend its minutes elsewhere.
 set -u -o pipefail
 out=${1:?usage: bash bench/gpu_session.sh OUT_DIR [PART2_STEPS] [TOTAL_SECONDS]}
 steps=${2:-5000}
@@ -27,31 +30,48 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee "$out/gpu.txt"
 python3 -c "import torch, deepspeed, zarr; print(torch.__version__, deepspeed.__version__, zarr.__version__)" \
     2>&1 | tee -a "$out/gpu.txt"
+parts=" ${GPU_PARTS:-1 3 2} "
 giga=/tmp/gpu-session-giga.zarr
 rm -rf "$giga"
 size=${GIGA_SIZE:-4096}
 [ -n "$quick" ] && size=512
-(timeout 200 python3 -m dist_int synth gigapixel "$giga" --size "$size" >"$out/synth.log" 2>&1) &
-synth=$!
-failed=""
-timeout 150 python3 bench/gpu_check.py --part 1 $quick --out "$out/part1.md" 2>&1 | tee "$out/log1.txt" \
-    || failed+=" part1"
-giga_args=(--giga-store "$giga")
-if ! wait "$synth"; then  # part 3 still measures throughput, without the gigapixel run
-    echo "synth failed: $(tail -3 "$out/synth.log")"
-    giga_args=(--no-gigapixel)
-    failed+=" synth"
+if [[ $parts == *" 3 "* ]]; then
+    (timeout 200 python3 -m dist_int synth gigapixel "$giga" --size "$size" >"$out/synth.log" 2>&1) &
+    synth=$!
 fi
-timeout 240 python3 bench/gpu_check.py --part 3 $quick "${giga_args[@]}" --out "$out/part3.md" 2>&1 \
-    | tee "$out/log3.txt" || failed+=" part3"
-left=$((deadline - SECONDS))
-if [ "$left" -gt 30 ]; then
+failed=""
+if [[ $parts == *" 1 "* ]]; then
+    timeout 150 python3 bench/gpu_check.py --part 1 $quick --out "$out/part1.md" 2>&1 | tee "$out/log1.txt" \
+        || failed+=" part1"
+fi
+if [[ $parts == *" 3 "* ]]; then
+    giga_args=(--giga-store "$giga")
+    if ! wait "$synth"; then  # part 3 still measures throughput, without the gigapixel run
+        echo "synth failed: $(tail -3 "$out/synth.log")"
+        giga_args=(--no-gigapixel)
+        failed+=" synth"
+    fi
+    timeout 240 python3 bench/gpu_check.py --part 3 $quick "${giga_args[@]}" --out "$out/part3.md" 2>&1 \
+        | tee "$out/log3.txt" || failed+=" part3"
+fi
+reserve=0
+[[ $parts == *" profile "* ]] && reserve=120
+left=$((deadline - SECONDS - reserve))
+if [[ $parts != *" 2 "* ]]; then
+    :
+elif [ "$left" -gt 30 ]; then
     echo "part 2: $left s left"
     timeout "$left" python3 bench/gpu_check.py --part 2 $quick --steps "$steps" --out "$out/part2.md" 2>&1 \
         | tee "$out/log2.txt" || failed+=" part2"
 else
     echo "part 2 skipped: $left s left"
     failed+=" part2"
+fi
+if [[ $parts == *" profile "* ]]; then
+    if [ -n "$quick" ]; then prof=(--hidden 16 --layers 2 --points 1024 --steps 5 --size 128)
+    else prof=(--hidden 256 --layers 6 --points 262144 --steps 30 --size 512); fi
+    timeout 120 python3 bench/profile_step.py "${prof[@]}" --out "$out/profile_step.md" 2>&1 \
+        | tee "$out/log_profile.txt" || failed+=" profile"
 fi
 rm -rf "$giga"
 echo "done in $SECONDS s${failed:+; failed or cut off:$failed}"

@@ -141,8 +141,10 @@ class TeacherConfig:
     window). A window is the unit of streaming: a rank whose shard does not fit train.memory_mb holds one
     window (and the next, read ahead) at a time. 0: one window, every batch samples every chunk of the
     signal. The same for any number of ranks, streamed or not (docs/design.md, "Streaming shards")."""
-    score_chunk: int = 65536
-    """Points per forward pass while the teacher scores candidates (no gradients); bounds scoring memory."""
+    score_chunk: int = 262144
+    """Points per forward pass while the teacher scores candidates (no gradients); bounds scoring memory.
+    As large as train.eval_chunk, so the memory check's largest no-grad pass is unchanged; a GPU step that
+    scores in fewer pieces launches fewer kernels (docs/training.md, "Selecting steps on a GPU")."""
 
 
 @dataclass

@@ -4,7 +4,8 @@ The same code runs both ways, so a GPU finds no bug the CPU could have found (be
 runs the GPU side first).
 
 Cases: resident and streamed shards, `int` (selects, then reuses its set), `full` in mini-batches, gradient
-clipping, tf32 and bf16 (autocast inside the DeepSpeed engine), eager and compiled."""
+clipping, tf32 and bf16 (autocast inside the DeepSpeed engine), eager and compiled, the SIREN and the hash
+field (configs/gigapixel.toml's: `full` in mini-batches at bf16)."""
 
 import os
 
@@ -16,12 +17,14 @@ from dist_int.census import SyncCensus, optimizer_host_tensors
 CUDA = torch.cuda.is_available()
 needs_gpu = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 
-CASES = [  # strategy, mini-batches, grad_clip, precision, compile, streamed
-    ("int", 1, 0.0, "tf32", False, False),
-    ("full", 4, 0.0, "tf32", False, False),
-    ("int", 1, 0.1, "bf16", False, False),
-    ("int", 1, 0.0, "bf16", True, False),
-    ("full", 8, 0.0, "tf32", False, True),
+CASES = [  # strategy, mini-batches, grad_clip, precision, compile, streamed, field
+    ("int", 1, 0.0, "tf32", False, False, "siren"),
+    ("full", 4, 0.0, "tf32", False, False, "siren"),
+    ("int", 1, 0.1, "bf16", False, False, "siren"),
+    ("int", 1, 0.0, "bf16", True, False, "siren"),
+    ("full", 8, 0.0, "tf32", False, True, "siren"),
+    ("full", 4, 0.0, "bf16", False, False, "hash"),
+    ("int", 1, 0.0, "tf32", False, False, "hash"),
 ]
 
 
@@ -62,8 +65,8 @@ def store(tmp_path_factory):
     return SignalStore(folder / "s.zarr")
 
 
-def run_steps(device, store, strategy, num_batches, grad_clip, precision, compiled, streamed, on_gpu_check=None,
-              check_selecting=False):
+def run_steps(device, store, strategy, num_batches, grad_clip, precision, compiled, streamed, field="siren",
+              on_gpu_check=None, check_selecting=False):
     """Trains 40 steps; returns {"reusing": [syncs], "selecting": [syncs]} from the census of steps 30-39
     (after the warm-up, and past the incremental phase of every interval schedule's first quarter).
     on_gpu_check: a context manager factory wrapped around each counted step (the GPU's own checks)."""
@@ -72,7 +75,7 @@ def run_steps(device, store, strategy, num_batches, grad_clip, precision, compil
     from dist_int.engine.deepspeed_engine import build_engine
     from dist_int.engine.precision import Precision
     from dist_int.engine.step import TrainStep
-    from dist_int.model import Siren
+    from dist_int.model import HashField, Siren
     from dist_int.signal import Shard, assign_chunks
     from dist_int.signal.stream import StreamedShard
     from dist_int.teacher import BatchPlan, Teacher
@@ -84,7 +87,12 @@ def run_steps(device, store, strategy, num_batches, grad_clip, precision, compil
     prec = Precision(precision, device)
     prec.apply()
     torch.manual_seed(0)
-    engine, _ = build_engine(Siren(2, 3, 32, 3).to(device), cfg, prec)
+    if field == "hash":  # dense and hashed levels both (the 64^2 image has 63 cells per axis)
+        model = HashField(2, 3, 16, 3, levels=4, log2_table=8, base_resolution=4, finest_resolution=63,
+                          axis_lengths=store.spatial)
+    else:
+        model = Siren(2, 3, 32, 3)
+    engine, _ = build_engine(model.to(device), cfg, prec)
     own = assign_chunks(store.num_chunks, 1, 0)[0]
     windows = 2 if streamed else 1
     if streamed:  # room for two windows of 8 chunks: the shard streams a window at a time
@@ -164,6 +172,6 @@ def test_a_step_that_reuses_its_set_makes_no_host_wait(process_group, store, cas
 @needs_gpu
 def test_the_census_agrees_with_cuda_on_a_selecting_step(process_group, store):
     """On a GPU, a step that selects on one rank runs under sync debug mode too (the census says 0)."""
-    counts = run_steps(process_group, store, "int", 1, 0.0, "tf32", False, False,
+    counts = run_steps(process_group, store, "int", 1, 0.0, "tf32", False, False, "siren",
                        on_gpu_check=_sync_forbidden, check_selecting=True)
     assert counts["selecting"] and not any(counts["selecting"])
