@@ -162,15 +162,10 @@ class HashEncoding(nn.Module):
             idx, w = out, w * weights[d].view(shape)
         return idx.view(1 << dims, levels * n), w.view(1 << dims, levels * n)
 
-    def feature_major(self, coords: torch.Tensor) -> torch.Tensor:
-        """The interpolated features as they are computed, (F * L, N): row f * L + l holds feature f of
-        level l for every point (`forward` transposes them into (N, L * F))."""
+    def forward(self, coords: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             idx, w = self.corners(coords)
-        return _Interpolate.apply(self.table, idx, w).view(self.features * self.levels, -1)
-
-    def forward(self, coords: torch.Tensor) -> torch.Tensor:
-        out = self.feature_major(coords)
+        out = _Interpolate.apply(self.table, idx, w)                                   # (F, L * N)
         # (N, L * F): every level's features side by side.
         return out.view(self.features, self.levels, -1).permute(2, 1, 0).reshape(coords.shape[0], -1)
 
@@ -190,13 +185,6 @@ class HashField(nn.Module):
         dims = [self.encoding.out_features] + [hidden] * (layers - 1) + [out_features]
         self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.activation, self.w0 = activation, w0
-        # The first layer reads the encoding feature-major (HashEncoding.feature_major) through a transposed
-        # view: its weight's columns (ordered level by level, L * F) are taken in the features' order
-        # (F * L) instead, so no (N, L * F) copy of the features is made. The parameter keeps the (N, L * F)
-        # convention of `encoding.forward` (docs/fields.md, "The hash grid on a CPU").
-        f, l = features, levels
-        self.register_buffer("_fm_columns", torch.tensor([j * f + i for i in range(f) for j in range(l)]),
-                             persistent=False)
         if activation == "sine":
             # SIREN's hidden-layer init (sec. 3.2): pre-activations ~ N(0, 1) through depth.
             with torch.no_grad():
@@ -206,12 +194,11 @@ class HashField(nn.Module):
 
     def forward(self, coords: torch.Tensor) -> torch.Tensor:
         with torch.autocast(coords.device.type, enabled=False):
-            h = self.encoding.feature_major(coords)                                    # (F * L, N) fp32
-        first = self.linears[0]
-        h = torch.addmm(first.bias, h.t(), first.weight[:, self._fm_columns].t())     # (N, hidden)
-        for lin in self.linears[1:]:
-            h = torch.sin(self.w0 * h) if self.activation == "sine" else F.relu(h)
+            h = self.encoding(coords)                                                  # (N, L * F) fp32
+        for i, lin in enumerate(self.linears):
             h = lin(h)
+            if i < len(self.linears) - 1:
+                h = torch.sin(self.w0 * h) if self.activation == "sine" else F.relu(h)
         return h                                                                       # (N, C)
 
     @property
