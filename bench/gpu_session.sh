@@ -16,6 +16,10 @@ out=${1:?usage: bash bench/gpu_session.sh OUT_DIR [PART2_STEPS] [TOTAL_SECONDS]}
 steps=${2:-5000}
 deadline=$((SECONDS + ${3:-560}))
 quick=${GPU_QUICK:+--quick}
+parts=" ${GPU_PARTS:-1 3 2} "
+for word in $parts; do
+    case $word in 1|2|3|profile) ;; *) echo "GPU_PARTS: unknown part '$word' (1, 2, 3 or profile)"; exit 2;; esac
+done
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 cd "$(dirname "$0")/.."
@@ -30,7 +34,6 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee "$out/gpu.txt"
 python3 -c "import torch, deepspeed, zarr; print(torch.__version__, deepspeed.__version__, zarr.__version__)" \
     2>&1 | tee -a "$out/gpu.txt"
-parts=" ${GPU_PARTS:-1 3 2} "
 giga=/tmp/gpu-session-giga.zarr
 rm -rf "$giga"
 size=${GIGA_SIZE:-4096}
@@ -70,8 +73,14 @@ fi
 if [[ $parts == *" profile "* ]]; then
     if [ -n "$quick" ]; then prof=(--hidden 16 --layers 2 --points 1024 --steps 5 --size 128)
     else prof=(--hidden 256 --layers 6 --points 262144 --steps 30 --size 512); fi
-    timeout 120 python3 bench/profile_step.py "${prof[@]}" --out "$out/profile_step.md" 2>&1 \
-        | tee "$out/log_profile.txt" || failed+=" profile"
+    limit=$((deadline - SECONDS)); [ "$limit" -gt 120 ] && limit=120
+    if [ "$limit" -ge 30 ]; then
+        timeout "$limit" python3 bench/profile_step.py "${prof[@]}" --out "$out/profile_step.md" 2>&1 \
+            | tee "$out/log_profile.txt" || failed+=" profile"
+    else
+        echo "profile skipped: $limit s left"
+        failed+=" profile"
+    fi
 fi
 rm -rf "$giga"
 echo "done in $SECONDS s${failed:+; failed or cut off:$failed}"

@@ -151,3 +151,38 @@ def test_a_host_that_would_publish_a_loopback_address_is_refused_with_the_fix():
     check_host_address(two_hosts, lan, lambda: "node-a")                                 # a routable address
     check_host_address({**two_hosts, "GLOO_SOCKET_IFNAME": "eth0"}, loop, lambda: "node-a")  # interface named
     check_host_address({"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}, loop, lambda: "node-a")  # one host
+
+
+@pytest.mark.parametrize("strategy, snapshots, charged", [("uniform", 0, 2048), ("full", 0, 2048),
+                                                          ("soft", 0, 262144), ("uniform", 5, 262144)])
+def test_the_memory_check_charges_scoring_pieces_only_where_something_scores(strategy, snapshots, charged):
+    """teacher.score_chunk (262144 by default) sizes the no-grad pass only for the error-driven teachers and
+    for teaching-set snapshots; a run that lowered train.eval_chunk and never scores is charged for that."""
+    from dist_int.config import Config
+    from dist_int.engine.budget import plan_budget
+    from dist_int.model import field_spec
+
+    cfg = Config()
+    cfg.teacher.strategy, cfg.train.eval_chunk, cfg.train.snapshot_every = strategy, 2048, snapshots
+    cfg.train.memory_mb = 4096
+    spec = field_spec(cfg.model, 2, 3, (2048, 2048))
+    budget = plan_budget(cfg, torch.device("cpu"), spec, 1 << 22, 1024, 1, 0)  # batches of 1024 points
+    part = next(k for k in budget.parts if k.startswith("for the activations"))
+    assert f"({charged:,} points)" in part, part
+    assert budget.parts[part] == max(spec.activation_bytes(1024, True), spec.activation_bytes(charged, False))
+
+
+def test_a_whole_signal_plan_gives_the_same_rows_every_epoch():
+    """One batch of one window: rows(step) is kept between steps, and equals a fresh plan's rows at any
+    epoch (teacher/batches.py)."""
+    import numpy as np
+
+    from dist_int.teacher import BatchPlan
+
+    sizes, own = [5, 7, 3, 6], [0, 2, 3]
+    start = np.concatenate([[0], np.cumsum([sizes[c] for c in own])])
+    plan = BatchPlan(sizes, own, start, 1, 0)
+    first = plan.rows(0)
+    assert plan.rows(7) is first
+    assert torch.equal(BatchPlan(sizes, own, start, 1, 0).rows(7), first)
+    assert torch.equal(first, torch.arange(int(start[-1]), dtype=first.dtype))
