@@ -268,6 +268,8 @@ def long_table(args) -> str:
     sizes = [int(v) for v in args.image_sizes.split(",")]
     ratios = [float(v) for v in args.ratios.split(",")] if args.ratios else [None]
     signals = _long_signals(work, args.kinds.split(","), sizes, args.tile_from)
+    # --strategy: the teacher (soft by default, so that every step selects; `full` is the gigapixel config's)
+    common = [f"teacher.strategy={args.strategy}" if a.startswith("teacher.strategy=") else a for a in LONG_COMMON]
     for (label, (src, config, extra)), ratio in itertools.product(signals.items(), ratios):
         run = work / ("run-" + label.split()[0] + label.split()[1].replace("^2", "").replace(",", ""))
         shutil.rmtree(run, ignore_errors=True)
@@ -275,7 +277,7 @@ def long_table(args) -> str:
         held = [] if ratio is None else ["teacher.ratio_schedule=constant", f"teacher.ratio={ratio}"]
         print(f"{label}{'' if ratio is None else f', ratio {ratio}'} ...", flush=True)
         t0 = time.time()
-        run_args = [f"--config={config}", f"signal.path={src}", f"run.dir={run}", *LONG_COMMON,
+        run_args = [f"--config={config}", f"signal.path={src}", f"run.dir={run}", *common,
                     f"train.steps={args.steps}", f"train.log_every={args.log_every or args.steps}", *extra, *held]
         if args.train_only:
             r = train_only(run_args, 2, args.steps)
@@ -306,11 +308,12 @@ def long_table(args) -> str:
                             "train step (ms)", "selection share", "render (s)", "metrics (s)", "export (s)",
                             "bytes sent per selection per rank", "PSNR after the steps (dB)", "wall (s)"], rows)
     flags = (f" --log-every {args.log_every}" * bool(args.log_every) + f" --tile-from {args.tile_from}" *
-             bool(args.tile_from) + " --train-only" * args.train_only + f" --ratios {args.ratios}" * bool(args.ratios))
+             bool(args.tile_from) + " --train-only" * args.train_only + f" --ratios {args.ratios}" * bool(args.ratios)
+             + f" --strategy {args.strategy}" * (args.strategy != "soft"))
     header = (f"machine: {machine()}\ncommand: python bench/scale.py --kinds {args.kinds} --image-sizes "
               f"{args.image_sizes} --steps {args.steps}{flags}\n"
               f"2 ranks, each with train.memory_mb = {LONG_BUDGET_MB}; every run: "
-              f"{' '.join(LONG_COMMON)}; {args.steps} steps. RSS includes Python, torch and DeepSpeed (about "
+              f"{' '.join(common)}; {args.steps} steps. RSS includes Python, torch and DeepSpeed (about "
               f"400 MiB). Times are wall seconds of each part"
               + ("; --train-only: each run stopped (SIGTERM) once its last step was logged, so render, metrics "
                  "and export were not run and the start-up column is the time to the first step" if args.train_only
@@ -480,6 +483,8 @@ def main() -> None:
                    help="--kinds: one run per teacher ratio, held constant (e.g. the step schedule's phases "
                         "0.2,0.28,...,0.92), and the whole-run selection share over them")
     p.add_argument("--log-every", type=int, default=0, help="--kinds: train.log_every (0: one line at the end)")
+    p.add_argument("--strategy", default="soft", choices=("full", "uniform", "int", "mix", "soft"),
+                   help="--kinds: the teacher (soft: every step selects; full: the gigapixel config's own)")
     p.add_argument("--model", action="store_true", help="the scaling model instead of the size sweep")
     p.add_argument("--model-size", type=int, default=16384)
     p.add_argument("--model-batch", type=int, default=16384)
