@@ -57,18 +57,17 @@ if [[ $parts == *" 3 "* ]]; then
     timeout 240 python3 bench/gpu_check.py --part 3 $quick "${giga_args[@]}" --out "$out/part3.md" 2>&1 \
         | tee "$out/log3.txt" || failed+=" part3"
 fi
-reserve=0
-[[ $parts == *" profile "* ]] && reserve=120
-left=$((deadline - SECONDS - reserve))
-if [[ $parts != *" 2 "* ]]; then
-    :
-elif [ "$left" -gt 30 ]; then
-    echo "part 2: $left s left"
-    timeout "$left" python3 bench/gpu_check.py --part 2 $quick --steps "$steps" --out "$out/part2.md" 2>&1 \
-        | tee "$out/log2.txt" || failed+=" part2"
-else
-    echo "part 2 skipped: $left s left"
-    failed+=" part2"
+if [[ $parts == *" 2 "* ]]; then
+    left=$((deadline - SECONDS))
+    [[ $parts == *" profile "* ]] && left=$((left - 120))  # kept for the profile, which runs last
+    if [ "$left" -gt 30 ]; then
+        echo "part 2: $left s left"
+        timeout "$left" python3 bench/gpu_check.py --part 2 $quick --steps "$steps" --out "$out/part2.md" \
+            2>&1 | tee "$out/log2.txt" || failed+=" part2"
+    else
+        echo "part 2 skipped: $left s left"
+        failed+=" part2"
+    fi
 fi
 if [[ $parts == *" profile "* ]]; then
     if [ -n "$quick" ]; then prof=(--hidden 16 --layers 2 --points 1024 --steps 5 --size 128)

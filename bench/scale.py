@@ -463,6 +463,8 @@ def model_table(args) -> str:
 
 
 def main() -> None:
+    from dist_int.config import STRATEGIES
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="512,1024,2048,4096")
     p.add_argument("--nproc", default="1,2")
@@ -483,7 +485,7 @@ def main() -> None:
                    help="--kinds: one run per teacher ratio, held constant (e.g. the step schedule's phases "
                         "0.2,0.28,...,0.92), and the whole-run selection share over them")
     p.add_argument("--log-every", type=int, default=0, help="--kinds: train.log_every (0: one line at the end)")
-    p.add_argument("--strategy", default="soft", choices=("full", "uniform", "int", "mix", "soft"),
+    p.add_argument("--strategy", default="soft", choices=STRATEGIES,
                    help="--kinds: the teacher (soft: every step selects; full: the gigapixel config's own)")
     p.add_argument("--model", action="store_true", help="the scaling model instead of the size sweep")
     p.add_argument("--model-size", type=int, default=16384)

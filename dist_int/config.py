@@ -23,6 +23,7 @@ from .errors import ConfigError
 RATIO_SCHEDULES = ("constant", "step", "linear", "cosine", "reverse-cosine")
 INTERVAL_SCHEDULES = ("dense", "incremental", "step-incremental", "decremental")
 STRATEGIES = ("full", "uniform", "int", "mix", "soft")
+SCORING_STRATEGIES = ("int", "mix", "soft")  # the teachers that score every candidate by its error
 FIELD_KINDS = ("siren", "hash")
 ACTIVATIONS = ("relu", "sine")
 SIGNAL_KINDS = ("image", "audio", "volume", "video", "shape")

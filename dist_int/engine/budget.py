@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..config import SCORING_STRATEGIES
 from ..errors import ConfigError
 from ..model import FieldSpec
 
@@ -74,7 +75,7 @@ def plan_budget(cfg, device: torch.device, spec: FieldSpec, shard_points: int, b
     train_points = min(cfg.train.max_points_per_pass or batch_points, batch_points)
     # Passes of teacher.score_chunk points run only where something scores: an error-driven teacher, or
     # teaching-set snapshots (which score for the report); evaluation and render use train.eval_chunk.
-    scores = cfg.teacher.strategy in ("int", "mix", "soft") or cfg.train.snapshot_every > 0
+    scores = cfg.teacher.strategy in SCORING_STRATEGIES or cfg.train.snapshot_every > 0
     nograd_points = min(max(cfg.teacher.score_chunk if scores else 0, cfg.train.eval_chunk), shard_points)
     subset = cfg.teacher.strategy != "full"
     # Cached teaching sets: one per batch while batches keep their points (one window), else only the set

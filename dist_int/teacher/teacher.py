@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..comm import Comm
-from ..config import TeacherConfig
+from ..config import SCORING_STRATEGIES, TeacherConfig
 from ..model import Predict, forward_rows
 from .batches import BatchPlan
 from .schedules import ratio_at, should_select
@@ -159,7 +159,7 @@ class Teacher:
     def wants_scores(self, step: int) -> bool:
         """Whether a scoring pass of every candidate would run at `step`: then an evaluation of the same
         model may hand its per-point errors over (offer_scores) instead."""
-        return self.cfg.strategy in ("int", "mix", "soft") and self.plan.num_batches == 1 and \
+        return self.cfg.strategy in SCORING_STRATEGIES and self.plan.num_batches == 1 and \
             self.selects_at(step)
 
     def offer_scores(self, step: int, errors: torch.Tensor) -> None:
