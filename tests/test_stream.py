@@ -12,7 +12,8 @@ from PIL import Image
 
 from conftest import read_metrics, read_summary, run_train, smooth_image
 from dist_int.errors import ConfigError
-from dist_int.signal import Shard, SignalStore, StreamedShard
+from dist_int.engine.evaluate import probe_gids
+from dist_int.signal import Shard, SignalStore, StreamedShard, assign_chunks
 from dist_int.modality import ingest
 from dist_int.signal.stream import Prefetcher
 from dist_int.teacher import make_plan
@@ -92,6 +93,25 @@ def test_streamed_shard_reads_what_the_resident_one_holds(store):
     rows = plan.rows(4)
     assert torch.equal(streamed.targets(rows), resident.targets(rows))
     streamed.close()
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_probe_set_is_found_from_its_ids_on_any_number_of_ranks(store, world_size):
+    # The probe set (engine/evaluate.py): fixed global ids, each found in its owner's shard without a
+    # sweep; their targets read from the store for a streamed shard equal the resident shard's.
+    gids = probe_gids(store.num_points, 300, seed=5)
+    assert len(np.unique(gids)) == 300 and gids.max() < store.num_points
+    assert np.array_equal(gids, probe_gids(store.num_points, 300, seed=5))
+    assert np.array_equal(probe_gids(store.num_points, 10**6, seed=5), np.arange(store.num_points))
+    found = []
+    for own in assign_chunks(store.num_chunks, world_size, seed=0):
+        resident, streamed = Shard.load(store, own), StreamedShard(store, own, cache_bytes=4096)
+        rows = torch.from_numpy(resident.rows_of(gids))
+        assert torch.equal(rows, rows.sort().values)
+        found.append(resident.gids(rows))
+        assert torch.equal(streamed.fetch_targets(rows), resident.targets(rows))
+        streamed.close()
+    assert torch.equal(torch.cat(found).sort().values, torch.from_numpy(gids))
 
 
 def test_streaming_needs_windows_that_fit_the_budget(store):

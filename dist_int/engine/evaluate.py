@@ -7,15 +7,23 @@ uses (signal/targets.py).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..comm import Comm
 from ..model import Predict, forward_rows
 from ..model.infer import padded
 from ..render.metrics import psnr_db
-from ..teacher import hash_uniform
 
-PROBE_SALT = 0x9B0BE  # keeps the probe set's hash apart from the teacher's
+PROBE_SALT = 0x9B0BE  # keeps the probe set's random stream apart from the teacher's
+
+
+def probe_gids(num_points: int, probe_points: int, seed: int) -> np.ndarray:
+    """min(probe_points, num_points) distinct global ids, a function of the seed only (sorted)."""
+    if probe_points >= num_points:
+        return np.arange(num_points, dtype=np.int64)
+    rng = np.random.default_rng([seed, PROBE_SALT])
+    return np.sort(rng.choice(num_points, size=probe_points, replace=False)).astype(np.int64)
 
 
 @torch.no_grad()
@@ -36,17 +44,12 @@ class Evaluator:
         self.offset_db = offset_db
         self.num_values = num_points * num_channels
         self.num_channels = num_channels
-        # A fixed random probe set, the same points for any world size (hashed by global id), found in
-        # pieces so that no per-point array of the whole shard is made.
-        # Their targets are kept (a few numbers per probe point), so a streamed shard is read only once here.
-        frac = min(1.0, probe_points / num_points)
-        rows, targets = [], []
-        for _, group in shard.sweep(chunk):
-            for part in group.split(chunk):
-                part = part[hash_uniform(shard.gids(part), seed, PROBE_SALT) < frac]
-                rows.append(part)
-                targets.append(shard.targets(part))
-        self.probe_rows, self.probe_targets = torch.cat(rows), torch.cat(targets)
+        # A fixed random probe set: probe_points distinct global ids drawn from the seed alone, so the same
+        # points for any world size; each rank keeps those in its chunks. Found from the ids, not by a pass
+        # over the shard (a streamed billion-point shard took minutes to sweep), and their targets are
+        # kept (a few numbers per probe point), so a streamed shard reads only the probes' chunks, once.
+        self.probe_rows = torch.from_numpy(shard.rows_of(probe_gids(num_points, probe_points, seed))).to(shard.device)
+        self.probe_targets = shard.fetch_targets(self.probe_rows)
 
     def psnr(self) -> float:
         sse = sum(sse_rows(self.predict, self.shard, rows, self.chunk) for _, rows in self.shard.sweep(self.chunk))

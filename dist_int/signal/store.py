@@ -166,6 +166,8 @@ class Shard:
         self._axis_len = torch.tensor(self.spatial, dtype=torch.int64, device=device)
         self._strides = torch.tensor([math.prod(self.spatial[d + 1:]) for d in range(len(self.spatial))],
                                      dtype=torch.int64, device=device)
+        self._chunk_grid, self._chunk_shape = tuple(store.grid), tuple(store.chunk_shape)
+        self._num_chunks = store.num_chunks
         self.raw = raw.to(device)
         self.device = device
         self._mask = None
@@ -210,6 +212,29 @@ class Shard:
         # A sum of products, not `@`: CUDA has no integer matrix-vector product.
         return (self.positions(self.all_rows() if rows is None else rows) * self._strides).sum(dim=1)
 
+    def rows_of(self, gids: np.ndarray) -> np.ndarray:
+        """The rows of this shard that hold the global ids `gids` (int64, any order), in shard order; ids of
+        other ranks' chunks are left out. The inverse of gids() without visiting the shard: each id's grid
+        position gives its chunk and its offset there, so a fixed set of points (the probe set) is found
+        in time proportional to its size, whatever the signal's."""
+        gids = np.asarray(gids, dtype=np.int64)
+        pos = np.stack(np.unravel_index(gids, self.spatial), axis=1).reshape(len(gids), len(self.spatial))
+        cid = np.ravel_multi_index(tuple((pos // np.asarray(self._chunk_shape)).T), self._chunk_grid)
+        where = np.full(self._num_chunks, -1, dtype=np.int64)
+        where[self.chunk_ids] = np.arange(len(self.chunk_ids))
+        p = where[cid]
+        mine = p >= 0
+        p, pos = p[mine], pos[mine]
+        origin, extent = self._origin.cpu().numpy()[p], self._extent.cpu().numpy()[p]
+        offset = np.zeros(len(p), dtype=np.int64)
+        for d in range(len(self.spatial)):  # row-major inside the chunk, as positions() reads it
+            offset = offset * extent[:, d] + (pos[:, d] - origin[:, d])
+        return np.sort(self.chunk_start[p] + offset)
+
+    def fetch_targets(self, rows: torch.Tensor) -> torch.Tensor:
+        """targets(rows) for any rows, whether or not they are staged: a resident shard holds them all."""
+        return self.targets(rows)
+
     def raw_rows(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """The stored values of the rows (all rows: None), (n, C) in the held dtype."""
         return self.raw if rows is None else self.raw[rows]
@@ -243,7 +268,9 @@ class Shard:
 
     def unit_values(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """The source values mapped to [0, 1] (the store's normalization), (n, C) float32."""
-        raw = self.raw_rows(rows)
+        return self._unit(self.raw_rows(rows))
+
+    def _unit(self, raw: torch.Tensor) -> torch.Tensor:
         if self._mask is not None:
             raw = raw.to(torch.int64) & self._mask
         if self._wide:

@@ -171,6 +171,22 @@ class StreamedShard(Shard):
         chunk = torch.searchsorted(self._starts[1:], rows, right=True)
         return self._window[self._win_start[chunk] + rows]
 
+    def fetch_targets(self, rows: torch.Tensor) -> torch.Tensor:
+        """targets(rows) for rows anywhere in the shard (sorted): each of their chunks is read from the store
+        in turn, one at a time, and only their values are kept. For a few scattered points (the probe set),
+        not for sweeps: a chunk is read whole for each visit."""
+        if rows.numel() == 0:
+            return self.target_range.encode(self._unit(self.raw[:0].to(self.device)))
+        rows_np = rows.cpu().numpy()
+        pos = np.searchsorted(self.chunk_start[1:], rows_np, side="right")
+        dtype = held_dtype(self.store)
+        raw = np.empty((len(rows_np), self.channels), dtype=dtype)
+        for p in np.unique(pos):
+            take = pos == p
+            values = self.store.read_raw_chunk(self.chunk_ids[p]).view(dtype)
+            raw[take] = values[rows_np[take] - self.chunk_start[p]]
+        return self.target_range.encode(self._unit(torch.from_numpy(raw).to(self.device)))
+
     def stage(self, plan, step: int) -> None:
         """Load the chunks of the window of `step`: read ahead already when windows come in order; after a
         jump (resume, rollback) the prefetcher restarts there."""
