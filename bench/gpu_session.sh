@@ -5,8 +5,10 @@
 # Installs wheels from .whl/ first when that folder exists (the GPU image has neither DeepSpeed nor zarr),
 # synthesises part 3's gigapixel-config image on the CPU while part 1 runs (4096^2: the H200 machine's CPU
 # took 28 s for it and 138 s for 8192^2, which left part 3 no time for its run; GIGA_SIZE=8192 to
-# choose), then runs part 3 and gives part 2 what is
-# left of TOTAL_SECONDS (default 560; part 1 gets at most 150 s, part 3 240 s). Each part's table and log land in OUT_DIR.
+# choose; GIGA_TILE=N repeats the synth image N x N times, chunk by chunk, for a larger image in seconds:
+# GIGA_TILE=4 makes 16384^2 from 4096^2), then runs part 3 and gives part 2 what is
+# left of TOTAL_SECONDS (default 560; part 1 gets at most 150 s, part 3 240 s or PART3_SECONDS). Each part's
+# table and log land in OUT_DIR.
 # GPU_QUICK=1 runs the CPU-sized versions (--quick, a 512^2 synth image): a check of this script anywhere.
 # GPU_PARTS chooses the parts, run in this order (default "1 3 2"): 1, 3, 2 (what is left), "profile"
 # (bench/profile_step.py at the paper's setting, 6x256 on 512^2 with 2^18-point steps: host against device
@@ -35,11 +37,17 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 python3 -c "import torch, deepspeed, zarr; print(torch.__version__, deepspeed.__version__, zarr.__version__)" \
     2>&1 | tee -a "$out/gpu.txt"
 giga=/tmp/gpu-session-giga.zarr
-rm -rf "$giga"
+src=/tmp/gpu-session-giga-src.zarr
+rm -rf "$giga" "$src"
 size=${GIGA_SIZE:-4096}
 [ -n "$quick" ] && size=512
+tile=${GIGA_TILE:-1}
 if [[ $parts == *" 3 "* ]]; then
-    (timeout 200 python3 -m dist_int synth gigapixel "$giga" --size "$size" >"$out/synth.log" 2>&1) &
+    (timeout 200 python3 -m dist_int synth gigapixel "$src" --size "$size" >"$out/synth.log" 2>&1 &&
+     if [ "$tile" -gt 1 ]; then
+         timeout 120 python3 -c "import sys; sys.path.insert(0, 'bench'); from scale import tiled_image; \
+from pathlib import Path; tiled_image(Path('$src'), Path('$giga'), $tile)" >>"$out/synth.log" 2>&1
+     else mv "$src" "$giga"; fi) &
     synth=$!
 fi
 failed=""
@@ -54,7 +62,7 @@ if [[ $parts == *" 3 "* ]]; then
         giga_args=(--no-gigapixel)
         failed+=" synth"
     fi
-    timeout 240 python3 bench/gpu_check.py --part 3 $quick "${giga_args[@]}" --out "$out/part3.md" 2>&1 \
+    timeout "${PART3_SECONDS:-240}" python3 bench/gpu_check.py --part 3 $quick "${giga_args[@]}" --out "$out/part3.md" 2>&1 \
         | tee "$out/log3.txt" || failed+=" part3"
 fi
 if [[ $parts == *" 2 "* ]]; then
@@ -81,6 +89,6 @@ if [[ $parts == *" profile "* ]]; then
         failed+=" profile"
     fi
 fi
-rm -rf "$giga"
+rm -rf "$giga" "$src"
 echo "done in $SECONDS s${failed:+; failed or cut off:$failed}"
 [ -z "$failed" ]
