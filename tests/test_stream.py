@@ -95,14 +95,30 @@ def test_streamed_shard_reads_what_the_resident_one_holds(store):
     streamed.close()
 
 
+@pytest.fixture(scope="module")
+def uneven_stores(tmp_path_factory):
+    """An RGB image whose edge chunks are cut short, and a uint16 volume (held as int16) likewise."""
+    from dist_int.synth import synth_volume
+
+    d = tmp_path_factory.mktemp("uneven")
+    Image.fromarray(smooth_image(43, 59)).save(d / "img.png")
+    return {"image": SignalStore(ingest(str(d / "img.png"), d / "img.zarr", chunk=8)),
+            "volume": SignalStore(ingest(str(synth_volume(d / "vol.tif", size=13)), d / "vol.zarr", chunk=4))}
+
+
+@pytest.mark.parametrize("kind", ["image", "volume"])
 @pytest.mark.parametrize("world_size", [1, 2, 3])
-def test_probe_set_is_found_from_its_ids_on_any_number_of_ranks(store, world_size):
+def test_probe_set_is_found_from_its_ids_on_any_number_of_ranks(uneven_stores, kind, world_size):
     # The probe set (engine/evaluate.py): fixed global ids, each found in its owner's shard without a
     # sweep; their targets read from the store for a streamed shard equal the resident shard's.
+    store = uneven_stores[kind]
     gids = probe_gids(store.num_points, 300, seed=5)
     assert len(np.unique(gids)) == 300 and gids.max() < store.num_points
     assert np.array_equal(gids, probe_gids(store.num_points, 300, seed=5))
+    assert not np.array_equal(gids, probe_gids(store.num_points, 300, seed=6))
     assert np.array_equal(probe_gids(store.num_points, 10**6, seed=5), np.arange(store.num_points))
+    most = probe_gids(store.num_points, store.num_points - 3, seed=5)  # nearly all: the draws go on
+    assert len(np.unique(most)) == store.num_points - 3
     found = []
     for own in assign_chunks(store.num_chunks, world_size, seed=0):
         resident, streamed = Shard.load(store, own), StreamedShard(store, own, cache_bytes=4096)

@@ -14,16 +14,27 @@ from ..comm import Comm
 from ..model import Predict, forward_rows
 from ..model.infer import padded
 from ..render.metrics import psnr_db
+from ..teacher import hash_uniform
 
-PROBE_SALT = 0x9B0BE  # keeps the probe set's random stream apart from the teacher's
+PROBE_SALT = 0x9B0BE  # keeps the probe set's hash apart from the teacher's
 
 
 def probe_gids(num_points: int, probe_points: int, seed: int) -> np.ndarray:
-    """min(probe_points, num_points) distinct global ids, a function of the seed only (sorted)."""
+    """min(probe_points, num_points) distinct global ids (sorted), a function of the seed only: draw i (i = 0,
+    1, 2, ...) is the id floor(u * num_points) for u the counter-based hash of (seed, salt, i), and the
+    first probe_points distinct draws are kept (docs/design.md, "Global identities"), so no generator's
+    stream, which may change between NumPy releases, decides the set a resumed run watches."""
     if probe_points >= num_points:
         return np.arange(num_points, dtype=np.int64)
-    rng = np.random.default_rng([seed, PROBE_SALT])
-    return np.sort(rng.choice(num_points, size=probe_points, replace=False)).astype(np.int64)
+    got, drawn = np.zeros(0, dtype=np.int64), 0
+    while len(got) < probe_points:
+        n = 2 * (probe_points - len(got)) + 64
+        u = hash_uniform(torch.arange(drawn, drawn + n), seed, PROBE_SALT)
+        drawn += n
+        ids = np.concatenate([got, np.minimum((u * num_points).long().numpy(), num_points - 1)])
+        first = np.sort(np.unique(ids, return_index=True)[1])  # first draws of each id, in draw order
+        got = ids[first[:probe_points]]
+    return np.sort(got)
 
 
 @torch.no_grad()
@@ -44,8 +55,8 @@ class Evaluator:
         self.offset_db = offset_db
         self.num_values = num_points * num_channels
         self.num_channels = num_channels
-        # A fixed random probe set: probe_points distinct global ids drawn from the seed alone, so the same
-        # points for any world size; each rank keeps those in its chunks. Found from the ids, not by a pass
+        # A fixed random probe set: probe_points distinct global ids drawn from the seed alone (probe_gids),
+        # so the same points for any world size; each rank keeps those in its chunks. Found from the ids, not by a pass
         # over the shard (a streamed billion-point shard took minutes to sweep), and their targets are
         # kept (a few numbers per probe point), so a streamed shard reads only the probes' chunks, once.
         self.probe_rows = torch.from_numpy(shard.rows_of(probe_gids(num_points, probe_points, seed))).to(shard.device)
