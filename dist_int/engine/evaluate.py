@@ -56,10 +56,11 @@ class Evaluator:
         self.num_values = num_points * num_channels
         self.num_channels = num_channels
         # A fixed random probe set: probe_points distinct global ids drawn from the seed alone (probe_gids),
-        # so the same points for any world size; each rank keeps those in its chunks. Found from the ids, not by a pass
-        # over the shard (a streamed billion-point shard took minutes to sweep), and their targets are
-        # kept (a few numbers per probe point), so a streamed shard reads only the probes' chunks, once.
-        self.probe_rows = torch.from_numpy(shard.rows_of(probe_gids(num_points, probe_points, seed))).to(shard.device)
+        # so the same points for any world size; each rank keeps those in its chunks. Found from the ids,
+        # not by a pass over the shard (a streamed billion-point shard took minutes to sweep), and their
+        # targets are kept (a few numbers per probe point): a streamed shard reads the probes' chunks once.
+        gids = probe_gids(num_points, probe_points, seed)
+        self.probe_rows = torch.from_numpy(shard.rows_of(gids)).to(shard.device)
         self.probe_targets = shard.fetch_targets(self.probe_rows)
 
     def psnr(self) -> float:

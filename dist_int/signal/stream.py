@@ -175,8 +175,6 @@ class StreamedShard(Shard):
         """targets(rows) for rows anywhere in the shard (sorted): each of their chunks is read from the store
         in turn, one at a time, and only their values are kept. For a few scattered points (the probe set),
         not for sweeps: a chunk is read whole for each visit."""
-        if rows.numel() == 0:
-            return self.target_range.encode(self._unit(self.raw[:0].to(self.device)))
         rows_np = rows.cpu().numpy()
         pos = np.searchsorted(self.chunk_start[1:], rows_np, side="right")
         dtype = held_dtype(self.store)
