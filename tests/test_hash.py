@@ -83,15 +83,50 @@ def test_gradient_equals_autograd_through_a_plain_gather():
     torch.testing.assert_close(enc.table.grad, table.grad, rtol=1e-5, atol=1e-6)
 
 
-def test_long_axes_keep_neighbouring_samples_apart():
-    """An hour of audio at 48 kHz: float64 coordinates reach distinct cells on the finest level."""
-    n = 172_800_000
+@pytest.mark.parametrize("n,index_dtype", [(172_800_000, torch.int32), ((1 << 31) + 101, torch.int64)])
+def test_long_axes_keep_neighbouring_samples_apart(n, index_dtype):
+    """An hour of audio at 48 kHz: float64 coordinates reach distinct cells on the finest level. An axis of
+    2^31 cells and more takes int64 rows (an int32 would hold no such cell)."""
     enc = HashEncoding(1, levels=4, log2_table=12, base_resolution=16, finest_resolution=n - 1, axis_lengths=(n,))
+    assert enc.index_dtype == index_dtype
     pos = torch.tensor([n - 3, n - 2], dtype=torch.float64)
     coords = (2 * pos / (n - 1) - 1).unsqueeze(1)
     idx, _ = enc.corners(coords)
     finest = idx.view(2, enc.levels, 2)[0, -1]  # the low corner of both points on the finest level
     assert finest[0] != finest[1]
+
+
+@pytest.mark.parametrize("dims,axes,log2_table", [(2, (32768, 32768), 19), (3, (1024, 1024, 1024), 19),
+                                                  (4, (2000, 720, 1280, 3), 22), (1, (172_800_000,), 24)])
+def test_int32_rows_equal_exact_integer_arithmetic(dims, axes, log2_table):
+    """The gigapixel image's, the volume's, a video's and the hour of audio's encodings: rows computed in
+    int32 (products of a coordinate and a prime wrap modulo 2^32) equal the paper's hash in exact integers,
+    for every corner of every level (docs/fields.md, "Index arithmetic in int32")."""
+    enc = HashEncoding(dims, levels=16, log2_table=log2_table, base_resolution=16, finest_resolution=max(axes) - 1,
+                       axis_lengths=axes)
+    assert enc.index_dtype == torch.int32 and any(not d for d in enc.dense)
+    gen = torch.Generator().manual_seed(0)
+    coords = torch.rand(1001, dims, generator=gen, dtype=torch.float64) * 2 - 1   # 1001: the kernels' scalar tails too
+    coords[0], coords[1] = 1.0, -1.0
+    coords = coords if dims == 1 else coords.float()
+    idx, _ = enc.corners(coords)
+    assert idx.dtype == torch.int32
+    expect = np.zeros((1 << dims, enc.levels, len(coords)), dtype=np.int64)
+    for level, (grid, dense) in enumerate(zip(enc.grids, enc.dense)):
+        # the cell from the encoding's own float positions (their rounding is not what is tested here)
+        cell = torch.stack([((coords[:, d] + 1) * 0.5 * grid[d]).floor().clamp(0, grid[d] - 1)
+                            for d in range(dims)]).long().numpy()
+        for c, bits in enumerate(itertools.product((0, 1), repeat=dims)):
+            vertex = [int(b) + cell[d] for d, b in enumerate(reversed(bits))]   # axis 0 varies fastest
+            if dense:
+                row = sum(v * math.prod(g + 1 for g in grid[:d]) for d, v in enumerate(vertex))
+            else:
+                row = np.zeros(len(coords), dtype=np.uint64)
+                for d, v in enumerate(vertex):
+                    row ^= v.astype(np.uint64) * np.uint64(PRIMES[d])   # wraps modulo 2^64: low bits exact
+                row = (row % np.uint64(1 << log2_table)).astype(np.int64)
+            expect[c, level] = row + int(enc.offset[level])
+    np.testing.assert_array_equal(idx.long().view(1 << dims, enc.levels, -1).numpy(), expect)
 
 
 def test_init_optimizer_and_the_registry():
