@@ -186,3 +186,35 @@ def test_a_whole_signal_plan_gives_the_same_rows_every_epoch():
     assert plan.rows(7) is first
     assert torch.equal(BatchPlan(sizes, own, start, 1, 0).rows(7), first)
     assert torch.equal(first, torch.arange(int(start[-1]), dtype=first.dtype))
+
+
+@pytest.mark.parametrize("kind", ["hash", "siren"])
+def test_cpu_inference_pieces_keep_every_score_and_the_teaching_set(kind):
+    """On a CPU the no-grad forward runs in cache-sized pieces (model/infer.py, CPU_PIECE): every point's
+    score matches the one-call forward and the top-k of the scores is the same set."""
+    from dist_int.model import HashField, Siren
+    from dist_int.model.infer import CPU_PIECE, padded
+    from dist_int.teacher.teacher import l1_error, point_l1
+
+    torch.manual_seed(0)
+    model = (HashField(2, 3, hidden=64, layers=3, levels=16, log2_table=14, finest_resolution=4095,
+                       axis_lengths=(4096, 4096)) if kind == "hash" else Siren(2, 3, 64, 3))
+    if kind == "hash":
+        with torch.no_grad():
+            model.encoding.table.normal_(0, 0.1)
+    n = 2 * CPU_PIECE + 1234
+    points = PointTable(torch.rand(n, 2) * 2 - 1, torch.rand(n, 3), torch.arange(n))
+    calls = []
+
+    def predict(x):
+        calls.append(x.shape[0])
+        return model(x)
+
+    rows = torch.arange(n)
+    scores = l1_error(predict, points, rows, n)          # one piece of rows: its forward in sub-pieces
+    assert len(calls) == 3 and sum(calls) == n and max(calls) <= CPU_PIECE and min(calls) >= CPU_PIECE // 2
+    with torch.no_grad():
+        whole = point_l1(padded(model, points.coords()), points.targets())
+    torch.testing.assert_close(scores, whole, rtol=1e-6, atol=1e-7)
+    k = n // 5
+    assert torch.equal(torch.sort(torch.topk(scores, k).indices).values, torch.sort(torch.topk(whole, k).indices).values)

@@ -12,7 +12,7 @@ import torch
 
 from ..comm import Comm
 from ..model import Predict, forward_rows
-from ..model.infer import padded
+from ..model.infer import predict_pieces
 from ..render.metrics import psnr_db
 from ..teacher import hash_uniform
 
@@ -87,7 +87,7 @@ class Evaluator:
         sse = torch.zeros((), dtype=torch.float64, device=rows.device)
         with torch.no_grad():
             for part, targets in zip(rows.split(self.chunk), self.probe_targets.split(self.chunk)):
-                pred = padded(self.predict, self.shard.coords(part))
+                pred = predict_pieces(self.predict, self.shard.coords(part))
                 sse += self.shard.target_range.squared_error_unit(pred, targets)
         count = torch.tensor(float(rows.numel()), dtype=torch.float64, device=sse.device)
         total = self.comm.all_reduce_sum(torch.stack([sse, count])).tolist()
