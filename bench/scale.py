@@ -330,7 +330,7 @@ def schedule_share(phases: dict) -> str:
              "time) / sum of step times, each phase as measured above.", ""]
     for label, parts in phases.items():
         select, total = sum(p[1] for p in parts), sum(p[2] for p in parts)
-        lines.append(f"- {label}: {select / total:.2f} over {len(parts)} ratios "
+        lines.append(f"- {label}: {select / total:.3f} over {len(parts)} ratios "
                      f"({', '.join(f'{p[0]:g}' for p in parts)})")
     return "\n".join(lines) + "\n"
 
