@@ -175,3 +175,21 @@ def test_the_census_agrees_with_cuda_on_a_selecting_step(process_group, store):
     counts = run_steps(process_group, store, "int", 1, 0.0, "tf32", False, False, "siren",
                        on_gpu_check=_sync_forbidden, check_selecting=True)
     assert counts["selecting"] and not any(counts["selecting"])
+
+
+@needs_gpu
+@pytest.mark.parametrize("dims,axes", [(2, (32768, 32768)), (3, (1024, 1024, 1024))])
+def test_hash_rows_on_the_gpu_equal_the_cpus(dims, axes):
+    """The int32 corner rows (docs/fields.md, "Index arithmetic in int32"): a hashed level's products
+    wrap modulo 2^32 on the GPU as on the CPU, so both find the same rows and the same features."""
+    from dist_int.model import HashEncoding
+
+    torch.manual_seed(0)
+    enc = HashEncoding(dims, levels=16, log2_table=19, finest_resolution=max(axes) - 1, axis_lengths=axes)
+    coords = torch.rand(100_003, dims) * 2 - 1
+    idx, w = enc.corners(coords)
+    gpu = enc.to("cuda")
+    idx_gpu, w_gpu = gpu.corners(coords.to("cuda"))
+    assert idx.dtype == idx_gpu.dtype == torch.int32
+    assert torch.equal(idx, idx_gpu.cpu())
+    torch.testing.assert_close(w, w_gpu.cpu())
