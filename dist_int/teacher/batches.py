@@ -56,11 +56,10 @@ def _swap_or_not(x: torch.Tensor, n: torch.Tensor, offset: torch.Tensor, coin: t
 def _shuffle(x, n, key, local, rounds) -> torch.Tensor:
     offset, coin = _round_keys(n, key)
     n = n.clamp(min=1)
-    if local is not None:  # index_select, not indexing: measured 20 % off a selecting step's batch rows
-        n = n.index_select(0, local)
+    if local is not None:
+        n = n[local]
     for i in rounds:
-        o, k = (offset[i], coin[i]) if local is None else (offset[i].index_select(0, local),
-                                                           coin[i].index_select(0, local))
+        o, k = (offset[i], coin[i]) if local is None else (offset[i][local], coin[i][local])
         x = _swap_or_not(x, n, o, k)
     return x
 
