@@ -52,8 +52,9 @@ class FieldSpec:
         mlp = self.hidden * 4 * (self.layers - 1) * (5 if train else 2)
         if self.kind == "siren":
             return points * mlp
-        # Hash: per point and level, 2^D corner rows (int64) and weights (fp32), the per-axis terms and
-        # the interpolated features; in training, also the weighted gradient of every corner row.
+        # Hash: per point and level, 2^D corner rows (int32, or int64: 8 bytes charged) and weights (fp32),
+        # the per-axis terms and the interpolated features; in training, also the weighted gradient of
+        # every corner row (32 bytes charged, which also covers the backward's int64 copy of the rows).
         corners = 2 ** self.in_dims
         levels = self.table_levels
         per_level = corners * 12 + self.in_dims * 40 + 8 * 4 + (corners * 4 * 8 if train else 0)

@@ -29,8 +29,10 @@ def padded(fn, x: torch.Tensor) -> torch.Tensor:
 # On a CPU a no-grad forward runs fastest on a few thousand points at a time: the intermediates of a piece
 # (a hash field's corner rows and weights, a SIREN's hidden activations) then stay in the core's caches.
 # Measured on one core (docs/training.md, "Inference pieces on a CPU"): 4,096 points against 16,384,
-# 1.35x faster for the gigapixel image's hash field, 1.15-1.3x for SIRENs; the outputs bit for bit the
-# same (a point's output does not depend on the other points of its piece; tests/test_trainer_parts.py).
+# 1.35x faster for the gigapixel image's hash field, 1.15-1.3x for SIRENs. A point's output does not
+# depend on the other points of its piece: bit for bit the same on every field measured here, though a
+# BLAS may pick another kernel for another size and differ in the last bits (tests/test_trainer_parts.py
+# compares within a tolerance and checks the teaching set).
 # score_chunk and eval_chunk still bound what a piece of rows holds beside the forward (coordinates,
 # targets, predictions); on a GPU, where large launches pay, the forward takes the whole piece.
 CPU_PIECE = 4096
