@@ -22,7 +22,7 @@ from common import ROOT, machine, markdown_table
 sys.path.insert(0, str(ROOT))
 
 from dist_int.model import HashField, Siren  # noqa: E402
-from dist_int.model.infer import CPU_PIECE  # noqa: E402
+from dist_int.model.infer import CPU_PIECE, predict_pieces  # noqa: E402
 
 
 def fields() -> dict:
@@ -40,11 +40,6 @@ def fields() -> dict:
     }
 
 
-def _pieces(coords: torch.Tensor, most: int) -> tuple:
-    """Near-equal pieces of at most `most` rows, as model/infer.py cuts them."""
-    return coords.tensor_split(-(-coords.shape[0] // most))
-
-
 @torch.no_grad()
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -59,11 +54,11 @@ def main() -> None:
         coords = torch.rand(args.points, dims, dtype=torch.float64 if dims == 1 else torch.float32) * 2 - 1
         whole = model(coords)
         times = {p: [] for p in pieces}
-        same = {p: torch.equal(torch.cat([model(c) for c in _pieces(coords, p)]), whole) for p in pieces}
+        same = {p: torch.equal(predict_pieces(model, coords, p), whole) for p in pieces}
         for _ in range(args.repeats):
             for p in pieces:
                 t0 = time.perf_counter()
-                torch.cat([model(c) for c in _pieces(coords, p)])
+                predict_pieces(model, coords, p)
                 times[p].append(time.perf_counter() - t0)
         med = {p: sorted(v)[len(v) // 2] * 1e3 for p, v in times.items()}
         rows.append([name, *(f"{med[p]:.1f}{'' if same[p] else ' (differs)'}" for p in pieces),

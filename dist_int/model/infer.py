@@ -38,13 +38,13 @@ def padded(fn, x: torch.Tensor) -> torch.Tensor:
 CPU_PIECE = 4096
 
 
-def predict_pieces(predict: Predict, coords: torch.Tensor) -> torch.Tensor:
-    """predict(coords) for any number of rows, on a CPU in near-equal pieces of at most CPU_PIECE rows (no
+def predict_pieces(predict: Predict, coords: torch.Tensor, most: int = CPU_PIECE) -> torch.Tensor:
+    """predict(coords) for any number of rows, on a CPU in near-equal pieces of at most `most` rows (no
     small tail piece, which a BLAS could treat with another kernel)."""
     n = coords.shape[0]
-    if coords.device.type != "cpu" or n <= CPU_PIECE:
+    if coords.device.type != "cpu" or n <= most:
         return padded(predict, coords)
-    return torch.cat([padded(predict, part) for part in coords.tensor_split(-(-n // CPU_PIECE))])
+    return torch.cat([padded(predict, part) for part in coords.tensor_split(-(-n // most))])
 
 
 @torch.no_grad()

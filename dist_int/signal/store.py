@@ -157,19 +157,18 @@ class Shard:
         sizes = [store.chunk_size(c) for c in self.chunk_ids]
         self.chunk_start = np.fromiter(itertools.accumulate(sizes, initial=0), dtype=np.int64)
         slices = [store.chunk_slices(c) for c in self.chunk_ids]
-        # Per-chunk geometry (a few numbers per chunk): first position and extent along every axis.
+        # Per-chunk geometry (a few numbers per chunk), per axis, (D, chunks): first position and extent
+        # along every axis, so the per-point maps below gather every point's chunk numbers with contiguous
+        # index_selects and each axis' column stays a contiguous vector.
+        dims = len(self.spatial)
         self._origin = torch.tensor([[s.start for s in sl] for sl in slices], dtype=torch.int64,
-                                    device=device).reshape(len(slices), len(self.spatial))
+                                    device=device).reshape(len(slices), dims).t().contiguous()
         self._extent = torch.tensor([[s.stop - s.start for s in sl] for sl in slices], dtype=torch.int64,
-                                    device=device).reshape(len(slices), len(self.spatial))
-        # The same per axis, (D, chunks), for the per-point maps below: every point's chunk numbers are
-        # gathered with contiguous index_selects, and each axis' column stays a contiguous vector.
-        self._origin_t, self._extent_t = self._origin.t().contiguous(), self._extent.t().contiguous()
+                                    device=device).reshape(len(slices), dims).t().contiguous()
         self._starts = torch.from_numpy(self.chunk_start).to(device)
         self._axis_len = torch.tensor(self.spatial, dtype=torch.int64, device=device)
-        self._stride_list = [math.prod(self.spatial[d + 1:]) for d in range(len(self.spatial))]  # on the host
-        self._strides = torch.tensor(self._stride_list, dtype=torch.int64, device=device)
-        self._chunk_gid = (self._origin * self._strides).sum(dim=1)  # each chunk's first point's global id
+        self._strides = [math.prod(self.spatial[d + 1:]) for d in range(dims)]  # on the host: no device read
+        self._chunk_gid = sum(self._origin[d] * self._strides[d] for d in range(dims))  # chunks' first ids
         self._chunk_grid, self._chunk_shape = tuple(store.grid), tuple(store.chunk_shape)
         self._num_chunks = store.num_chunks
         self.raw = raw.to(device)
@@ -201,7 +200,7 @@ class Shard:
         offset = rows - self._starts.index_select(0, chunk)
         inside = [offset] * len(self.spatial)
         for d in reversed(range(len(self.spatial))):  # row-major inside the chunk: the last axis fastest
-            extent = self._extent_t[d].index_select(0, chunk)
+            extent = self._extent[d].index_select(0, chunk)
             quotient = offset // extent
             inside[d], offset = offset - quotient * extent, quotient
         return chunk, inside
@@ -209,7 +208,7 @@ class Shard:
     def positions(self, rows: torch.Tensor) -> torch.Tensor:
         """Integer grid positions of the rows, (n, D) int64."""
         chunk, inside = self._in_chunk(rows)
-        return torch.stack([p + self._origin_t[d].index_select(0, chunk) for d, p in enumerate(inside)], dim=1)
+        return torch.stack([p + self._origin[d].index_select(0, chunk) for d, p in enumerate(inside)], dim=1)
 
     def coords(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Coordinates in [-1, 1] per axis (SIREN and INT both use [-1, 1]; docs/method.md), (n, D):
@@ -225,7 +224,7 @@ class Shard:
         chunk, inside = self._in_chunk(self.all_rows() if rows is None else rows)
         gid = self._chunk_gid.index_select(0, chunk)
         for d, p in enumerate(inside):
-            gid += p * self._stride_list[d]
+            gid += p * self._strides[d]
         return gid
 
     def rows_of(self, gids: np.ndarray) -> np.ndarray:
@@ -241,10 +240,10 @@ class Shard:
         p = where[cid]
         mine = p >= 0
         p, pos = p[mine], pos[mine]
-        origin, extent = self._origin.cpu().numpy()[p], self._extent.cpu().numpy()[p]
+        origin, extent = self._origin.cpu().numpy()[:, p], self._extent.cpu().numpy()[:, p]
         offset = np.zeros(len(p), dtype=np.int64)
         for d in range(len(self.spatial)):  # row-major inside the chunk, as positions() reads it
-            offset = offset * extent[:, d] + (pos[:, d] - origin[:, d])
+            offset = offset * extent[d] + (pos[:, d] - origin[d])
         return np.sort(self.chunk_start[p] + offset)
 
     def fetch_targets(self, rows: torch.Tensor) -> torch.Tensor:
