@@ -161,6 +161,34 @@ def test_a_batch_is_a_keyed_random_draw_of_each_chunk():
     assert len(set((rows // 64).tolist())) > 40  # many of its 64 rows of pixels
 
 
+def test_a_shuffle_round_equals_its_definition_in_integer_arithmetic():
+    """One swap-or-not round (x and its partner (offset - x) mod n swap when the keyed coin of the larger
+    says so; batches.py) against Python integers, for chunks of up to 2^31 points: the tensor code takes
+    the mod without a division and hashes in place, and must give the same offsets (the batches of every
+    earlier run and checkpoint depend on them)."""
+    from dist_int.teacher.batches import _M1, _M2, _swap_or_not
+
+    def signed(v):  # an integer modulo 2^64 as the int64 torch holds
+        v %= 1 << 64
+        return v - (1 << 64) if v >= 1 << 63 else v
+
+    def reference(x, n, offset, coin):
+        partner = (offset - x) % n
+        c = signed((max(x, partner) ^ coin) * _M1)
+        c = signed((c ^ (c >> 29)) * _M2)  # >> of a signed value: arithmetic, as torch's
+        return partner if c < 0 else x
+
+    g = torch.Generator().manual_seed(3)
+    for n_max in (1, 7, 1000, 1 << 18, (1 << 31) - 1):
+        n = torch.randint(1, n_max + 1, (2000,), generator=g)
+        x = (torch.rand(2000, generator=g, dtype=torch.float64) * n).long()
+        offset = (torch.rand(2000, generator=g, dtype=torch.float64) * n).long()
+        coin = torch.randint(-(1 << 62), 1 << 62, (2000,), generator=g) * 2 + torch.randint(0, 2, (2000,), generator=g)
+        got = _swap_or_not(x, n, offset, coin).tolist()
+        want = [reference(*v) for v in zip(x.tolist(), n.tolist(), offset.tolist(), coin.tolist())]
+        assert got == want
+
+
 def test_epochs_differ():
     plan = _plan([64, 64], [[0, 1]], 0, 4)
     assert not torch.equal(plan.rows(0), plan.rows(4))

@@ -252,7 +252,7 @@ class Shard:
 
     def raw_rows(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """The stored values of the rows (all rows: None), (n, C) in the held dtype."""
-        return self.raw if rows is None else self.raw[rows]
+        return self.raw if rows is None else self.raw.index_select(0, rows)
 
     # A resident shard holds every chunk: nothing to stage, and a sweep is one pass over the rows.
     # StreamedShard (signal/stream.py) reads chunks from the store for both.

@@ -169,7 +169,8 @@ class StreamedShard(Shard):
             raise SignalError("a streamed shard cannot give every row at once; read it with sweep()")
         rows = rows.long()
         chunk = torch.searchsorted(self._starts[1:], rows, right=True)
-        return self._window[self._win_start[chunk] + rows]
+        # index_select, not indexing: docs/design.md, "Gathers"
+        return self._window.index_select(0, self._win_start.index_select(0, chunk) + rows)
 
     def fetch_targets(self, rows: torch.Tensor) -> torch.Tensor:
         """targets(rows) for rows anywhere in the shard (sorted): each of their chunks is read from the store

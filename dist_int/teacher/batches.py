@@ -47,20 +47,23 @@ def _round_keys(n: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch
 def _swap_or_not(x: torch.Tensor, n: torch.Tensor, offset: torch.Tensor, coin: torch.Tensor) -> torch.Tensor:
     """One round: x and its partner offset - x (mod n) swap places when a keyed coin of the pair (its
     larger member) says so. Every round is its own inverse on [0, n), for any n."""
-    partner = (offset - x) % n
-    c = (torch.maximum(x, partner) ^ coin) * _M1
-    c = (c ^ (c >> 29)) * _M2
+    partner = offset - x
+    partner += n & (partner >> 63)  # (offset - x) mod n, both in [0, n): n added where negative, no division
+    c = torch.maximum(x, partner)   # in place from here: a selecting step runs 10 rounds over every candidate
+    c ^= coin
+    c *= _M1
+    c ^= c >> 29
+    c *= _M2
     return torch.where(c < 0, partner, x)
 
 
 def _shuffle(x, n, key, local, rounds) -> torch.Tensor:
     offset, coin = _round_keys(n, key)
     n = n.clamp(min=1)
-    if local is not None:
-        n = n[local]
+    if local is not None:  # every round's keys per element, one gather each (docs/design.md, "Gathers")
+        n, offset, coin = n.index_select(0, local), offset.index_select(1, local), coin.index_select(1, local)
     for i in rounds:
-        o, k = (offset[i], coin[i]) if local is None else (offset[i][local], coin[i][local])
-        x = _swap_or_not(x, n, o, k)
+        x = _swap_or_not(x, n, offset[i], coin[i])
     return x
 
 
@@ -230,7 +233,7 @@ class BatchPlan:
             return self._rows
         epoch, b = key
         idx, sel = self._window(step)
-        pick = (lambda t: t) if sel is None else (lambda t: t[sel])
+        pick = (lambda t: t) if sel is None else (lambda t: t.index_select(0, sel))
         sizes, starts = pick(self._sizes), pick(self._starts)
         s, groups = b % self.per_window, self.per_window
         # Group s of each chunk: positions [lo, lo + count) of its keyed order (the count is known on the
@@ -240,13 +243,13 @@ class BatchPlan:
         lo = s * (sizes // groups) + torch.clamp(sizes % groups, max=s)
         counts = sizes // groups + (s < sizes % groups).long()
         local = torch.repeat_interleave(torch.arange(len(idx), device=self.device), counts, output_size=total)
-        q = torch.arange(total, device=self.device) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts,
-                                                                              output_size=total) + lo[local]
+        q = torch.arange(total, device=self.device) - torch.repeat_interleave(
+            torch.cumsum(counts, 0) - counts, counts, output_size=total) + lo.index_select(0, local)
         if groups == 1:  # whole chunks, in their own order
             offsets = q
         else:
             offsets = order_inverse(q, sizes, hash64(pick(self._ids), self.seed, epoch, BATCH_SALT), local)
-        self._rows, self._rows_key = (starts[local] + offsets).to(self.row_dtype), key
+        self._rows, self._rows_key = (starts.index_select(0, local) + offsets).to(self.row_dtype), key
         return self._rows
 
 

@@ -125,7 +125,7 @@ class Teacher:
                 keys = self._mix_keys(err, gids, k, total, salt)
         chosen, most = top_rows(keys, k, self.comm, total)
         # Ascending rows: the same order however the set was reached (fresh, or loaded from a checkpoint).
-        rows = torch.sort(rows[chosen]).values
+        rows = torch.sort(rows.index_select(0, chosen)).values
         self.bytes_moved += SEARCH_BYTES if self.comm.world_size > 1 else 0
         if self.per_epoch:
             self.cache.clear()
