@@ -137,7 +137,10 @@ def _adam_steps(rank, world, precision, out):
     import copy
 
     from dist_int.config import Config
+    from dist_int.comm import Comm
+    from dist_int.engine.checkpoint import Checkpointer
     from dist_int.engine.deepspeed_engine import CosineLR, build_engine
+    from dist_int.rundir import RunDir
     from dist_int.engine.precision import Precision
     from dist_int.model import HashField
 
@@ -147,8 +150,9 @@ def _adam_steps(rank, world, precision, out):
     model = HashField(2, 3, hidden=16, layers=2, levels=4, log2_table=8, finest_resolution=64)
     ref = copy.deepcopy(model)
     engine, _ = build_engine(model, cfg, Precision(precision, torch.device("cpu")))
-    inner = getattr(engine.optimizer, "optimizer", engine.optimizer)  # bf16 wraps torch's Adam
-    fused = [bool(g.get("fused")) for g in inner.param_groups]
+    # torch's Adam itself at every precision (bf16 is autocast inside the engine, fp32 weights: precision.py)
+    assert type(engine.optimizer) is torch.optim.Adam
+    fused = [bool(g.get("fused")) for g in engine.optimizer.param_groups]
     # The reference: the same groups (the table's Adam settings, model/hash.py) with torch's default.
     groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [dict(ref.named_parameters())[n]
               for n, p in model.named_parameters() for q in g["params"] if p is q]}
@@ -165,18 +169,34 @@ def _adam_steps(rank, world, precision, out):
         (ref(x).float() - y).square().mean().backward()
         opt.step()
         sched.step()
+    # A checkpoint written by the default form (a run folder from before the fused Adam): its groups say
+    # fused=None, which torch's load_state_dict brings back; the load keeps the fused form.
+    for group in engine.optimizer.param_groups:
+        group["fused"] = None
+    run = RunDir(out.parent / "run")
+    run.checkpoints.mkdir(parents=True)
+    Checkpointer(engine, run, Comm(), 0, 2, {}, {}).save(3, "running")
+    engine2, _ = build_engine(copy.deepcopy(model), cfg, Precision(precision, torch.device("cpu")))
+    engine2.load_checkpoint(str(run.checkpoints), tag=run.checkpoint(3).name)
+    loaded = [g.get("fused") for g in engine2.optimizer.param_groups]   # what torch's load brings back
+    Checkpointer(engine2, run, Comm(), 0, 2, {}, {}).load(run.checkpoint(3).name)
+    engine2.backward((engine2(x).float() - y).square().mean())
+    engine2.step()  # the fused step runs on the loaded state
     torch.save({"fused": fused, "got": [p.detach().clone() for p in engine.module.parameters()],
-                "ref": [p.detach().clone() for p in ref.parameters()]}, out)
+                "ref": [p.detach().clone() for p in ref.parameters()], "loaded": loaded,
+                "restored": [g.get("fused") for g in engine2.optimizer.param_groups]}, out)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_the_engine_runs_torchs_fused_adam_with_the_default_adams_updates(tmp_path, precision):
     """One pass per parameter and no temporaries (docs/training.md, "Fused Adam"): every group fused, and
-    in fp32 the parameters after three steps equal torch's default Adam's (hash table and MLP alike)."""
+    in fp32 the parameters after three steps equal torch's default Adam's (hash table and MLP alike); a
+    checkpoint saved by the default form loads back into the fused one (checkpoint.py: restore_fused)."""
     out = tmp_path / "adam.pt"
     run_distributed(_adam_steps, 1, (precision, out))
     got = torch.load(out)
     assert got["fused"] and all(got["fused"])
+    assert got["loaded"] == [None] * len(got["fused"]) and got["restored"] == [True] * len(got["fused"])
     if precision == "fp32":
         for a, b in zip(got["got"], got["ref"]):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)

@@ -189,6 +189,22 @@ def test_a_shuffle_round_equals_its_definition_in_integer_arithmetic():
         assert got == want
 
 
+def test_the_batches_rows_are_the_ones_earlier_versions_drew():
+    """A run's batches (and a checkpoint's cached sets) depend on the exact keyed order: the rows of a
+    3-window plan over three epochs, uneven chunks included, hash to the digest the code drew before its
+    shuffle was rewritten for speed (commit 33a8cb3)."""
+    import hashlib
+
+    sizes = [4096, 4096, 1000, 4096, 2500, 4096, 4096, 77, 4096]
+    own = [1, 3, 4, 7, 8]
+    start = np.concatenate([[0], np.cumsum([sizes[c] for c in own])])
+    plan = make_plan(sizes, own, start, 12, 5, windows=3, steps=36)
+    rows = torch.cat([plan.rows(s).long() for s in range(36)])
+    assert rows.numel() == 44595
+    assert hashlib.sha256(rows.numpy().tobytes()).hexdigest() == \
+        "32c2b71287783500771a5ef1c7204c33ab0f6103925f96292ec39aa02efd9972"
+
+
 def test_epochs_differ():
     plan = _plan([64, 64], [[0, 1]], 0, 4)
     assert not torch.equal(plan.rows(0), plan.rows(4))

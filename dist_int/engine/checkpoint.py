@@ -19,6 +19,7 @@ from typing import Protocol
 from ..comm import Comm
 from ..errors import CheckpointError
 from ..rundir import RunDir, atomic_write
+from .deepspeed_engine import restore_fused
 
 FORMAT = 3  # checkpoint layout version (3: teacher state per chunk)
 
@@ -113,6 +114,7 @@ class Checkpointer:
             path, _ = self.engine.load_checkpoint(str(self.run.checkpoints), tag=tag)
             if path is None:
                 raise ValueError("DeepSpeed found no model state in it")
+            restore_fused(self.engine.optimizer)  # a checkpoint from before the fused Adam (docs/training.md)
             for name, part in self.shared.items():
                 part.load_state_dict(meta["shared"][name])
             for name, part in self.chunked.items():

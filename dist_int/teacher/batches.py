@@ -60,10 +60,12 @@ def _swap_or_not(x: torch.Tensor, n: torch.Tensor, offset: torch.Tensor, coin: t
 def _shuffle(x, n, key, local, rounds) -> torch.Tensor:
     offset, coin = _round_keys(n, key)
     n = n.clamp(min=1)
-    if local is not None:  # every round's keys per element, one gather each (docs/design.md, "Gathers")
-        n, offset, coin = n.index_select(0, local), offset.index_select(1, local), coin.index_select(1, local)
-    for i in rounds:
-        x = _swap_or_not(x, n, offset[i], coin[i])
+    if local is not None:
+        n = n.index_select(0, local)
+    for i in rounds:  # a round's keys per element, gathered as the round needs them (docs/design.md, "Gathers")
+        o, k = (offset[i], coin[i]) if local is None else (offset[i].index_select(0, local),
+                                                             coin[i].index_select(0, local))
+        x = _swap_or_not(x, n, o, k)
     return x
 
 
