@@ -46,7 +46,8 @@ def _round_keys(n: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch
 
 def _swap_or_not(x: torch.Tensor, n: torch.Tensor, offset: torch.Tensor, coin: torch.Tensor) -> torch.Tensor:
     """One round: x and its partner offset - x (mod n) swap places when a keyed coin of the pair (its
-    larger member) says so. Every round is its own inverse on [0, n), for any n."""
+    larger member) says so. Every round is its own inverse on [0, n), for any n. x and offset are in
+    [0, n) (positions of a chunk's order, and _round_keys' offsets)."""
     partner = offset - x
     partner += n & (partner >> 63)  # (offset - x) mod n, both in [0, n): n added where negative, no division
     c = torch.maximum(x, partner)   # in place from here: a selecting step runs 10 rounds over every candidate
