@@ -171,8 +171,11 @@ def _adam_steps(rank, world, precision, out):
         sched.step()
     # A checkpoint written by the default form (a run folder from before the fused Adam): its groups say
     # fused=None, which torch's load_state_dict brings back; the load keeps the fused form.
+    got = [p.detach().clone() for p in engine.module.parameters()]
     for group in engine.optimizer.param_groups:
         group["fused"] = None
+    for state in engine.optimizer.state.values():  # step counters as a float64 default form may hold them
+        state["step"] = state["step"].double()
     run = RunDir(out.parent / "run")
     run.checkpoints.mkdir(parents=True)
     Checkpointer(engine, run, Comm(), 0, 2, {}, {}).save(3, "running")
@@ -180,11 +183,18 @@ def _adam_steps(rank, world, precision, out):
     engine2.load_checkpoint(str(run.checkpoints), tag=run.checkpoint(3).name)
     loaded = [g.get("fused") for g in engine2.optimizer.param_groups]   # what torch's load brings back
     Checkpointer(engine2, run, Comm(), 0, 2, {}, {}).load(run.checkpoint(3).name)
-    engine2.backward((engine2(x).float() - y).square().mean())
-    engine2.step()  # the fused step runs on the loaded state
-    torch.save({"fused": fused, "got": [p.detach().clone() for p in engine.module.parameters()],
-                "ref": [p.detach().clone() for p in ref.parameters()], "loaded": loaded,
-                "restored": [g.get("fused") for g in engine2.optimizer.param_groups]}, out)
+    restored = [g.get("fused") for g in engine2.optimizer.param_groups]
+    steps = {(s["step"].dtype, s["step"].device.type) for s in engine2.optimizer.state.values()}
+    ref_before = [p.detach().clone() for p in ref.parameters()]
+    engine2.backward((engine2(x).float() - y).square().mean())  # one more step: fused, on the loaded state
+    engine2.step()
+    opt.zero_grad()                                              # and the default form's
+    (ref(x).float() - y).square().mean().backward()
+    opt.step()
+    sched.step()
+    torch.save({"fused": fused, "got": got, "ref": ref_before, "loaded": loaded, "restored": restored,
+                "steps": steps, "got_after_load": [p.detach().clone() for p in engine2.module.parameters()],
+                "ref_after_load": [p.detach().clone() for p in ref.parameters()]}, out)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -197,6 +207,9 @@ def test_the_engine_runs_torchs_fused_adam_with_the_default_adams_updates(tmp_pa
     got = torch.load(out)
     assert got["fused"] and all(got["fused"])
     assert got["loaded"] == [None] * len(got["fused"]) and got["restored"] == [True] * len(got["fused"])
+    assert got["steps"] == {(torch.float32, "cpu")}  # the fused step's counters: float32, on the device
     if precision == "fp32":
+        for a, b in zip(got["got_after_load"], got["ref_after_load"]):  # the step after the load, too
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
         for a, b in zip(got["got"], got["ref"]):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)

@@ -97,10 +97,11 @@ def restore_fused(optimizer) -> None:
     settings, so a checkpoint written before dist_int asked for the fused form (docs/training.md, "Fused
     Adam") would bring back `fused=None` and the slow form. The fused step also wants each parameter's step
     counter as a float32 tensor on the parameter's device (the default form keeps it on the host)."""
+    optimizer = getattr(optimizer, "optimizer", optimizer)  # under a DeepSpeed wrapper, if one is ever used
     if not isinstance(optimizer, torch.optim.Adam) or not optimizer.defaults.get("fused"):
         return
     for group in optimizer.param_groups:
-        if group.get("fused"):
+        if group.get("fused") or group.get("differentiable"):  # fused takes no differentiable group
             continue
         group["fused"], group["foreach"] = True, None
         for p in group["params"]:
