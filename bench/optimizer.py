@@ -24,6 +24,7 @@ from common import ROOT, machine, markdown_table
 
 sys.path.insert(0, str(ROOT))
 
+from dist_int.engine.deepspeed_engine import optimizer_groups  # noqa: E402
 from dist_int.model import HashField, Siren  # noqa: E402
 
 FORMS = {"default (single tensor)": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
@@ -49,15 +50,8 @@ def main() -> None:
     torch.set_num_threads(1)  # one core: a rank's share of the CPU in the 2-rank benchmarks
     rows = []
     for name, model in fields().items():
-        groups = getattr(model, "optimizer_groups", lambda: [{"params": list(model.parameters())}])()
         copies = {form: copy.deepcopy(model) for form in FORMS}
-        opts = {}
-        for form, kw in FORMS.items():
-            params = dict(copies[form].named_parameters())
-            names = [[n for n, p in model.named_parameters() if any(p is q for q in g["params"])] for g in groups]
-            opts[form] = torch.optim.Adam([{**{k: v for k, v in g.items() if k != "params"},
-                                            "params": [params[n] for n in ns]} for g, ns in zip(groups, names)],
-                                          lr=1e-2, **kw)
+        opts = {form: torch.optim.Adam(optimizer_groups(copies[form]), lr=1e-2, **kw) for form, kw in FORMS.items()}
         times = {form: [] for form in FORMS}
         faults = {form: [] for form in FORMS}
         g = torch.Generator().manual_seed(1)

@@ -139,7 +139,7 @@ def _adam_steps(rank, world, precision, out):
     from dist_int.config import Config
     from dist_int.comm import Comm
     from dist_int.engine.checkpoint import Checkpointer
-    from dist_int.engine.deepspeed_engine import CosineLR, build_engine
+    from dist_int.engine.deepspeed_engine import CosineLR, build_engine, optimizer_groups
     from dist_int.rundir import RunDir
     from dist_int.engine.precision import Precision
     from dist_int.model import HashField
@@ -154,21 +154,22 @@ def _adam_steps(rank, world, precision, out):
     assert type(engine.optimizer) is torch.optim.Adam
     fused = [bool(g.get("fused")) for g in engine.optimizer.param_groups]
     # The reference: the same groups (the table's Adam settings, model/hash.py) with torch's default.
-    groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [dict(ref.named_parameters())[n]
-              for n, p in model.named_parameters() for q in g["params"] if p is q]}
-              for g in model.optimizer_groups()]
-    opt = torch.optim.Adam(groups, lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2), eps=cfg.optim.eps,
+    opt = torch.optim.Adam(optimizer_groups(ref), lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2), eps=cfg.optim.eps,
                            foreach=False)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, CosineLR(10, cfg.optim.lr, cfg.optim.lr_min))
-    g = torch.Generator().manual_seed(1)
-    for _ in range(3):
-        x, y = torch.rand(256, 2, generator=g) * 2 - 1, torch.rand(256, 3, generator=g)
+
+    def update(engine, x, y):  # one step through the engine and one of the reference, on the same batch
         engine.backward((engine(x).float() - y).square().mean())
         engine.step()
         opt.zero_grad()
         (ref(x).float() - y).square().mean().backward()
         opt.step()
         sched.step()
+
+    g = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        x, y = torch.rand(256, 2, generator=g) * 2 - 1, torch.rand(256, 3, generator=g)
+        update(engine, x, y)
     # A checkpoint written by the default form (a run folder from before the fused Adam): its groups say
     # fused=None, which torch's load_state_dict brings back; the load keeps the fused form.
     got = [p.detach().clone() for p in engine.module.parameters()]
@@ -186,12 +187,7 @@ def _adam_steps(rank, world, precision, out):
     restored = [g.get("fused") for g in engine2.optimizer.param_groups]
     steps = {(s["step"].dtype, s["step"].device.type) for s in engine2.optimizer.state.values()}
     ref_before = [p.detach().clone() for p in ref.parameters()]
-    engine2.backward((engine2(x).float() - y).square().mean())  # one more step: fused, on the loaded state
-    engine2.step()
-    opt.zero_grad()                                              # and the default form's
-    (ref(x).float() - y).square().mean().backward()
-    opt.step()
-    sched.step()
+    update(engine2, x, y)  # one more step: fused on the loaded state, and the reference's
     torch.save({"fused": fused, "got": got, "ref": ref_before, "loaded": loaded, "restored": restored,
                 "steps": steps, "got_after_load": [p.detach().clone() for p in engine2.module.parameters()],
                 "ref_after_load": [p.detach().clone() for p in ref.parameters()]}, out)

@@ -92,16 +92,21 @@ def check_engine(engine, precision: Precision) -> None:
                            f"pip install 'deepspeed>={MIN_DEEPSPEED}'")
 
 
+def optimizer_groups(model: torch.nn.Module) -> list[dict]:
+    """The field's parameter groups: a hash field's tables carry the paper's own Adam settings (model/hash.py,
+    TABLE_ADAM) and the rest takes the config's; a plain module is one group."""
+    return getattr(model, "optimizer_groups", lambda: [{"params": list(model.parameters())}])()
+
+
 def restore_fused(optimizer) -> None:
     """Keep torch's fused Adam after a checkpoint load. torch's load_state_dict restores each group's saved
     settings, so a checkpoint written before dist_int asked for the fused form (docs/training.md, "Fused
     Adam") would bring back `fused=None` and the slow form. The fused step also wants each parameter's step
     counter as a float32 tensor on the parameter's device (the default form keeps it on the host)."""
-    optimizer = getattr(optimizer, "optimizer", optimizer)  # under a DeepSpeed wrapper, if one is ever used
     if not isinstance(optimizer, torch.optim.Adam) or not optimizer.defaults.get("fused"):
         return
     for group in optimizer.param_groups:
-        if group.get("fused") or group.get("differentiable"):  # fused takes no differentiable group
+        if group.get("fused"):
             continue
         group["fused"], group["foreach"] = True, None
         for p in group["params"]:
@@ -119,9 +124,7 @@ def build_engine(model: torch.nn.Module, cfg: Config, precision: Precision | Non
     schedule = CosineLR(cfg.train.steps, cfg.optim.lr, cfg.optim.lr_min)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
-        # Parameter groups of the field: a hash field's tables carry the paper's own Adam settings
-        # (model/hash.py, TABLE_ADAM); the rest takes the config's. A plain module is one group.
-        model_parameters=getattr(model, "optimizer_groups", lambda: [{"params": list(model.parameters())}])(),
+        model_parameters=optimizer_groups(model),
         config=deepspeed_config(cfg, precision),
         # A plain lambda, so LambdaLR's state_dict does not save (and a load does not overwrite) the
         # schedule's own fields: scale and length come from our config and run state.
