@@ -86,8 +86,8 @@ def train_env(**extra: str) -> dict:
     return {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1", **extra}
 
 
-def run_train(args: list[str], nproc: int = 0, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(train_cmd(args, nproc), env=train_env(), cwd=ROOT, capture_output=True, text=True,
+def run_train(args: list[str], nproc: int = 0, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(train_cmd(args, nproc), env=train_env(**env), cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout)
 
 

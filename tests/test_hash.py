@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import read_summary, run_train
+from conftest import read_metrics, read_summary, run_train
 from dist_int.model import HashEncoding, HashField, build_field, field_spec
+from dist_int.model import native
 from dist_int.model.hash import PRIMES, TABLE_ADAM, level_resolutions
 
 
@@ -51,6 +52,71 @@ def test_encoding_equals_the_per_corner_reference(dims, axes):
     coords = torch.rand(40, dims) * 2 - 1
     coords[0], coords[1] = 1.0, -1.0  # the domain's edges stay inside the last and first cells
     np.testing.assert_allclose(enc(coords).detach().double().numpy(), reference(enc, coords), atol=1e-3)  # fp32 positions
+
+
+@pytest.mark.parametrize("dims,axes,features", [(1, (3000,), 2), (2, (300, 200), 2), (2, (300, 200), 3),
+                                               (3, (40, 70, 90), 1), (3, None, 8), (4, (9, 9, 9, 9), 2)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_native_kernel_computes_the_torch_ops_bits(dims, axes, features, threads):
+    """The no-grad forward on a CPU takes model/native.py's C kernel; it must give the torch ops' results
+    bit for bit (else a teaching set would depend on which path scored it): points inside, on the edges
+    and outside the domain, dense and hashed levels, split over threads."""
+    torch.manual_seed(0)
+    enc = HashEncoding(dims, levels=6, features=features, log2_table=10, base_resolution=4, finest_resolution=2000,
+                       axis_lengths=axes)
+    with torch.no_grad():
+        enc.table.normal_()
+    assert any(enc.dense) and not all(enc.dense)
+    coords = torch.rand(9000, dims) * 2 - 1
+    coords[:3] = torch.tensor([1.0, -1.0, 0.0]).view(3, 1)
+    coords[3:6] = torch.tensor([1.5, -1.5, 1 - 1e-7]).view(3, 1)
+    assert native.library() is not None, native.status()  # .ci/run installs a C compiler
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            assert enc.uses_native(coords)
+            fast = enc(coords)
+    finally:
+        torch.set_num_threads(before)
+    assert not enc.uses_native(coords)  # with the gradient on: the torch ops
+    ops = enc(coords).detach()
+    assert fast.shape == ops.shape and torch.equal(fast, ops)
+
+
+def test_without_a_compiler_the_torch_ops_run_and_the_log_says_why(monkeypatch, tmp_path):
+    coords = torch.rand(100, 2) * 2 - 1
+    enc = HashEncoding(2, levels=4, log2_table=8, axis_lengths=(50, 50))
+    expected = enc(coords).detach()
+    try:
+        for env, why in [({"DIST_INT_NATIVE": "0"}, "DIST_INT_NATIVE=0"),
+                         ({"CC": str(tmp_path / "no-cc")}, "no C compiler"),
+                         ({"CC": "false", "DIST_INT_CACHE": str(tmp_path / "cache")}, "could not build")]:
+            with monkeypatch.context() as m:
+                for k, v in env.items():
+                    m.setenv(k, v)
+                native.reset()
+                with torch.no_grad():
+                    assert torch.equal(enc(coords), expected)
+                assert native.library() is None and why in native.status(), native.status()
+                assert not list((tmp_path / "cache").glob("*"))  # a failed build leaves nothing behind
+    finally:
+        native.reset()
+
+
+def test_a_run_scores_alike_with_the_kernel_and_with_the_torch_ops(signals, tmp_path):
+    """One run with each path: every logged loss and the final PSNR are the same numbers, so the teaching
+    sets were the same (soft teacher, a selection at every step of the first phase)."""
+    args = [f"signal.path={signals['image']}", *HASH, *KIND_ARGS["image"], "train.steps=30", "train.log_every=5"]
+    ran = {}
+    for name, env in [("native", {}), ("ops", {"DIST_INT_NATIVE": "0"})]:
+        ran[name] = run_train([f"run.dir={tmp_path / name}", *args], **env)
+        assert ran[name].returncode == 0, ran[name].stderr[-3000:]
+    assert "no-grad encoding: native kernel" in ran["native"].stdout + ran["native"].stderr
+    assert "no-grad encoding: torch ops (DIST_INT_NATIVE=0)" in ran["ops"].stdout + ran["ops"].stderr
+    loss = {name: [m["loss"] for m in read_metrics(tmp_path / name) if "loss" in m] for name in ran}
+    assert len(loss["native"]) == 6 and loss["native"] == loss["ops"]
+    assert read_summary(tmp_path / "native")["psnr_db"] == read_summary(tmp_path / "ops")["psnr_db"]
 
 
 def test_levels_grow_geometrically_are_capped_by_the_samples_and_fill_the_table():

@@ -20,7 +20,7 @@ from ..comm import Comm
 from ..config import Config
 from ..errors import ConfigError
 from ..modality import copy_part, modality_for, plan_signal
-from ..model import build_field, field_spec
+from ..model import build_field, field_spec, native_note
 from ..progress import Progress, Scalars
 from ..rundir import RunDir
 from ..signal import SignalStore, TargetRange, open_shard, signal_geometry, signal_store_path
@@ -162,7 +162,8 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
     log.message(f"{store.shape} signal, {store.num_chunks} chunks over {comm.world_size} rank(s)"
                 f"{' (streamed from disk, a window at a time)' if shard.streamed else ''}; budget per rank "
                 f"{budget.total / 2**20:,.0f} MiB ({budget.signal_bytes / 2**20:,.0f} MiB for the signal); "
-                f"{spec.describe()} ({model.num_params:,} params, {spec.num_bytes / 2**20:.1f} MiB); teacher "
+                f"{spec.describe()} ({model.num_params:,} params, {spec.num_bytes / 2**20:.1f} MiB"
+                f"{native_note(spec, device)}); teacher "
                 f"{cfg.teacher.strategy}; {cfg.train.precision}{' compiled' if cfg.train.compile else ''}; "
                 f"{cfg.train.steps} steps on {device}")
 

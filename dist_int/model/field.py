@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
+from . import native
 from .hash import MAX_DIMS, HashField, level_grid, level_resolutions, table_rows
 from .siren import Siren
 
@@ -96,6 +98,11 @@ def build_field(model, in_dims: int, out_channels: int, axis_lengths: tuple[int,
     return HashField(in_dims, out_channels, spec.hidden, spec.layers, model.activation, model.w0, model.levels,
                      model.features, model.log2_table, model.base_resolution,
                      max(finest, model.base_resolution), model.growth, axis_lengths)
+
+
+def native_note(spec: FieldSpec, device: torch.device) -> str:
+    """For the run's log: which path a hash field's no-grad encoding takes on a CPU (model/native.py)."""
+    return f"; no-grad encoding: {native.status()}" if spec.kind == "hash" and device.type == "cpu" else ""
 
 
 def bits_per_sample(num_bytes: int, num_points: int) -> float:

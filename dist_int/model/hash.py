@@ -18,6 +18,9 @@ Why it is written this way (docs/fields.md):
   neither do the weights.
 - Resolutions are capped per axis at the signal's own sample spacing: a level finer than the samples adds
   parameters that no sample can tell apart.
+- With no gradient wanted on a CPU (the teacher's scoring, evaluation, rendering), one fused C kernel
+  computes the same bits as these ops, about three times faster (model/native.py; docs/fields.md, "A
+  native kernel for scoring").
 The model knows nothing of distribution (docs/design.md).
 """
 
@@ -29,6 +32,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from . import native
 
 # The paper's hashing primes (pi_1 = 1 keeps the first axis coherent in memory), one per axis.
 PRIMES = (1, 2654435761, 805459861, 3674653429)
@@ -72,15 +77,21 @@ class _Interpolate(torch.autograd.Function):
 
     The table is held feature-major, (F, rows), so the gather, the weighting and the gradient's scatter are
     ops over long contiguous rows whose only broadcast is over leading dimensions; on CPUs broadcasting
-    over a trailing dimension of 2 features costs several times more. Backward: one index_add_ of the
-    weighted gradient (with int64 rows: CPU's index_add_ is many times slower with int32 ones)."""
+    over a trailing dimension of 2 features costs several times more. The corners are summed one after
+    the other, the same order for every point: torch's sum over the corner axis adds the last few values of
+    a tensor in another order than the rest, so a point's features would depend on its place in the piece
+    (and the C kernel, model/native.py, could not match them). Backward: one index_add_ of the weighted
+    gradient (with int64 rows: CPU's index_add_ is many times slower with int32 ones)."""
 
     @staticmethod
     def forward(ctx, table: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(idx, w)
         ctx.rows = table.shape[1]
         rows = table.index_select(1, idx.view(-1)).view(table.shape[0], *idx.shape)      # (F, C, P)
-        return (rows * w).sum(1)                                                          # (F, P)
+        out = rows[:, 0] * w[0]                                                           # (F, P)
+        for c in range(1, idx.shape[0]):
+            out += rows[:, c] * w[c]
+        return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -178,7 +189,21 @@ class HashEncoding(nn.Module):
             idx, w = out, w * weights[d].view(shape)
         return idx.view(1 << dims, levels * n), w.view(1 << dims, levels * n)
 
+    def uses_native(self, coords: torch.Tensor) -> bool:
+        """Whether this forward can take the fused C kernel (model/native.py): on the CPU, with no gradient
+        wanted (scoring, evaluation, rendering), fp32 coordinates, int32 rows and at most 8 features. It
+        computes the same bits as the ops below, so the choice never changes a result."""
+        return (coords.device.type == "cpu" and coords.dtype == torch.float32 and not (
+                torch.is_grad_enabled() and self.table.requires_grad) and self.index_dtype == torch.int32
+                and self.table.dtype == torch.float32 and self.features <= native.MAX_FEATURES
+                and not torch.compiler.is_compiling())
+
     def forward(self, coords: torch.Tensor) -> torch.Tensor:
+        if self.uses_native(coords):
+            out = native.hash_encode(coords, self.cells.squeeze(-1).float(), self.mult.squeeze(-1), self.mask.view(-1),
+                                     self.offset.view(-1), self.num_dense, self.table.detach())
+            if out is not None:
+                return out
         with torch.no_grad():
             idx, w = self.corners(coords)
         out = _Interpolate.apply(self.table, idx, w)                                   # (F, L * N)
