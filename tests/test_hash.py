@@ -54,20 +54,23 @@ def test_encoding_equals_the_per_corner_reference(dims, axes):
     np.testing.assert_allclose(enc(coords).detach().double().numpy(), reference(enc, coords), atol=1e-3)  # fp32 positions
 
 
-@pytest.mark.parametrize("dims,axes,features", [(1, (3000,), 2), (2, (300, 200), 2), (2, (300, 200), 3),
-                                               (3, (40, 70, 90), 1), (3, None, 8), (4, (9, 9, 9, 9), 2)])
+@pytest.mark.parametrize("dims,axes,features,dtype", [
+    (1, (3000,), 2, torch.float32), (2, (300, 200), 2, torch.float32), (2, (300, 200), 3, torch.float32),
+    (3, (40, 70, 90), 1, torch.float32), (3, None, 8, torch.float32), (4, (9, 9, 9, 9), 2, torch.float32),
+    (1, (172_800_000,), 2, torch.float64), (3, (40_000_000, 720, 1280), 2, torch.float64)])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_the_native_kernel_computes_the_torch_ops_bits(dims, axes, features, threads):
+def test_the_native_kernel_computes_the_torch_ops_bits(dims, axes, features, dtype, threads):
     """The no-grad forward on a CPU takes model/native.py's C kernel; it must give the torch ops' results
     bit for bit (else a teaching set would depend on which path scored it): points inside, on the edges
-    and outside the domain, dense and hashed levels, split over threads."""
+    and outside the domain, dense and hashed levels, fp32 coordinates and float64 ones (an hour of audio's
+    axis), split over threads."""
     torch.manual_seed(0)
-    enc = HashEncoding(dims, levels=6, features=features, log2_table=10, base_resolution=4, finest_resolution=2000,
-                       axis_lengths=axes)
+    enc = HashEncoding(dims, levels=6, features=features, log2_table=10, base_resolution=4,
+                       finest_resolution=max(axes or (2000,)), axis_lengths=axes)
     with torch.no_grad():
         enc.table.normal_()
-    assert any(enc.dense) and not all(enc.dense)
-    coords = torch.rand(9000, dims) * 2 - 1
+    assert any(enc.dense) and not all(enc.dense) and enc.index_dtype == torch.int32
+    coords = torch.rand(9000, dims, dtype=dtype) * 2 - 1
     coords[:3] = torch.tensor([1.0, -1.0, 0.0]).view(3, 1)
     coords[3:6] = torch.tensor([1.5, -1.5, 1 - 1e-7]).view(3, 1)
     assert native.library() is not None, native.status()  # .ci/run installs a C compiler

@@ -191,16 +191,16 @@ class HashEncoding(nn.Module):
 
     def uses_native(self, coords: torch.Tensor) -> bool:
         """Whether this forward can take the fused C kernel (model/native.py): on the CPU, with no gradient
-        wanted (scoring, evaluation, rendering), fp32 coordinates, int32 rows and at most 8 features. It
-        computes the same bits as the ops below, so the choice never changes a result."""
-        return (coords.device.type == "cpu" and coords.dtype == torch.float32 and not (
+        wanted (scoring, evaluation, rendering), fp32 or float64 coordinates, int32 rows and at most 8
+        features. It computes the same bits as the ops below, so the choice never changes a result."""
+        return (coords.device.type == "cpu" and coords.dtype in (torch.float32, torch.float64) and not (
                 torch.is_grad_enabled() and self.table.requires_grad) and self.index_dtype == torch.int32
                 and self.table.dtype == torch.float32 and self.features <= native.MAX_FEATURES
                 and not torch.compiler.is_compiling())
 
     def forward(self, coords: torch.Tensor) -> torch.Tensor:
         if self.uses_native(coords):
-            out = native.hash_encode(coords, self.cells.squeeze(-1).float(), self.mult.squeeze(-1), self.mask.view(-1),
+            out = native.hash_encode(coords, self.cells.squeeze(-1), self.mult.squeeze(-1), self.mask.view(-1),
                                      self.offset.view(-1), self.num_dense, self.table.detach())
             if out is not None:
                 return out

@@ -59,13 +59,14 @@ def _build() -> ctypes.CDLL:
             done = subprocess.run([cc, *FLAGS, "-o", str(tmp), str(SOURCE), "-lpthread"], capture_output=True,
                                   text=True, timeout=300)
             if done.returncode != 0:
-                raise OSError(f"{cc} could not build {SOURCE.name}: {done.stderr.strip()[-500:]}")
+                errors = [line for line in done.stderr.splitlines() if "error" in line] or [done.stderr.strip()]
+                raise OSError(f"{cc} could not build {SOURCE.name}: {errors[0][:300]}")
             os.replace(tmp, lib)
         finally:
             tmp.unlink(missing_ok=True)
     handle = ctypes.CDLL(str(lib))
     p, i32, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
-    handle.hash_encode.argtypes = [p, i64, i32, i32, i32, i32, p, p, p, p, p, i64, p, i32]
+    handle.hash_encode.argtypes = [p, i32, i64, i32, i32, i32, i32, p, p, p, p, p, i64, p, i32]
     handle.hash_encode.restype = i32
     return handle
 
@@ -98,9 +99,9 @@ def reset() -> None:
 
 def hash_encode(coords: torch.Tensor, cells: torch.Tensor, mult: torch.Tensor, mask: torch.Tensor,
                 offset: torch.Tensor, num_dense: int, table: torch.Tensor) -> torch.Tensor | None:
-    """The encoding of fp32 `coords` (n, D) with HashEncoding's buffers (cells (D, L) fp32, mult (D, L),
-    mask (L,), offset (L,) int32) and its (F, rows) fp32 table: (n, L * F) fp32, or None when the kernel
-    is unavailable. Every tensor must be on the CPU."""
+    """The encoding of fp32 or float64 `coords` (n, D) with HashEncoding's buffers (cells (D, L) float64,
+    mult (D, L), mask (L,), offset (L,) int32) and its (F, rows) fp32 table: (n, L * F) fp32, or None when
+    the kernel is unavailable. Every tensor must be on the CPU."""
     lib = library()
     if lib is None:
         return None
@@ -109,8 +110,9 @@ def hash_encode(coords: torch.Tensor, cells: torch.Tensor, mult: torch.Tensor, m
     dims, levels = cells.shape
     features, rows = table.shape
     out = torch.empty(coords.shape[0], levels * features, dtype=torch.float32)
-    code = lib.hash_encode(coords.data_ptr(), coords.shape[0], dims, levels, features, num_dense, cells.data_ptr(),
-                           mult.data_ptr(), mask.data_ptr(), offset.data_ptr(), table.data_ptr(), rows,
+    wide = int(coords.dtype == torch.float64)
+    code = lib.hash_encode(coords.data_ptr(), wide, coords.shape[0], dims, levels, features, num_dense,
+                           cells.data_ptr(), mult.data_ptr(), mask.data_ptr(), offset.data_ptr(), table.data_ptr(), rows,
                            out.data_ptr(), torch.get_num_threads())
     if code != 0:
         raise ValueError(f"hash_encode refused {dims} axes and {features} features (1-4 axes, 1-{MAX_FEATURES} "
