@@ -172,6 +172,40 @@ def test_the_memory_check_charges_scoring_pieces_only_where_something_scores(str
     assert budget.parts[part] == max(spec.activation_bytes(1024, True), spec.activation_bytes(charged, False))
 
 
+MEASURE_ROWS = """
+import re, sys
+import numpy as np, torch
+from dist_int.teacher import make_plan
+torch.set_num_threads(1)
+def kib(key):
+    return int(re.search(key + r":\\s+(\\d+)", open("/proc/self/status").read()).group(1)) * 1024
+sizes = [1 << 18] * 64                        # 16 M points in 64 chunks, 4 windows of 4 batches
+start = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+plan = make_plan(sizes, list(range(64)), start, 16, 0, "cpu", windows=4, steps=64)
+plan.rows(0)                                  # warm: the window's state and the previous batch's rows
+base = kib("VmRSS")
+open("/proc/self/clear_refs", "w").write("5")  # resets the peak (VmHWM) to the current RSS
+rows = plan.rows(1)
+print(rows.numel(), kib("VmHWM") - base)
+"""
+
+
+def test_the_memory_check_charges_what_a_batch_s_rows_take():
+    """engine/budget.py's ROW_BYTES per point of a batch covers what BatchPlan.rows holds at its peak (the
+    keyed order's temporaries and the previous batch's rows), measured as the process's peak RSS above its
+    start in a fresh process."""
+    import subprocess
+    import sys
+
+    from dist_int.engine.budget import ROW_BYTES
+
+    out = subprocess.run([sys.executable, "-c", MEASURE_ROWS], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows, peak = map(int, out.stdout.split())
+    assert rows == 1 << 20 and peak > 40 * rows  # the measurement sees the temporaries at all
+    assert peak <= ROW_BYTES * rows, (peak / rows, ROW_BYTES)
+
+
 def test_a_whole_signal_plan_gives_the_same_rows_every_epoch():
     """One batch of one window: rows(step) is kept between steps, and equals a fresh plan's rows at any
     epoch (teacher/batches.py)."""

@@ -27,7 +27,9 @@ from ..model import FieldSpec
 STATE_COPIES = 9   # weights, gradients, two Adam moments, DeepSpeed's flat buffers, and the guard's copy of
                    # the weights and both moments (engine/guard.py)
 SELECT_BYTES = 64  # per candidate of a selection: global id, order key, score, noise and their temporaries
-ROW_BYTES = 48     # per point of a batch: its row, and the keyed order's temporaries (teacher/batches.py)
+ROW_BYTES = 80     # per point of a batch: its row, the keyed order's temporaries (teacher/batches.py) and
+                   # the previous batch's rows; BatchPlan.rows peaked at 72-76 bytes a row above its start
+                   # for 1-16 M rows (tests/test_trainer_parts.py measures it)
 CACHE_BYTES = 4    # per point of a cached teaching set (an int32 row)
 SAFETY = 0.9       # of the machine's share, when train.memory_mb is 0
 
