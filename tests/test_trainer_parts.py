@@ -1,10 +1,12 @@
 """The trainer's pieces on their own: target range, run folder paths, metrics log, stateful parts."""
 
 import json
+import os
 
 import pytest
 import torch
 
+from conftest import ROOT
 from dist_int.comm import Comm
 from dist_int.config import Config, TeacherConfig
 from dist_int.engine.deepspeed_engine import CosineLR
@@ -190,6 +192,56 @@ print(rows.numel(), kib("VmHWM") - base)
 """
 
 
+# A fixed mmap threshold: glibc then maps every large tensor on its own and unmaps it when freed, so the
+# RSS follows what is live (by default it raises the threshold after the first frees and serves the next
+# allocations from memory it kept, which hides them from the RSS).
+MEASURE_ENV = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+MEASURE_SELECTION = """
+import re, sys
+import numpy as np, torch
+sys.path.insert(0, "tests")
+from conftest import PointTable
+from conftest import ROOT
+from dist_int.comm import Comm
+from dist_int.config import TeacherConfig
+from dist_int.teacher import Teacher, make_plan
+torch.set_num_threads(1)
+def kib(key):
+    return int(re.search(key + r":\\s+(\\d+)", open("/proc/self/status").read()).group(1)) * 1024
+n = 1 << 21
+start = np.arange(0, n + 1, n // 16, dtype=np.int64)
+plan = make_plan([n // 16] * 16, list(range(16)), start, 1, 0, "cpu", steps=10)
+table = PointTable(torch.zeros(n, 1), torch.zeros(n, 1), torch.arange(n))
+cfg = TeacherConfig(strategy=sys.argv[1], ratio=0.2, ratio_schedule="constant", interval_schedule="dense",
+                    score_chunk=16384)
+teacher = Teacher(cfg, 10, 0, Comm(), plan, n)
+predict = lambda x: torch.ones(x.shape[0], 1)
+teacher.teaching_set(0, table, predict)       # warm, then drop the set
+teacher.cache.clear()
+base = kib("VmRSS")
+open("/proc/self/clear_refs", "w").write("5")
+teacher.teaching_set(1, table, predict)
+print(n, kib("VmHWM") - base)
+"""
+
+
+@pytest.mark.parametrize("strategy", ["soft", "mix"])
+def test_the_memory_check_charges_what_a_selection_takes(strategy):
+    """engine/budget.py's SELECT_BYTES per candidate covers a selection's peak (ids, scores, noise, order
+    keys and their temporaries), measured as in the next test; soft and mix are the teachers that hold
+    the most per candidate."""
+    import subprocess
+    import sys
+
+    from dist_int.engine.budget import SELECT_BYTES
+
+    out = subprocess.run([sys.executable, "-c", MEASURE_SELECTION, strategy], capture_output=True, text=True,
+                         timeout=300, cwd=ROOT, env=MEASURE_ENV)
+    assert out.returncode == 0, out.stderr
+    n, peak = map(int, out.stdout.split())
+    assert peak > 30 * n and peak <= SELECT_BYTES * n, (peak / n, SELECT_BYTES)
+
+
 def test_the_memory_check_charges_what_a_batch_s_rows_take():
     """engine/budget.py's ROW_BYTES per point of a batch covers what BatchPlan.rows holds at its peak (the
     keyed order's temporaries and the previous batch's rows), measured as the process's peak RSS above its
@@ -199,7 +251,8 @@ def test_the_memory_check_charges_what_a_batch_s_rows_take():
 
     from dist_int.engine.budget import ROW_BYTES
 
-    out = subprocess.run([sys.executable, "-c", MEASURE_ROWS], capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-c", MEASURE_ROWS], capture_output=True, text=True, timeout=300,
+                         env=MEASURE_ENV)
     assert out.returncode == 0, out.stderr
     rows, peak = map(int, out.stdout.split())
     assert rows == 1 << 20 and peak > 40 * rows  # the measurement sees the temporaries at all

@@ -26,10 +26,12 @@ from ..model import FieldSpec
 
 STATE_COPIES = 9   # weights, gradients, two Adam moments, DeepSpeed's flat buffers, and the guard's copy of
                    # the weights and both moments (engine/guard.py)
-SELECT_BYTES = 64  # per candidate of a selection: global id, order key, score, noise and their temporaries
+SELECT_BYTES = 96  # per candidate of a selection: global id, order key, score, noise and their temporaries;
+                   # measured (tests/test_trainer_parts.py) at 76 bytes for `soft`, 60 `mix`, 52 `int`, 48
+                   # `uniform`; a shard computes its ids with a few temporaries more than the test's table
 ROW_BYTES = 80     # per point of a batch: its row, the keyed order's temporaries (teacher/batches.py) and
-                   # the previous batch's rows; BatchPlan.rows peaked at 72-76 bytes a row above its start
-                   # for 1-16 M rows (tests/test_trainer_parts.py measures it)
+                   # the previous batch's rows; BatchPlan.rows peaked at 73 bytes a row above its start
+                   # for 1 M rows (tests/test_trainer_parts.py measures it)
 CACHE_BYTES = 4    # per point of a cached teaching set (an int32 row)
 SAFETY = 0.9       # of the machine's share, when train.memory_mb is 0
 
