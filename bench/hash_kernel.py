@@ -29,8 +29,10 @@ from dist_int.model.infer import predict_pieces  # noqa: E402
 
 
 def use_kernel(on: bool) -> None:
+    """Switch the path, and load the kernel (or learn it is off) before any timing."""
     os.environ["DIST_INT_NATIVE"] = "1" if on else "0"
     native.reset()
+    native.library()
 
 
 @torch.no_grad()

@@ -4,6 +4,7 @@ kind of signal end to end (docs/fields.md)."""
 
 import itertools
 import math
+import os
 import numpy as np
 import pytest
 import torch
@@ -103,6 +104,55 @@ def test_without_a_compiler_the_torch_ops_run_and_the_log_says_why(monkeypatch, 
                     assert torch.equal(enc(coords), expected)
                 assert native.library() is None and why in native.status(), native.status()
                 assert not list((tmp_path / "cache").glob("*"))  # a failed build leaves nothing behind
+    finally:
+        native.reset()
+
+
+def test_inputs_the_kernel_does_not_take_go_to_the_torch_ops():
+    """Whatever the kernel would misread goes to the torch ops, which compute it or raise their error:
+    buffers cast to fp32 by module.float(), coordinates that broadcast or have no axis dimension, a table
+    on another device, fp32 coordinates on a level with 2^24 cells or more (not exact in fp32)."""
+    torch.manual_seed(0)
+    enc = HashEncoding(3, levels=4, log2_table=8, axis_lengths=(20, 30, 40)).float()  # cells now fp32
+    coords = torch.rand(50, 3) * 2 - 1
+    ops = enc(coords).detach()  # with the gradient on: the torch ops
+    with torch.no_grad():
+        assert enc.uses_native(coords) and torch.equal(enc(coords), ops)
+        assert not enc.uses_native(coords[:, :1])                     # (n, 1) broadcast by the torch ops
+        assert torch.equal(enc(coords[:, :1]), enc(coords[:, :1].expand(-1, 3).contiguous()))
+        flat = HashEncoding(1, levels=2, log2_table=8, axis_lengths=(100,))
+        assert not flat.uses_native(torch.zeros(10))
+        with pytest.raises((RuntimeError, IndexError)):
+            flat(torch.zeros(10))
+        fine = HashEncoding(1, levels=1, log2_table=25, base_resolution=(1 << 24) + 3,
+                            finest_resolution=(1 << 24) + 3)
+        assert not fine.uses_native(torch.ones(1, 1)) and fine.uses_native(torch.ones(1, 1, dtype=torch.float64))
+        meta = HashEncoding(2, levels=2, log2_table=8, axis_lengths=(10, 10)).to("meta")
+        assert not meta.uses_native(torch.zeros(4, 2))
+        assert enc(torch.zeros(0, 3)).shape == (0, enc.out_features)  # no rows: both paths
+    assert enc(torch.zeros(0, 3)).shape == (0, enc.out_features)
+
+
+def test_a_damaged_cached_kernel_is_rebuilt_and_an_unusable_cache_falls_back(monkeypatch, tmp_path):
+    import subprocess
+    import sys
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / native.library_name()).write_bytes(b"not a library")
+    # A fresh process: this one has the kernel loaded already, and the loader would hand that back.
+    check = ("from dist_int.model import native; import os; lib = native.library(); "
+             "print(lib is not None, os.path.getsize(os.path.join(os.environ['DIST_INT_CACHE'], "
+             "native.library_name())))")
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "DIST_INT_CACHE": str(cache)})
+    loaded, size = out.stdout.split()
+    assert loaded == "True" and int(size) > 1000, out.stdout + out.stderr  # built again in its place
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("DIST_INT_CACHE", str(tmp_path / "file" / "sub"))  # a cache that cannot be made
+    try:
+        native.reset()
+        assert native.library() is not None, native.status()  # built in a private temporary folder
     finally:
         native.reset()
 

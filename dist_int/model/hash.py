@@ -19,8 +19,8 @@ Why it is written this way (docs/fields.md):
 - Resolutions are capped per axis at the signal's own sample spacing: a level finer than the samples adds
   parameters that no sample can tell apart.
 - With no gradient wanted on a CPU (the teacher's scoring, evaluation, rendering), one fused C kernel
-  computes the same bits as these ops, about three times faster (model/native.py; docs/fields.md, "A
-  native kernel for scoring").
+  computes the same bits as these ops; the field's forward runs 1.35-2.5x faster with it (model/native.py;
+  docs/fields.md, "A native kernel for scoring"; bench/results/hash_kernel.md).
 The model knows nothing of distribution (docs/design.md).
 """
 
@@ -191,24 +191,29 @@ class HashEncoding(nn.Module):
 
     def uses_native(self, coords: torch.Tensor) -> bool:
         """Whether this forward can take the fused C kernel (model/native.py): on the CPU, with no gradient
-        wanted (scoring, evaluation, rendering), fp32 or float64 coordinates, int32 rows and at most 8
-        features. It computes the same bits as the ops below, so the choice never changes a result."""
-        return (coords.device.type == "cpu" and coords.dtype in (torch.float32, torch.float64) and not (
-                torch.is_grad_enabled() and self.table.requires_grad) and self.index_dtype == torch.int32
-                and self.table.dtype == torch.float32 and self.features <= native.MAX_FEATURES
-                and not torch.compiler.is_compiling())
+        wanted (scoring, evaluation, rendering), (n, in_dims) coordinates in fp32 (every level's cells then
+        below 2^24, exact in fp32) or float64, int32 rows and at most 8 features. It computes the same bits as
+        the ops below, so the choice never changes a result; anything else takes the ops, which also raise
+        the errors (a wrong shape, tensors on two devices)."""
+        return (coords.device.type == "cpu" and self.table.device.type == "cpu" and coords.dim() == 2
+                and coords.shape[1] == self.in_dims and (coords.dtype == torch.float64 or (
+                    coords.dtype == torch.float32 and max(max(g) for g in self.grids) < 1 << 24))
+                and not (torch.is_grad_enabled() and self.table.requires_grad)
+                and self.index_dtype == torch.int32 and self.table.dtype == torch.float32
+                and self.features <= native.MAX_FEATURES and not torch.compiler.is_compiling())
 
     def forward(self, coords: torch.Tensor) -> torch.Tensor:
         if self.uses_native(coords):
-            out = native.hash_encode(coords, self.cells.squeeze(-1), self.mult.squeeze(-1), self.mask.view(-1),
-                                     self.offset.view(-1), self.num_dense, self.table.detach())
+            out = native.hash_encode(coords, self.cells.squeeze(-1).double(), self.mult.squeeze(-1),
+                                     self.mask.view(-1), self.offset.view(-1), self.num_dense, self.table.detach())
             if out is not None:
                 return out
         with torch.no_grad():
             idx, w = self.corners(coords)
         out = _Interpolate.apply(self.table, idx, w)                                   # (F, L * N)
-        # (N, L * F): every level's features side by side.
-        return out.view(self.features, self.levels, -1).permute(2, 1, 0).reshape(coords.shape[0], -1)
+        # (N, L * F): every level's features side by side (sizes spelled out: N may be 0).
+        n = coords.shape[0]
+        return out.view(self.features, self.levels, n).permute(2, 1, 0).reshape(n, self.out_features)
 
 
 class HashField(nn.Module):

@@ -8,10 +8,10 @@ those of the torch path. tests/test_hash.py compares the two exactly.
 Why by hand: the torch path makes each intermediate (cell positions, corner rows, weights, gathered rows)
 a tensor of its own and passes over it once per op; here a point's corners stay in registers. Per level,
 a block of points first computes its corner rows and weights and prefetches the rows, then gathers them:
-the table's rows are random accesses, and the prefetches let several be in flight at once (bench/
-hash_kernel.py measures both). Levels are the outer loop so that one level's rows are the ones in cache.
+the table's rows are random accesses, and the prefetches let several be in flight at once (a first version
+without the blocks ran the encoding 1.8x faster than the torch ops, this one 3.2x; docs/fields.md). Levels are the outer loop so that one level's rows are the ones in cache.
 
-No torch headers: plain C built in under a few seconds by model/native.py and called through ctypes.
+No torch headers: plain C built in about ten seconds by model/native.py and called through ctypes.
 Table: (features, rows) fp32, feature-major; coords: (n, dims) fp32 (or float64 with `wide`); cells:
 (dims, levels) float64; out: (n, levels * features) fp32.
 */

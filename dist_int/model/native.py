@@ -1,15 +1,16 @@
 """The hash encoding's fused CPU kernel (hash_encode.c): built on first use, loaded with ctypes.
 
-Why a C kernel with no torch headers (docs/fields.md, "A native kernel for scoring"): it builds in a few
-seconds with the system's C compiler and needs nothing else (a torch C++ extension takes minutes and
+Why a C kernel with no torch headers (docs/fields.md, "A native kernel for scoring"): it builds in about
+ten seconds with the system's C compiler and needs nothing else (a torch C++ extension takes minutes and
 ninja); it is called on contiguous tensors' memory. Its results are the torch path's bit for bit, so using
-it or not never changes a teaching set: when no compiler is found, or DIST_INT_NATIVE=0, the encoding runs
-the torch ops instead, and says why once (`status()`).
+it or not never changes a teaching set: when no compiler is found, the build fails, or DIST_INT_NATIVE=0,
+the encoding runs the torch ops instead, and the run's log says why (`status()`).
 
-The library is cached per user, keyed by a digest of the source and the compiler command, and written
-under a private name then renamed into place: ranks that start together on one host (or hosts sharing a
-home folder) may all build it; none ever loads a half-written file. Portable flags (no -march=native), so
-one cached build serves every node of a cluster that shares the cache.
+The library is cached per user, keyed by a digest of the source, the compiler command, the machine's
+architecture and its C library, and written under a fresh temporary name then renamed into place: ranks
+that start together on one host (or hosts sharing a home folder) may all build it, and none ever loads a
+half-written file. A cached file that does not load is built again once. Portable flags (no
+-march=native), so one cached build serves every node of the same architecture.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import platform
+import shlex
 import shutil
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
@@ -40,35 +44,78 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dist_int"
 
 
-def _build() -> ctypes.CDLL:
-    cc = os.environ.get("CC", "cc")
-    if shutil.which(cc) is None:
-        raise OSError(f"no C compiler ({cc!r} is not on PATH; set CC or install gcc)")
-    source = SOURCE.read_bytes()
-    digest = hashlib.sha256(source + " ".join([cc, *FLAGS]).encode()).hexdigest()[:16]
-    folder = cache_dir()
+def _private_tmp() -> Path:
+    """A folder in the temporary directory that only this user can write (else None is trusted)."""
+    folder = Path(tempfile.gettempdir()) / f"dist_int-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    st = folder.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise OSError(f"{folder} is not a folder that only this user can write")
+    return folder
+
+
+def _compile(cc: list[str], folder: Path, lib: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{lib.name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        folder = Path(tempfile.gettempdir()) / f"dist_int-{os.getuid()}"
-        folder.mkdir(parents=True, exist_ok=True)
-    lib = folder / f"hash_encode-{digest}.so"
-    if not lib.is_file():
-        tmp = folder / f".{lib.name}.{os.getpid()}.tmp"
+        done = subprocess.run([*cc, *FLAGS, "-o", str(tmp), str(SOURCE), "-lpthread"], capture_output=True,
+                              text=True, timeout=300)
+        if done.returncode != 0:
+            lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+            raise OSError(f"{' '.join(cc)} could not build {SOURCE.name}: {' | '.join(lines)[:400]}")
+        os.replace(tmp, lib)
+    finally:
         try:
-            done = subprocess.run([cc, *FLAGS, "-o", str(tmp), str(SOURCE), "-lpthread"], capture_output=True,
-                                  text=True, timeout=300)
-            if done.returncode != 0:
-                errors = [line for line in done.stderr.splitlines() if "error" in line] or [done.stderr.strip()]
-                raise OSError(f"{cc} could not build {SOURCE.name}: {errors[0][:300]}")
-            os.replace(tmp, lib)
-        finally:
             tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+def _load(lib: Path) -> ctypes.CDLL:
     handle = ctypes.CDLL(str(lib))
     p, i32, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
     handle.hash_encode.argtypes = [p, i32, i64, i32, i32, i32, i32, p, p, p, p, p, i64, p, i32]
     handle.hash_encode.restype = i32
     return handle
+
+
+def compiler() -> list[str]:
+    """The C compiler's command: $CC (which may carry words, e.g. "ccache gcc"), else cc."""
+    return shlex.split(os.environ.get("CC", "cc")) or ["cc"]
+
+
+def library_name() -> str:
+    """The cached file's name: a digest of the source, the compiler command, the architecture and libc."""
+    key = [SOURCE.read_bytes(), " ".join([*compiler(), *FLAGS]).encode(), platform.machine().encode(),
+           " ".join(platform.libc_ver()).encode()]
+    digest = hashlib.sha256(b"\0".join(key)).hexdigest()[:16]
+    return f"hash_encode-{platform.machine()}-{digest}.so"
+
+
+def _build() -> ctypes.CDLL:
+    cc = compiler()
+    if shutil.which(cc[0]) is None:
+        raise OSError(f"no C compiler ({cc[0]!r} is not on PATH; set CC or install gcc)")
+    name = library_name()
+    errors = []
+    for where in (cache_dir, _private_tmp):  # the user's cache, else a private temporary folder
+        try:
+            folder = where()
+            lib = folder / name
+            if lib.is_file():
+                try:
+                    return _load(lib)
+                except OSError as e:  # a damaged or foreign file: build it again
+                    errors.append(f"{lib} did not load ({e}); rebuilt")
+            _compile(cc, folder, lib)
+            return _load(lib)
+        except (OSError, RuntimeError, subprocess.SubprocessError) as e:  # RuntimeError: no home folder
+            errors.append(str(e))
+            if "could not build" in str(e):
+                break  # the compiler's own error: another folder will not help
+    raise OSError("; ".join(errors))
 
 
 def library() -> ctypes.CDLL | None:
@@ -81,8 +128,8 @@ def library() -> ctypes.CDLL | None:
         return None
     try:
         _lib = _build()
-    except (OSError, subprocess.SubprocessError) as e:
-        _why_not = str(e)
+    except Exception as e:  # noqa: BLE001 - any failure leaves the torch ops, which compute the same values
+        _why_not = str(e) or type(e).__name__
     return _lib
 
 
@@ -105,9 +152,16 @@ def hash_encode(coords: torch.Tensor, cells: torch.Tensor, mult: torch.Tensor, m
     lib = library()
     if lib is None:
         return None
+    # The C side trusts these: check them here rather than read memory as the wrong type.
+    dims, levels = cells.shape
+    if not (coords.dim() == 2 and coords.shape[1] == dims and coords.dtype in (torch.float32, torch.float64)
+            and cells.dtype == torch.float64 and table.dtype == torch.float32 and table.dim() == 2
+            and all(t.dtype == torch.int32 for t in (mult, mask, offset)) and mult.shape == cells.shape
+            and mask.numel() == offset.numel() == levels
+            and all(t.device.type == "cpu" for t in (coords, cells, mult, mask, offset, table))):
+        raise ValueError("hash_encode takes (n, D) fp32/float64 CPU coordinates and HashEncoding's CPU buffers")
     coords, cells, mult = coords.contiguous(), cells.contiguous(), mult.contiguous()
     mask, offset, table = mask.contiguous(), offset.contiguous(), table.contiguous()
-    dims, levels = cells.shape
     features, rows = table.shape
     out = torch.empty(coords.shape[0], levels * features, dtype=torch.float32)
     wide = int(coords.dtype == torch.float64)
