@@ -116,6 +116,7 @@ class HashEncoding(nn.Module):
                  for r in level_resolutions(levels, base_resolution, finest_resolution, growth)]
         rows, dense = zip(*(table_rows(g, log2_table) for g in grids))
         self.grids, self.dense = grids, list(dense)
+        self.max_cells = max(max(g) for g in grids)  # the most cells along any axis of any level
         # Resolutions grow level by level, so the dense levels come first. In the flat table the hashed
         # levels come first instead: hashed level j starts at row j * T, a multiple of T, so its offset can
         # be added to the first axis' term before the xor with the others (offset + (a ^ b) = (offset + a)
@@ -136,7 +137,7 @@ class HashEncoding(nn.Module):
         # 30 % off its time (docs/fields.md, "Index arithmetic in int32"). A hashed level's product of a
         # coordinate and a prime wraps modulo 2^32 there, which keeps its low log2_table bits exact: the
         # same rows as int64.
-        bits = 32 if max(max(g) for g in grids) + 1 < 1 << 31 and num_rows < 1 << 31 else 64
+        bits = 32 if self.max_cells + 1 < 1 << 31 and num_rows < 1 << 31 else 64
         self.index_dtype = torch.int32 if bits == 32 else torch.int64
         # Hashed levels keep the low log2_table bits of each axis' term (the xor of masked terms is the
         # masked xor); a dense level's terms are below its row count already.
@@ -197,7 +198,7 @@ class HashEncoding(nn.Module):
         the errors (a wrong shape, tensors on two devices)."""
         return (coords.device.type == "cpu" and self.table.device.type == "cpu" and coords.dim() == 2
                 and coords.shape[1] == self.in_dims and (coords.dtype == torch.float64 or (
-                    coords.dtype == torch.float32 and max(max(g) for g in self.grids) < 1 << 24))
+                    coords.dtype == torch.float32 and self.max_cells < 1 << 24))
                 and not (torch.is_grad_enabled() and self.table.requires_grad)
                 and self.index_dtype == torch.int32 and self.table.dtype == torch.float32
                 and self.features <= native.MAX_FEATURES and not torch.compiler.is_compiling())
