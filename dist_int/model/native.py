@@ -166,8 +166,8 @@ def hash_encode(coords: torch.Tensor, cells: torch.Tensor, mult: torch.Tensor, m
     out = torch.empty(coords.shape[0], levels * features, dtype=torch.float32)
     wide = int(coords.dtype == torch.float64)
     code = lib.hash_encode(coords.data_ptr(), wide, coords.shape[0], dims, levels, features, num_dense,
-                           cells.data_ptr(), mult.data_ptr(), mask.data_ptr(), offset.data_ptr(), table.data_ptr(), rows,
-                           out.data_ptr(), torch.get_num_threads())
+                           cells.data_ptr(), mult.data_ptr(), mask.data_ptr(), offset.data_ptr(),
+                           table.data_ptr(), rows, out.data_ptr(), torch.get_num_threads())
     if code != 0:
         raise ValueError(f"hash_encode refused {dims} axes and {features} features (1-4 axes, 1-{MAX_FEATURES} "
                          "features)")
