@@ -174,40 +174,39 @@ def test_the_memory_check_charges_scoring_pieces_only_where_something_scores(str
     assert budget.parts[part] == max(spec.activation_bytes(1024, True), spec.activation_bytes(charged, False))
 
 
-MEASURE_ROWS = """
+# Peaks of one call measured in a fresh process: the RSS's high-water mark (VmHWM), reset just before the
+# call, above the RSS before it. With a fixed mmap threshold glibc maps every large tensor on its own and
+# unmaps it when freed, so the RSS follows what is live (by default it raises the threshold after the
+# first frees and serves the next allocations from memory it kept, which hides them from the RSS).
+MEASURE_ENV = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+MEASURE_PEAK = """
 import re, sys
 import numpy as np, torch
-from dist_int.teacher import make_plan
+sys.path.insert(0, "tests")
 torch.set_num_threads(1)
 def kib(key):
     return int(re.search(key + r":\\s+(\\d+)", open("/proc/self/status").read()).group(1)) * 1024
+def peak_of(call):
+    base = kib("VmRSS")
+    open("/proc/self/clear_refs", "w").write("5")  # resets the peak (VmHWM) to the current RSS
+    call()
+    return kib("VmHWM") - base
+"""
+MEASURE_ROWS = """
+from dist_int.teacher import make_plan
 sizes = [1 << 18] * 64                        # 16 M points in 64 chunks, 4 windows of 4 batches
 start = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
 plan = make_plan(sizes, list(range(64)), start, 16, 0, "cpu", windows=4, steps=64)
 plan.rows(0)                                  # warm: the window's state and the previous batch's rows
-base = kib("VmRSS")
-open("/proc/self/clear_refs", "w").write("5")  # resets the peak (VmHWM) to the current RSS
-rows = plan.rows(1)
-print(rows.numel(), kib("VmHWM") - base)
+rows = []
+peak = peak_of(lambda: rows.append(plan.rows(1)))
+print(rows[0].numel(), peak)
 """
-
-
-# A fixed mmap threshold: glibc then maps every large tensor on its own and unmaps it when freed, so the
-# RSS follows what is live (by default it raises the threshold after the first frees and serves the next
-# allocations from memory it kept, which hides them from the RSS).
-MEASURE_ENV = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
 MEASURE_SELECTION = """
-import re, sys
-import numpy as np, torch
-sys.path.insert(0, "tests")
 from conftest import PointTable
-from conftest import ROOT
 from dist_int.comm import Comm
 from dist_int.config import TeacherConfig
 from dist_int.teacher import Teacher, make_plan
-torch.set_num_threads(1)
-def kib(key):
-    return int(re.search(key + r":\\s+(\\d+)", open("/proc/self/status").read()).group(1)) * 1024
 n = 1 << 21
 start = np.arange(0, n + 1, n // 16, dtype=np.int64)
 plan = make_plan([n // 16] * 16, list(range(16)), start, 1, 0, "cpu", steps=10)
@@ -218,43 +217,38 @@ teacher = Teacher(cfg, 10, 0, Comm(), plan, n)
 predict = lambda x: torch.ones(x.shape[0], 1)
 teacher.teaching_set(0, table, predict)       # warm, then drop the set
 teacher.cache.clear()
-base = kib("VmRSS")
-open("/proc/self/clear_refs", "w").write("5")
-teacher.teaching_set(1, table, predict)
-print(n, kib("VmHWM") - base)
+print(n, peak_of(lambda: teacher.teaching_set(1, table, predict)))
 """
+
+
+def measured_peak(script: str, *args: str) -> tuple[int, int]:
+    """(points, peak bytes) that `script` prints, run after MEASURE_PEAK in a fresh process."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", MEASURE_PEAK + script, *args], capture_output=True, text=True,
+                         timeout=300, cwd=ROOT, env=MEASURE_ENV)
+    assert out.returncode == 0, out.stderr
+    n, peak = map(int, out.stdout.split())
+    return n, peak
 
 
 @pytest.mark.parametrize("strategy", ["soft", "mix"])
 def test_the_memory_check_charges_what_a_selection_takes(strategy):
     """engine/budget.py's SELECT_BYTES per candidate covers a selection's peak (ids, scores, noise, order
-    keys and their temporaries), measured as in the next test; soft and mix are the teachers that hold
-    the most per candidate."""
-    import subprocess
-    import sys
-
+    keys and their temporaries); soft and mix are the teachers that hold the most per candidate."""
     from dist_int.engine.budget import SELECT_BYTES
 
-    out = subprocess.run([sys.executable, "-c", MEASURE_SELECTION, strategy], capture_output=True, text=True,
-                         timeout=300, cwd=ROOT, env=MEASURE_ENV)
-    assert out.returncode == 0, out.stderr
-    n, peak = map(int, out.stdout.split())
+    n, peak = measured_peak(MEASURE_SELECTION, strategy)
     assert peak > 30 * n and peak <= SELECT_BYTES * n, (peak / n, SELECT_BYTES)
 
 
 def test_the_memory_check_charges_what_a_batch_s_rows_take():
     """engine/budget.py's ROW_BYTES per point of a batch covers what BatchPlan.rows holds at its peak (the
-    keyed order's temporaries and the previous batch's rows), measured as the process's peak RSS above its
-    start in a fresh process."""
-    import subprocess
-    import sys
-
+    keyed order's temporaries and the previous batch's rows)."""
     from dist_int.engine.budget import ROW_BYTES
 
-    out = subprocess.run([sys.executable, "-c", MEASURE_ROWS], capture_output=True, text=True, timeout=300,
-                         env=MEASURE_ENV)
-    assert out.returncode == 0, out.stderr
-    rows, peak = map(int, out.stdout.split())
+    rows, peak = measured_peak(MEASURE_ROWS)
     assert rows == 1 << 20 and peak > 40 * rows  # the measurement sees the temporaries at all
     assert peak <= ROW_BYTES * rows, (peak / rows, ROW_BYTES)
 

@@ -142,10 +142,11 @@ class HashEncoding(nn.Module):
         # Hashed levels keep the low log2_table bits of each axis' term (the xor of masked terms is the
         # masked xor); a dense level's terms are below its row count already.
         mask = [(1 << (bits - 1)) - 1 if is_dense else (1 << log2_table) - 1 for is_dense in dense]
-        self.register_buffer("cells", torch.tensor(grids, dtype=torch.float64).t().unsqueeze(-1),
+        # Contiguous (D, L) underneath, so the C kernel reads them as they are (no copy per call).
+        self.register_buffer("cells", torch.tensor(grids, dtype=torch.float64).t().contiguous().unsqueeze(-1),
                              persistent=False)                                                # (D, L, 1)
         self.register_buffer("mult", torch.tensor([[_wrap(m, bits) for m in row] for row in mult],
-                                                  dtype=self.index_dtype).t().unsqueeze(-1),
+                                                  dtype=self.index_dtype).t().contiguous().unsqueeze(-1),
                              persistent=False)                                                # (D, L, 1)
         self.register_buffer("mask", torch.tensor(mask, dtype=self.index_dtype).view(levels, 1), persistent=False)
         self.register_buffer("offset", torch.tensor(offsets, dtype=self.index_dtype).view(levels, 1),

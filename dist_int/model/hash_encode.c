@@ -22,7 +22,7 @@ Table: (features, rows) fp32, feature-major; coords: (n, dims) fp32 (or float64 
 #define MAXF 8     /* features per level */
 #define BLOCK 64   /* points whose corner rows are prefetched together */
 typedef struct {
-    const void *coords; int64_t n; int dims, levels, features, num_dense, wide;
+    const void *coords; int dims, levels, features, num_dense, wide;
     const double *cells; const int32_t *mult, *mask, *offset;
     const float *table; int64_t rows; float *out; int64_t lo, hi;
 } job_t;
@@ -124,7 +124,7 @@ int hash_encode(const void *coords, int wide, int64_t n, int dims, int levels, i
     if (n < 2048 * (int64_t)threads) threads = (int)(n / 2048) > 0 ? (int)(n / 2048) : 1;
     job_t jobs[64]; pthread_t tid[64];
     for (int i = 0; i < threads; i++) {
-        job_t j = {coords, n, dims, levels, features, num_dense, wide, cells, mult, mask, offset, table, rows, out,
+        job_t j = {coords, dims, levels, features, num_dense, wide, cells, mult, mask, offset, table, rows, out,
                    n * i / threads, n * (i + 1) / threads};
         jobs[i] = j;
     }

@@ -33,6 +33,10 @@ SOURCE = Path(__file__).with_name("hash_encode.c")
 FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fPIC", "-shared"]
 MAX_FEATURES = 8  # hash_encode.c's MAXF
 
+class BuildError(OSError):
+    """The compiler ran and refused the source: building in another folder would not help."""
+
+
 _lib: ctypes.CDLL | None = None
 _why_not: str | None = None  # set once the kernel is known to be unavailable
 
@@ -64,7 +68,7 @@ def _compile(cc: list[str], folder: Path, lib: Path) -> None:
                               text=True, timeout=300)
         if done.returncode != 0:
             lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
-            raise OSError(f"{' '.join(cc)} could not build {SOURCE.name}: {' | '.join(lines)[:400]}")
+            raise BuildError(f"{' '.join(cc)} could not build {SOURCE.name}: {' | '.join(lines)[:400]}")
         os.replace(tmp, lib)
     finally:
         try:
@@ -111,10 +115,10 @@ def _build() -> ctypes.CDLL:
                     errors.append(f"{lib} did not load ({e}); rebuilt")
             _compile(cc, folder, lib)
             return _load(lib)
+        except BuildError:
+            raise
         except (OSError, RuntimeError, subprocess.SubprocessError) as e:  # RuntimeError: no home folder
             errors.append(str(e))
-            if "could not build" in str(e):
-                break  # the compiler's own error: another folder will not help
     raise OSError("; ".join(errors))
 
 
