@@ -31,7 +31,8 @@ def _row(run_dir: Path) -> dict:
         except (OSError, ValueError, UnicodeDecodeError):
             row["status"] = "damaged summary.json"  # one bad folder must not fail the whole table
             return row
-        row.update({k: s.get(k, row[k]) for k in COLUMNS[2:]})
+        words = s.get("not_finite") or {}  # null values that were inf or nan (dist_int/jsonio.py)
+        row.update({k: words.get(k, "") if s.get(k) is None else s[k] for k in COLUMNS[2:]})
         row["status"] = status_of(s)
         return row
     row["status"] = status_of(None)  # stopped, running or failed: its last checkpoint says how far it got
@@ -67,8 +68,9 @@ def collect_main(argv: list[str]) -> int:
 
     p = argparse.ArgumentParser(prog="python -m dist_int collect",
                                 description="Gather the summary.json of every run folder under DIR into "
-                                            "DIR/runs.csv and print a Markdown table.")
+                                            "a CSV file (DIR/runs.csv) and print a Markdown table.")
     p.add_argument("dir")
+    p.add_argument("--out", help="CSV file to write (default: DIR/runs.csv)")
     args = p.parse_args(argv)
     try:
         rows = collect(Path(args.dir))
@@ -83,11 +85,17 @@ def collect_main(argv: list[str]) -> int:
     writer = csv.DictWriter(buf, fieldnames=COLUMNS)
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write(Path(args.dir) / "runs.csv", buf.getvalue())
+    out = Path(args.out) if args.out else Path(args.dir) / "runs.csv"
+    try:
+        atomic_write(out, buf.getvalue())
+        written = f"table written to {out}"
+    except OSError as e:  # a read-only folder (another user's runs, a finished project): the table still prints
+        written = f"{out} not written ({e.strerror or e}; pass --out FILE to write the table elsewhere)"
     print(to_markdown(rows))
     done = sum(r["status"].startswith("complete") for r in rows)
     warned = sum(r["status"] == "complete-with-warnings" for r in rows)
     print(f"\n{len(rows)} run(s); {done} complete ({warned} with warnings); "
-          f"{sum(r['status'].startswith('not finished') for r in rows)} not finished; table written to "
-          f"{Path(args.dir) / 'runs.csv'}")
+          f"{sum(r['status'].startswith('not finished') for r in rows)} not finished; {written}")
+    if not written.startswith("table written"):
+        print(f"warning: {written}", file=sys.stderr)
     return 0

@@ -12,7 +12,8 @@ Control collectives time out after train.timeout_s, which is how a dead rank end
 take longer than that on one rank (ingesting a source, writing a TIFF, rendering a large shard) must not
 be waited for under that timeout: those waits (`long=True`) use a third gloo group whose timeout is days.
 A rank that dies meanwhile still ends the wait, since gloo fails a collective whose peer's connection
-closes (docs/cluster.md, "Long work and timeouts").
+closes; a host that drops off the network is caught by the heartbeat, a fourth group whose rounds a
+thread joins every second (`beat`; engine/watchdog.py; docs/cluster.md, "Lost hosts").
 """
 
 from __future__ import annotations
@@ -56,6 +57,12 @@ class Comm:
         """Every rank's string, by rank (control plane; `long`: the wait may last through long work)."""
         return [text]
 
+    def beat(self, going_on: bool):
+        """One heartbeat round, started and not waited for: (work, flag), where flag becomes the minimum of
+        every rank's going_on (0: some rank has ended) once work.is_completed(). Only a group of processes
+        beats (engine/watchdog.py)."""
+        raise NotImplementedError("a single process has no peers to hear from")
+
 
 class DistComm(Comm):
     """Collectives over the default process group; tensors travel on `device`. Control collectives use
@@ -71,6 +78,9 @@ class DistComm(Comm):
         timeout = timedelta(seconds=timeout_s) if timeout_s else None
         self._cpu_group = dist.new_group(backend="gloo", timeout=timeout)
         self._long_group = dist.new_group(backend="gloo", timeout=LONG_WORK_TIMEOUT)
+        # The heartbeat's own group: its rounds run in a thread beside whatever the main thread waits on,
+        # and its watchdog, not gloo's timeout, decides when a silence is a loss (engine/watchdog.py).
+        self._beat_group = dist.new_group(backend="gloo", timeout=LONG_WORK_TIMEOUT)
 
     def all_gather(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device).contiguous()
@@ -96,6 +106,11 @@ class DistComm(Comm):
 
     def barrier(self, long: bool = False) -> None:
         self._dist.barrier(group=self._long_group if long else self._cpu_group)
+
+    def beat(self, going_on: bool):
+        flag = torch.tensor([1.0 if going_on else 0.0])
+        work = self._dist.all_reduce(flag, op=self._dist.ReduceOp.MIN, group=self._beat_group, async_op=True)
+        return work, flag
 
     def gather_strings(self, text: str, long: bool = False) -> list[str]:
         out: list = [None] * self.world_size

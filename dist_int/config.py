@@ -29,6 +29,27 @@ ACTIVATIONS = ("relu", "sine")
 SIGNAL_KINDS = ("image", "audio", "volume", "video", "shape")
 PRECISIONS = ("fp32", "tf32", "bf16")
 TARGET_RANGES = ("symmetric", "unit")
+# The largest value each number may take. Counts and sizes decide loops and allocations before any memory
+# check can weigh them (model.levels = 10^8 built lists for a minute before failing, 2^63 - 1 hung), so
+# each has a bound far beyond any real use; None: any finite number (rates and factors whose extremes
+# are a training outcome, reported as such, not a hang). tests/test_config.py checks that every numeric
+# key is here.
+LIMITS: dict[str, float | None] = {
+    "seed": 2**63 - 1,
+    "signal.points": 2**31, "signal.chunk": 2**31,
+    "model.hidden": 2**16, "model.layers": 1024, "model.w0": None, "model.w0_first": None, "model.levels": 64,
+    "model.features": 64, "model.log2_table": 30, "model.base_resolution": 2**31, "model.finest_resolution": 2**40,
+    "model.growth": 1e6,
+    "teacher.mix_topk": 1.0, "teacher.temperature": 1e6, "teacher.ratio": 1.0, "teacher.num_batches": 2**40,
+    "teacher.batch_points": 2**48, "teacher.window_points": 2**48, "teacher.score_chunk": 2**31,
+    "optim.lr": None, "optim.lr_min": None, "optim.beta1": 1.0, "optim.beta2": 1.0, "optim.eps": None,
+    "optim.grad_clip": None,
+    "train.steps": 2**40, "train.log_every": 2**40, "train.eval_every": 2**40, "train.eval_chunk": 2**31,
+    "train.max_points_per_pass": 2**40, "train.memory_mb": 2**30, "train.timeout_s": 7 * 24 * 3600,
+    "train.divergence_db": 1000.0, "train.probe_points": 2**31, "train.rollback_lr_factor": 1.0,
+    "train.max_rollbacks": 1000, "train.snapshot_every": 2**40, "train.progress_every_s": 7 * 24 * 3600,
+    "checkpoint.every": 2**40, "checkpoint.keep": 10000,
+}
 # Keys that were renamed: an old config gets told the new spelling instead of a list of every key.
 RENAMED_KEYS = {
     "train.bf16": 'train.precision = "bf16" (or "fp32" / "tf32")',
@@ -260,14 +281,36 @@ class Config:
         return min(max(1, math.ceil(num_points / self.teacher.window_points)), num_chunks,
                    self.num_batches(num_points))
 
+    def window_limit(self, num_points: int, num_chunks: int) -> tuple[str, int] | None:
+        """What keeps the windows per epoch below what teacher.window_points asks for: ("batches", count)
+        (a window holds at least one mini-batch), ("chunks", count) (and at least one chunk), or None. The
+        advice to stream in smaller windows names the setting that can change it."""
+        asked = max(1, math.ceil(num_points / self.teacher.window_points)) if self.teacher.window_points else 1
+        batches = self.num_batches(num_points)
+        if self.num_windows(num_points, num_chunks) >= asked:
+            return None
+        return ("batches", batches) if batches <= num_chunks else ("chunks", num_chunks)
+
+    def numbers(self) -> dict[str, int | float | list]:
+        """Every numeric setting by its dotted key (signal.chunk: an edge or a list of edges)."""
+        out = {"seed": self.seed}
+        for section in ("signal", "model", "teacher", "optim", "train", "checkpoint"):
+            for f in dataclasses.fields(getattr(self, section)):
+                value = getattr(getattr(self, section), f.name)
+                if isinstance(value, (int, float, list)) and not isinstance(value, bool) and f.name != "value_range":
+                    out[f"{section}.{f.name}"] = value
+        return out
+
     def validate(self) -> "Config":
-        floats = [(f"{section}.{f.name}", getattr(getattr(self, section), f.name))
-                  for section in ("model", "teacher", "optim", "train", "signal")
-                  for f in dataclasses.fields(getattr(self, section)) if f.type in (float, "float")]
+        numbers = self.numbers()
+        floats = [(k, v) for k, v in numbers.items() if isinstance(v, float)]
+        too_large = [(k, v, LIMITS[k]) for k, vs in numbers.items() for v in (vs if isinstance(vs, list) else [vs])
+                     if LIMITS.get(k) is not None and math.isfinite(v) and v > LIMITS[k]]
         checks = [
             *[(math.isfinite(v), f"{k} must be a finite number (got {v})") for k, v in floats],
+            *[(False, f"{k} = {v:,} is beyond its limit of {limit:,}" + (
+                " (a week)" if k == "train.timeout_s" else "")) for k, v, limit in too_large],
             (self.seed >= 0, "seed must be >= 0"),
-            (self.train.timeout_s <= 7 * 24 * 3600, "train.timeout_s must be at most a week (604800 s)"),
             (self.model.kind in FIELD_KINDS, f"model.kind must be one of {FIELD_KINDS}"),
             (self.model.hidden >= 0, "model.hidden must be >= 1 (or 0: the field's default)"),
             (self.model.layers == 0 or self.model.layers >= 2,

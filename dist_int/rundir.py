@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .config import Config, diff_configs
 from .errors import RunDirError
+from .files import atomic_write, create_exclusive
 
 # Keys that may differ between the run that made a folder and the one resuming it (run.dir: the folder
 # may have been moved or copied). Progress, snapshots and TensorBoard change what is shown, not the result.
@@ -62,12 +63,6 @@ def to_toml(data: dict) -> str:
     return "\n".join(top) + "\n" + "\n".join(sections) + "\n"
 
 
-def atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 class RunDir:
     CONFIG = "config.toml"
 
@@ -76,6 +71,7 @@ class RunDir:
         self.config_changed = True  # whether config.toml must be (re)written; set by `check`
         self.training = False  # set once setup is done and the config saved: the folder is a run now
         self.created = False   # set by the start that made the folder (and holds its lock)
+        self.lock_note: str | None = None  # a warning for the log: an unreadable lock was taken over
 
     # Every path in the folder.
     @property
@@ -161,13 +157,18 @@ class RunDir:
 
     def _holder(self) -> dict | None:
         """The lock's holder {host, pid, started}, or None when there is no lock or it is stale (its
-        process, on this host, is gone)."""
+        process, on this host, is gone; or it cannot be read: locks are written whole, so an empty or
+        damaged one was left by a start that failed while writing it, e.g. on a full disk)."""
         try:
             holder = json.loads(self.lock.read_text())
+            if not isinstance(holder, dict):
+                raise ValueError(f"{type(holder).__name__}, not an object")
         except FileNotFoundError:
             return None
-        except (OSError, ValueError):
-            return {"host": "?", "pid": "?", "started": "?"}  # unreadable: treat as held, let the user decide
+        except (OSError, ValueError, UnicodeDecodeError) as e:
+            self.lock_note = (f"{self.lock} could not be read ({e or 'empty'}), so no run can be shown to hold "
+                              f"it; taken over as stale")
+            return None
         job = os.environ.get("SLURM_JOB_ID")
         if job and holder.get("slurm_job") == job:
             return None  # this SLURM job, requeued (possibly on another node): its earlier run is over
@@ -188,18 +189,16 @@ class RunDir:
                               f"stop it, or choose another run.dir. If that process is gone, delete {self.lock}")
 
     def acquire_lock(self) -> None:
-        """Take the folder for this run (rank 0, before it writes anything); a stale lock is taken over."""
+        """Take the folder for this run (rank 0, before it writes anything); a stale lock is taken over
+        (`lock_note` then says so when it could not be read)."""
         text = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
                            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                            "slurm_job": os.environ.get("SLURM_JOB_ID")})
-        try:
-            fd = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            self._refuse_if_locked()
-            atomic_write(self.lock, text)  # stale: its holder is gone
+        if create_exclusive(self.lock, text):
             return
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        self._refuse_if_locked()
+        atomic_write(self.lock, text)  # stale: its holder is gone
+        self._refuse_if_locked()  # another start took it over at the same moment
 
     def release_lock(self) -> None:
         try:

@@ -12,22 +12,51 @@
 set -euo pipefail
 usage="usage: local-cluster.sh start DIR [--nodes N] | exec DIR K CMD... | stop DIR"
 cmd=${1:?$usage}
-dir=$(mkdir -p "${2:?$usage}" && cd "$2" && pwd)
+[ -n "${2:-}" ] || { echo "$usage" >&2; exit 2; }
+if [ "$cmd" = stop ] && [ ! -d "$2" ]; then exit 0; fi   # no bed there: nothing to stop (and nothing made)
+dir=$(mkdir -p "$2" && cd "$2" && pwd)
 conf="$dir/slurm.conf"
 # Names from the folder, so that two beds (two test sessions) never share a namespace or a bridge.
-tag=$(printf '%s' "$dir" | cksum | awk '{print $1 % 100000}')
+sum=$(printf '%s' "$dir" | cksum | awk '{print $1}')
+tag=$((sum % 100000))
 bridge="dib$tag"
-subnet="10.$((200 + tag % 50)).$((tag % 250)).0"   # private, one /24 per bed
-base=${subnet%.0}
 ns_name() { echo "din$tag-$1"; }
+
+# A private /24 for the bed: 10.(200..249).(0..249).0, both octets from the folder's checksum (12,500
+# subnets), and the next one while an address of this host already lies in it (another bed, a VPN).
+pick_subnet() {
+    local i o2 o3 used
+    used=$(ip -o -4 addr show 2>/dev/null | awk '{print $4}')
+    for i in $(seq 0 12499); do
+        o2=$((200 + (sum / 250 + i / 250) % 50)) o3=$(((sum + i) % 250))
+        if ! grep -q "^10\.$o2\.$o3\." <<< "$used"; then
+            echo "10.$o2.$o3"
+            return 0
+        fi
+    done
+    echo "no free 10.x.y.0/24 subnet for the bed" >&2
+    return 1
+}
+
+# Kills the daemon a pid file names, only while that pid is still the daemon (a pid file left by a
+# killed bed may name a process that got the number since).
+kill_daemon() {
+    local sig=$1 f=$2 pid
+    [ -f "$f" ] || return 0
+    pid=$(cat "$f" 2>/dev/null)
+    [[ "$pid" =~ ^[0-9]+$ ]] || return 0
+    case "$(cat "/proc/$pid/comm" 2>/dev/null)" in
+        slurmd|slurmctld) kill "$sig" "$pid" 2>/dev/null || true ;;
+    esac
+}
 
 stop() {
     for f in "$dir"/slurmd*.pid "$dir/slurmctld.pid"; do
-        [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true
+        kill_daemon -TERM "$f"
     done
     sleep 1
     for f in "$dir"/slurmd*.pid "$dir/slurmctld.pid"; do
-        [ -f "$f" ] && kill -9 "$(cat "$f")" 2>/dev/null || true
+        kill_daemon -KILL "$f"
         rm -f "$f"
     done
     if [ -f "$dir/nodes" ]; then
@@ -83,6 +112,7 @@ spool="$dir/spool" slurmd_pid="$dir/slurmd.pid" slurmd_log="$dir/slurmd.log"
 if [ "$nodes" -gt 0 ]; then
     [ "$(id -u)" = 0 ] || { echo "--nodes needs root (network namespaces)" >&2; exit 1; }
     stop  # a bed left by a killed run in this folder
+    base=$(pick_subnet)
     ip link add "$bridge" type bridge
     ip addr add "$base.1/24" dev "$bridge"
     ip link set "$bridge" up

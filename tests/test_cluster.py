@@ -227,3 +227,106 @@ def test_a_crashed_host_ends_every_process_and_the_slurm_job_requeues(bed, image
     assert not left, (left, log[-3000:])
     assert "lost contact with node-2 (rank 1)" in log and "a host was lost" in log, log[-3000:]
     print(f"every process ended {took:.0f} s after the crash (train.timeout_s = 30)")
+
+
+def test_a_host_lost_while_the_outputs_are_written_ends_the_job(bed, tmp_path):
+    """Host 2's link goes down once training is over and the outputs are being written: the ranks wait on
+    each other there under a timeout of days (rendering and exporting may take long), so only the heartbeat
+    sees the loss. Every process of the run on both hosts ends within train.timeout_s + 60 s, one line names
+    the lost host, and with the link back the same command finishes the outputs without training again."""
+    big = tmp_path / "big.png"
+    Image.fromarray(smooth_image(256, 256)).save(big)
+    run = tmp_path / "run"
+    args = [*ARGS, f"signal.path={big}", f"run.dir={run}", "train.steps=20", "train.timeout_s=20",
+            "train.eval_chunk=1024"]
+    procs = two_host_torchrun(bed, tmp_path, args, free_port())
+    tmp = run / ".reconstruction.zarr.tmp"
+    deadline = time.time() + 300
+    while not tmp.exists() and time.time() < deadline and all(p.poll() is None for p in procs):
+        time.sleep(0.01)
+    assert tmp.exists(), "".join((tmp_path / f"host{k}.log").read_text() for k in (1, 2))
+    # Host 1's trainer holds still while the link goes: it certainly has collectives of the outputs left.
+    trainer = next(p for p in psutil_processes(run) if "torch.distributed.run" not in " ".join(p.cmdline())
+                   and _namespace(bed, 2) not in _netns_of(p.pid))
+    trainer.suspend()
+    ns = _namespace(bed, 2)
+    subprocess.run(["ip", "-n", ns, "link", "set", "eth0", "down"], check=True)
+    trainer.resume()
+    try:
+        left, took = processes_end(run, time.time(), 20 + 60)
+    finally:
+        subprocess.run(["ip", "-n", ns, "link", "set", "eth0", "up"], check=True)
+    logs = "".join((tmp_path / f"host{k}.log").read_text() for k in (1, 2))
+    assert not left, (left, logs[-3000:])
+    assert "while writing the outputs" in logs and "lost contact with node-2 (rank 1)" in logs, logs[-3000:]
+    assert not (run / "summary.json").exists()
+    procs = two_host_torchrun(bed, tmp_path, args, free_port())
+    codes = [p.wait(timeout=300) for p in procs]
+    logs = "".join((tmp_path / f"host{k}.log").read_text() for k in (1, 2))
+    assert codes == [0, 0] and "resuming" in logs, logs[-3000:]
+    assert read_summary(run)["steps"] == 20 and (run / "reconstruction.png").is_file()
+    print(f"every process ended {took:.0f} s after the cut (train.timeout_s = 20)")
+
+
+def psutil_processes(run) -> list:
+    import psutil
+
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if f"run.dir={run}" in " ".join(p.info["cmdline"] or []):
+                out.append(p)
+        except psutil.NoSuchProcess:
+            continue
+    return out
+
+
+def _netns_of(pid: int) -> str:
+    """The name of the network namespace process `pid` is in ("" for this host's own)."""
+    out = subprocess.run(["ip", "netns", "identify", str(pid)], capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def _cksum(data: bytes) -> int:
+    """POSIX cksum (CRC-32, polynomial 0x04C11DB7, the length appended), as local-cluster.sh computes it."""
+    table = []
+    for i in range(256):
+        c = i << 24
+        for _ in range(8):
+            c = ((c << 1) ^ 0x04C11DB7) if c & 0x80000000 else c << 1
+        table.append(c & 0xFFFFFFFF)
+    crc = 0
+    for b in data:
+        crc = ((crc << 8) & 0xFFFFFFFF) ^ table[((crc >> 24) ^ b) & 0xFF]
+    n = len(data)
+    while n:
+        crc = ((crc << 8) & 0xFFFFFFFF) ^ table[((crc >> 24) ^ n) & 0xFF]
+        n >>= 8
+    return ~crc & 0xFFFFFFFF
+
+
+def _subnet(bed) -> str:
+    """The /24 a bed's hosts live on, from its hosts file (10.x.y)."""
+    line = next(line for line in (bed / "hosts").read_text().splitlines() if line.endswith(" node-1"))
+    return line.split()[0].rsplit(".", 1)[0]
+
+
+def test_a_second_bed_whose_subnet_would_collide_takes_another(bed, tmp_path):
+    """Two beds once shared a subnet with probability 1/250 (the second octet followed from the third): a
+    bed takes the next free /24 when an address of this host already lies in its own."""
+    probe = subprocess.run(["sh", "-c", f"printf '%s' '{bed}' | cksum"], capture_output=True, text=True)
+    assert int(probe.stdout.split()[0]) == _cksum(str(bed).encode())  # the same checksum as the script's
+    mine = _cksum(str(bed).encode())
+    other = next(tmp_path / f"bed{i}" for i in range(10**6)
+                 if _cksum(str(tmp_path / f"bed{i}").encode()) % 12500 == mine % 12500
+                 and _cksum(str(tmp_path / f"bed{i}").encode()) % 100000 != mine % 100000)
+    old = os.environ.get("SLURM_CONF")
+    with local_cluster(other, "--nodes", "1"):
+        assert _subnet(other) != _subnet(bed), (_subnet(other), _subnet(bed))
+        out = subprocess.run([str(BED), "exec", str(other), "1", "getent", "hosts", "node-1"], capture_output=True,
+                             text=True, timeout=30)
+        assert out.stdout.startswith(_subnet(other) + "."), out.stdout + out.stderr
+    assert os.environ.get("SLURM_CONF") == old
+    out = subprocess.run([str(BED), "exec", str(bed), "2", "getent", "hosts", "node-1"], capture_output=True,
+                         text=True, timeout=30)
+    assert out.stdout.startswith(_subnet(bed) + "."), out.stdout + out.stderr  # the first bed is untouched

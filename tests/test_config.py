@@ -77,3 +77,38 @@ def test_toml_file_errors(tmp_path):
 
 def test_parse_overrides_nests():
     assert parse_overrides(["a.b=1", "a.c=x", "d=true"]) == {"a": {"b": 1, "c": "x"}, "d": True}
+
+
+def test_every_number_has_a_limit_and_absurd_values_fail_at_once():
+    """2^63 - 1, 1e308 or 10^8 for any number ends in a config error at once: none builds lists for a minute,
+    hangs or overflows first (model.levels = 10^8 ran into a MemoryError after 55 s)."""
+    import time
+
+    from dist_int.config import LIMITS, Config
+
+    numbers = Config().numbers()
+    assert set(numbers) == set(LIMITS), set(numbers) ^ set(LIMITS)
+    for key, default in numbers.items():
+        for value in ("9223372036854775807", "1e308", "100000000"):
+            if isinstance(default, int) and "e" in value:
+                continue
+            started = time.perf_counter()
+            try:
+                cfg = load_config(None, [f"{key}={value}"])
+            except ConfigError:
+                pass
+            else:  # accepted: then it is within the key's limit (rates and factors have none)
+                assert LIMITS[key] is None or cfg.numbers()[key] <= LIMITS[key], (key, value)
+            assert time.perf_counter() - started < 5, (key, value)  # a refusal, not a computation
+
+
+@pytest.mark.parametrize("override, words", [("train.memory_mb=1e308", "train.memory_mb"),
+                                             ("model.levels=100000000", "model.levels"),
+                                             ("model.levels=9223372036854775807", "model.levels")])
+def test_absurd_values_from_the_command_line_are_one_error_line(override, words):
+    from conftest import run_train
+
+    proc = run_train(["--config", "configs/hash.toml", override, "run.dir=/nonexistent/never-made"], timeout=120)
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr
+    assert words in proc.stderr and "beyond its limit" in proc.stderr

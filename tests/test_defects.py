@@ -53,7 +53,7 @@ def test_02_a_refused_config_change_keeps_config_toml(png, tmp_path):
 
 def test_03_sizes_are_checked_up_front(png, tmp_path):
     # A mistyped width: refused before the folder is made (the budget is fixed here, not the machine's).
-    proc = train(f"signal.path={png}", f"run.dir={tmp_path / 'big'}", "model.hidden=100000", "train.memory_mb=2048")
+    proc = train(f"signal.path={png}", f"run.dir={tmp_path / 'big'}", "model.hidden=60000", "train.memory_mb=2048")
     assert failed_clearly(proc, "this run needs about"), proc.stderr
     assert not (tmp_path / "big").exists()
     proc = train(f"signal.path={png}", f"run.dir={tmp_path / 'wide'}", "model.hidden=16", "train.memory_mb=0.1")

@@ -194,11 +194,17 @@ def test_a_stop_signal_while_writing_the_outputs_exits_75_and_the_rerun_finishes
             "train.steps=2", "train.log_every=1", "train.eval_every=0", "teacher.strategy=uniform",
             "train.max_points_per_pass=65536", "train.eval_chunk=2048"]  # rendering 262 K points in small
     proc = _popen(args, nproc=0)                                                # passes: seconds to interrupt
-    _wait_for(lambda: _latest_step(run_dir) == 2 or proc.poll() is not None, 300, "the final checkpoint")
-    assert proc.poll() is None, "the run ended before its outputs could be interrupted"
-    time.sleep(0.5)
+    # The event, not a guess at its time: the render has made its output store. The trainer holds still
+    # while the signal is sent, so it arrives while the outputs are written, however fast the machine.
+    tmp = run_dir / ".reconstruction.zarr.tmp"
+    _wait_for(lambda: tmp.exists() or proc.poll() is not None, 300, "the render to start")
+    trainer = psutil.Process(proc.pid)
+    trainer.suspend()
+    assert proc.poll() is None and tmp.exists() and not (run_dir / "summary.json").exists(), \
+        "the run ended before its outputs could be interrupted"
     proc.send_signal(signal.SIGTERM)
     start = time.time()
+    trainer.resume()
     assert proc.wait(timeout=30) == 75 and time.time() - start < 10
     assert not (run_dir / "summary.json").exists()
     again = run_train(args)

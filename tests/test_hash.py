@@ -348,3 +348,66 @@ def test_one_rank_equals_two_ranks_with_the_hash_field(signals, tmp_path, kind):
     assert s1["field_bytes"] == s2["field_bytes"] == 4 * s1["num_params"]
     assert s1["bits_per_sample"] == pytest.approx(8 * s1["field_bytes"] / np.prod(s1["shape"][:-1]), rel=1e-3)
     assert "iou" not in s1 or abs(s1["iou"] - s2["iou"]) <= 0.001
+
+
+def _fresh_status(env: dict) -> str:
+    """native.status() in a fresh process (this one may have the kernel loaded already)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", "from dist_int.model import native; print(native.status())"],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, **env})
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+@pytest.mark.parametrize("value, on", [("false", False), ("no", False), ("OFF", False), ("0", False),
+                                       ("yes", True), ("true", True), ("1", True), ("maybe", False)])
+def test_dist_int_native_takes_the_usual_spellings(monkeypatch, value, on):
+    monkeypatch.setenv("DIST_INT_NATIVE", value)
+    try:
+        native.reset()
+        assert (native.library() is not None) == on, native.status()
+        if value == "maybe":
+            assert "understood as off" in native.status()
+    finally:
+        native.reset()
+
+
+def test_a_cached_library_without_the_kernel_is_rebuilt(tmp_path):
+    import subprocess
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    src = tmp_path / "other.c"
+    src.write_text("int something_else(void) { return 1; }\n")
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(cache / native.library_name()), str(src)], check=True)
+    assert _fresh_status({"DIST_INT_CACHE": str(cache)}) == "native kernel"
+    assert _fresh_status({"DIST_INT_CACHE": str(cache)}) == "native kernel"  # and the rebuilt one loads
+
+
+def test_a_cache_on_a_noexec_mount_is_not_rebuilt_at_every_start(tmp_path):
+    """A library built on a noexec mount never loads: the first start builds it there once, remembers
+    that, and builds in a private temporary folder; later starts build nothing."""
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a noexec tmpfs needs root")
+    cache = tmp_path / "noexec"
+    cache.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,noexec", "tmpfs", str(cache)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        builds = tmp_path / "builds"
+        cc = tmp_path / "cc"  # the system compiler, counting its runs
+        cc.write_text(f"#!/bin/sh\necho x >> {builds}\nexec cc \"$@\"\n")
+        cc.chmod(0o755)
+        (tmp_path / "tmp").mkdir()
+        env = {"DIST_INT_CACHE": str(cache), "CC": str(cc), "TMPDIR": str(tmp_path / "tmp")}
+        assert _fresh_status(env) == "native kernel"
+        first = len(builds.read_text().splitlines())
+        assert _fresh_status(env) == "native kernel" and _fresh_status(env) == "native kernel"
+        assert len(builds.read_text().splitlines()) == first == 2  # the cache's, then the private folder's
+        assert any(p.name.endswith(".unusable") for p in cache.iterdir())
+    finally:
+        subprocess.run(["umount", "-l", str(cache)])

@@ -192,3 +192,23 @@ def test_usr1_requeues_and_resumes_to_the_same_result(cluster, images, tmp_path,
     resumed, reference = read_summary(run_dir), read_summary(sbatch_reference / "run")
     assert resumed["steps"] == STEPS
     assert abs(resumed["psnr_db"] - reference["psnr_db"]) <= 0.05
+
+
+def test_stop_makes_nothing_and_kills_only_its_own_daemons(tmp_path):
+    """`stop DIR` on a folder with no bed created DIR; a pid file left by a killed bed may name a process
+    that got the number since, which `stop` killed."""
+    script = str(ROOT / "slurm" / "local-cluster.sh")
+    missing = tmp_path / "never-made"
+    assert subprocess.run([script, "stop", str(missing)], capture_output=True).returncode == 0
+    assert not missing.exists()
+    state = tmp_path / "old-bed"
+    state.mkdir()
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        (state / "slurmctld.pid").write_text(f"{bystander.pid}\n")
+        (state / "slurmd.pid").write_text("not a pid\n")
+        assert subprocess.run([script, "stop", str(state)], capture_output=True).returncode == 0
+        assert bystander.poll() is None  # still running: not a daemon of the bed
+        assert not (state / "slurmctld.pid").exists()  # the stale pid file is gone
+    finally:
+        bystander.kill()

@@ -135,11 +135,30 @@ def test_streaming_needs_windows_that_fit_the_budget(store):
     streamed = StreamedShard(store, own, cache_bytes=2048)
     sizes = [store.chunk_size(c) for c in own]
     start = Shard.load(store, own).chunk_start
-    with pytest.raises(ConfigError, match="set teacher.window_points"):  # one window: the whole shard
+    with pytest.raises(ConfigError, match="lower teacher.window_points"):  # one window: the whole shard
         streamed.check_plan(make_plan(sizes, own, start, 4, 0))
     with pytest.raises(ConfigError, match="lower teacher.window_points"):
         streamed.check_plan(make_plan(sizes, own, start, 2, 0, windows=2))
     streamed.check_plan(make_plan(sizes, own, start, 12, 0, windows=12))
+    # When the windows are as many as the batches (or the chunks) allow, the advice names what limits them.
+    with pytest.raises(ConfigError, match="lower teacher.batch_points") as e:
+        streamed.check_plan(make_plan(sizes, own, start, 2, 0, windows=2), ("batches", 2))
+    assert "window_points (e.g." not in str(e.value)
+    with pytest.raises(ConfigError, match="smaller signal.chunk"):
+        streamed.check_plan(make_plan(sizes, own, start, 2, 0, windows=2), ("chunks", 2))
+
+
+def test_the_window_limit_names_what_caps_the_windows():
+    from dist_int.config import load_config
+
+    # 1 M points in 64 chunks; windows of 10 K points ask for 100 windows
+    assert load_config(None, ["teacher.window_points=10000", "teacher.batch_points=1000"]).window_limit(
+        10**6, 64) == ("chunks", 64)
+    assert load_config(None, ["teacher.window_points=10000"]).window_limit(10**6, 64) == ("batches", 1)
+    assert load_config(None, ["teacher.window_points=10000", "teacher.batch_points=500000"]).window_limit(
+        10**6, 64) == ("batches", 2)
+    assert load_config(None, ["teacher.window_points=100000", "teacher.batch_points=1000"]).window_limit(
+        10**6, 64) is None  # 10 windows, as asked
 
 
 def _streaming_budget_mb(args: list[str], image, world_size: int) -> float:

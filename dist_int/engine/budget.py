@@ -22,6 +22,7 @@ import torch
 
 from ..config import SCORING_STRATEGIES
 from ..errors import ConfigError
+from ..hostmem import memory_limit
 from ..model import FieldSpec
 
 STATE_COPIES = 9   # weights, gradients, two Adam moments, DeepSpeed's flat buffers, and the guard's copy of
@@ -36,14 +37,23 @@ CACHE_BYTES = 4    # per point of a cached teaching set (an int32 row)
 SAFETY = 0.9       # of the machine's share, when train.memory_mb is 0
 
 
-def available_bytes(device: torch.device, memory_mb: float) -> int:
-    """train.memory_mb, or the device's memory shared by the ranks on this machine."""
-    if memory_mb > 0:
-        return int(memory_mb * 2**20)
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[1] * SAFETY)
+def available(device: torch.device, memory_mb: float) -> tuple[int, str, str | None]:
+    """(bytes, where they come from, a warning or None): train.memory_mb, or the job's memory on this host
+    (the smallest of physical memory, its cgroup limit and SLURM's; dist_int/hostmem.py), or the GPU's,
+    shared by the ranks on this host. A train.memory_mb beyond the job's share gets the warning: the
+    run may then be killed by the kernel, or swap, instead of streaming."""
     local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * SAFETY / local)
+    limit, source = memory_limit()
+    share = int(limit * SAFETY / local)
+    if memory_mb > 0:
+        asked = int(memory_mb * 2**20)
+        warning = (f"train.memory_mb={memory_mb:g} is more than this host's {source} allows each of its {local} "
+                   f"rank(s) ({_mib(share)}); the run may be killed for memory or swap instead of streaming"
+                   if asked > share and device.type != "cuda" else None)
+        return asked, "train.memory_mb", warning
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[1] * SAFETY), "the GPU", None
+    return share, f"{source} shared by {local} rank(s) (train.memory_mb = 0)", None
 
 
 def _mib(n: float) -> str:
@@ -56,6 +66,7 @@ class Budget:
     total: int
     where: str                      # the key or device the total comes from
     parts: dict[str, int] = field(default_factory=dict)
+    warning: str | None = None      # e.g. train.memory_mb beyond the host's memory
 
     @property
     def fixed(self) -> int:
@@ -73,9 +84,7 @@ def plan_budget(cfg, device: torch.device, spec: FieldSpec, shard_points: int, b
                 windows: int, buffer_bytes: int) -> Budget:
     """Split this rank's budget. shard_points: the points of this rank's chunks; batch_points: the most
     points of one batch on this rank; buffer_bytes: the modality's render, metric and export buffers."""
-    total = available_bytes(device, cfg.train.memory_mb)
-    where = "train.memory_mb" if cfg.train.memory_mb > 0 else ("the GPU" if device.type == "cuda" else
-                                                                 "this machine's share (train.memory_mb = 0)")
+    total, where, warning = available(device, cfg.train.memory_mb)
     train_points = min(cfg.train.max_points_per_pass or batch_points, batch_points)
     # Passes of teacher.score_chunk points run only where something scores: an error-driven teacher, or
     # teaching-set snapshots (which score for the report); evaluation and render use train.eval_chunk.
@@ -94,7 +103,7 @@ def plan_budget(cfg, device: torch.device, spec: FieldSpec, shard_points: int, b
         "for a batch's rows": batch_points * ROW_BYTES,
         "for the render, metric and export buffers": buffer_bytes,
     }
-    return Budget(total, where, parts)
+    return Budget(total, where, parts, warning)
 
 
 def rank_budget(cfg, store, rank: int, world_size: int, device: torch.device):
@@ -127,11 +136,16 @@ def rank_budget(cfg, store, rank: int, world_size: int, device: torch.device):
 def check_budget(cfg, budget: Budget, spec: FieldSpec, shard_bytes: int, streamed: bool) -> None:
     """Refuse a run whose fixed parts leave nothing for the signal, or whose resident shard does not fit."""
     if spec.num_params * 4 * STATE_COPIES > budget.total:
-        if spec.kind == "hash":
+        table = spec.table_rows * cfg.model.features
+        if spec.kind == "hash" and table >= spec.num_params - table:  # the tables, or the MLP: the larger
             key, fix = f"model.log2_table={cfg.model.log2_table}", "lower model.log2_table (or model.levels / " \
                                                                    "model.features)"
             what = (f"the hash field ({spec.table_levels} levels, {spec.table_rows:,} table rows of "
                     f"{cfg.model.features} features) and its optimizer")
+        elif spec.kind == "hash":
+            key, fix = f"model.hidden={spec.hidden}", "lower model.hidden (or model.layers)"
+            what = f"the hash field's {spec.layers}x{spec.hidden} MLP ({spec.num_params - table:,} parameters) " \
+                   f"and its optimizer"
         else:
             key, fix = f"model.hidden={spec.hidden}", "lower model.hidden"
             what = f"the {spec.layers}x{spec.hidden} SIREN and its optimizer"
@@ -149,5 +163,5 @@ def check_budget(cfg, budget: Budget, spec: FieldSpec, shard_bytes: int, streame
 
 def check_field(cfg, device: torch.device, spec: FieldSpec) -> None:
     """The field alone, before anything else is known or written."""
-    check_budget(cfg, Budget(available_bytes(device, cfg.train.memory_mb),
-                             "train.memory_mb" if cfg.train.memory_mb > 0 else "this machine"), spec, 0, True)
+    total, where, _ = available(device, cfg.train.memory_mb)
+    check_budget(cfg, Budget(total, where), spec, 0, True)

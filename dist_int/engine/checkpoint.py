@@ -12,13 +12,16 @@ so a checkpoint loads on any world size and no rank reads another's state (docs/
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 from typing import Protocol
 
+from .. import jsonio
 from ..comm import Comm
 from ..errors import CheckpointError
 from ..rundir import RunDir, atomic_write
+from .agree import agree_on_failure
 from .deepspeed_engine import restore_fused
 
 FORMAT = 3  # checkpoint layout version (3: teacher state per chunk)
@@ -46,19 +49,55 @@ class Checkpointer:
     def save(self, step: int, status: str) -> None:
         """Called on every rank at the same step. Written into a hidden `.step-N.partial/` folder first and
         renamed into place when complete: a checkpoint that `latest` names is never rewritten in place
-        (after a divergence rollback the run passes the same step numbers again)."""
+        (after a divergence rollback the run passes the same step numbers again). A save that fails on any
+        rank (a full disk) fails on every rank with that rank's reason, and leaves no partial folder."""
         folder = self.run.checkpoint(step)
         partial = self.run.checkpoint_partial(folder.name)
+        # Room first, agreed by every rank: DeepSpeed's save waits in collectives of its own, so a rank
+        # whose disk fills up in the middle of it would leave the others waiting out the timeout.
+        agree_on_failure(self.comm, self._no_room(), f"save checkpoint {folder.name}", long=True)
+        try:
+            self._write(step, status, folder, partial)
+        except Exception as e:  # noqa: BLE001 - agreed over the ranks below, then raised on every rank
+            error = e
+        else:
+            error = None
+        try:
+            agree_on_failure(self.comm, error, f"save checkpoint {folder.name}", long=True)
+        except Exception:
+            if self.comm.is_rank_zero:
+                shutil.rmtree(partial, ignore_errors=True)
+            raise
+
+    def _no_room(self) -> OSError | None:
+        """An ENOSPC error when the disk holding the checkpoints lacks room for what this rank writes (rank
+        0: the field and its Adam moments, fp32; every rank: its teacher files), with a margin."""
+        need = 64 << 10  # meta.json, latest, DeepSpeed's small files
+        if self.comm.is_rank_zero and self.engine is not None:
+            need += sum(p.numel() for p in self.engine.module.parameters()) * 4 * 3
+        need += sum(getattr(part, "checkpoint_bytes", lambda: 0)() for part in self.chunked.values())
+        try:
+            self.run.checkpoints.mkdir(parents=True, exist_ok=True)
+            free = shutil.disk_usage(self.run.checkpoints).free
+        except OSError as e:
+            return e
+        if free >= need * 1.1:
+            return None
+        return OSError(errno.ENOSPC, f"No space left on device: checkpoints need about {need / 2**20:,.1f} MiB, "
+                                     f"{free / 2**20:,.1f} MiB free; the last complete checkpoint is kept",
+                       str(self.run.checkpoints))
+
+    def _write(self, step: int, status: str, folder, partial) -> None:
         self.engine.save_checkpoint(str(self.run.checkpoints), tag=partial.name, client_state={"step": step},
                                     save_latest=False)
         for name, part in self.chunked.items():
             part.save_chunks(partial / name)
-        self.comm.barrier()
+        self.comm.barrier(long=True)  # every rank's files are written (a slow disk may take long)
         if self.comm.is_rank_zero:
             parts = {**self.shared, **self.chunked}
             meta = {"format": FORMAT, "step": step, "status": status, "world_size": self.comm.world_size,
                     "shared": {name: part.state_dict() for name, part in parts.items()}}
-            atomic_write(partial / "meta.json", json.dumps(meta, indent=1, allow_nan=False))  # plain JSON
+            atomic_write(partial / "meta.json", jsonio.dumps(meta, indent=1))  # strict JSON (dist_int/jsonio.py)
             old = folder.with_name(f".{folder.name}.old")
             if folder.exists():
                 shutil.rmtree(old, ignore_errors=True)
@@ -69,7 +108,6 @@ class Checkpointer:
             for old in sorted(p for p in self.run.checkpoints.glob("step-*") if p.is_dir())[:-self.keep]:
                 if old.name != folder.name:
                     shutil.rmtree(old, ignore_errors=True)
-        self.comm.barrier()
 
     def _intact(self, tag: str) -> bool:
         """Whether checkpoint `tag` has a readable meta.json of this format (its payload is checked by load)."""

@@ -21,16 +21,18 @@ import time
 import numpy as np
 import torch
 
+from .. import jsonio
 from ..comm import Comm
 from ..modality import modality_for
 from ..model import FieldSpec, bits_per_sample
 from ..render import psnr_db, render_shard
 from ..rundir import RunDir, atomic_write
-from .agree import attempt
+from .agree import attempt, everywhere
 from .metrics import memory_report
 from .state import RunState
 
 PARTS = ("render", "metrics", "export")
+RETRY = "Run the same command again to finish the outputs (it does not train again)"
 
 
 def previous_summary(comm: Comm, run: RunDir, step: int) -> dict | None:
@@ -78,7 +80,7 @@ def finish(cfg, comm: Comm, store, shard, predict, run: RunDir, state: RunState,
     if "render" in todo:
         sse, problem = _render(cfg, comm, store, shard, predict, run, modality)
         if problem:
-            warnings.append(problem + "; the PSNR comes from an evaluation pass instead")
+            warnings.append(problem + f"; the PSNR comes from an evaluation pass instead. {RETRY}")
             missing += ["render", "metrics", "export"]
             summary["psnr_db"] = round(evaluator.psnr(), 4)
         else:
@@ -95,23 +97,24 @@ def finish(cfg, comm: Comm, store, shard, predict, run: RunDir, state: RunState,
             warnings += extra.pop("warnings", [])
             summary.update(extra)
         else:
-            warnings.append(problem)
+            warnings.append(f"{problem}. {RETRY}")
             missing.append("metrics")
         lap("metrics")
     if "render" in todo and "render" not in missing:
         _, problem = attempt(comm, "publishing reconstruction.zarr", lambda: _publish(run), rank_zero_only=True)
         if problem:
-            warnings.append(problem)
+            warnings.append(f"{problem}; move away whatever is in its place. {RETRY}")
             missing += ["render", "export"]
 
     summary.update(_facts(cfg, comm, store, run, state, rollbacks, status, spec, modality))
-    summary["reconstruction"] = str(run.reconstruction_zarr)
+    # Only an output that is there is reported: none when the render or its publishing failed.
+    summary["reconstruction"] = str(run.reconstruction_zarr) if "render" not in missing else None
     if "export" in todo and "export" not in missing:
         _write(comm, run, summary, warnings, missing + ["export"])  # the training is safe before exporting
         exported, problem = attempt(comm, "exporting the reconstruction", lambda: modality.export(
             run.reconstruction_zarr, run.reconstruction_stem, cfg.render.format, store), rank_zero_only=True)
         if problem:
-            warnings.append(problem + "; run the same command again to retry it")
+            warnings.append(f"{problem}. {RETRY}")
             missing.append("export")
         elif exported is not None:
             summary["reconstruction"] = str(exported)
@@ -186,24 +189,35 @@ def _facts(cfg, comm: Comm, store, run: RunDir, state: RunState, rollbacks: int,
         "status": status,
         "rollbacks": rollbacks,
     }
-    if math.isfinite(state.best_psnr_db):
+    if state.ended == "precision":
+        facts["ended"] = (f"at step {state.step} of {cfg.train.steps}: the field fit the signal at the data's "
+                          f"precision, and further steps only moved it away")
+    if state.best_psnr_db > -math.inf:  # evaluated at least once (+inf: an exact fit, written as null)
         facts.update(best_psnr_db=round(state.best_psnr_db, 4), best_step=state.best_step)
     return facts
 
 
 def _write(comm: Comm, run: RunDir, summary: dict, warnings: list[str], missing: list[str]) -> dict:
-    """summary.json with its warnings (rank 0 writes, every rank returns the same dict)."""
+    """summary.json with its warnings: strict JSON (a PSNR beyond the float range is null, named under
+    not_finite; dist_int/jsonio.py). Rank 0 writes, every rank agrees on the outcome (a failed write is
+    one error on every rank) and returns the same dict."""
     summary = dict(summary)
     notes = list(warnings)
-    best = summary.get("best_psnr_db")
-    if best is not None and summary["psnr_db"] < best - 0.05:  # never worse than its best without saying so
-        notes.append(f"final PSNR {summary['psnr_db']:.2f} dB is below the best evaluated, {best:.2f} dB at step "
+    psnr, best = summary.get("psnr_db"), summary.get("best_psnr_db")
+    if psnr is not None and best is not None and psnr < best - 0.05:  # never worse than its best unsaid
+        notes.append(f"final PSNR {psnr:.2f} dB is below the best evaluated, {best:.2f} dB at step "
                      f"{summary['best_step']}")
+    was = (summary.get(jsonio.NOT_FINITE) or {}).get("psnr_db")  # a rerun's summary, read back: null + its name
+    if psnr == math.inf or (psnr is None and was == "inf"):
+        summary["psnr_is"] = ("infinite (written as null): the reconstruction equals the signal exactly, at its "
+                              "stored precision; otherwise " + summary.get("psnr_is", ""))
+    elif psnr is not None and math.isnan(psnr):
+        notes.append("the reconstruction's PSNR is not a number: the field's output is NaN or infinite at "
+                     "some points")
     if summary["status"] == "diverged":
         notes.append("training diverged and stopped early; the reconstruction is the last good state")
     summary["warnings"], summary["missing"] = notes, sorted(set(missing), key=PARTS.index)
     summary.pop("warning", None)  # the single warning of older summaries
-    if comm.is_rank_zero:
-        atomic_write(run.summary, json.dumps(summary, indent=1, allow_nan=False) + "\n")
-    comm.barrier()
-    return summary
+    text = jsonio.dumps(summary, indent=1) + "\n"
+    everywhere(comm, "write summary.json", lambda: atomic_write(run.summary, text), rank_zero_only=True)
+    return json.loads(text)  # what the file holds: the same dict on every rank

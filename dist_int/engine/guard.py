@@ -7,6 +7,16 @@ points of the moment, so its loss jumps by 10 dB or more whenever the teacher re
 Seen on an H200 with full-batch Adam at lr 1e-3 on a 512x512 RGB image: 34 dB fell to 10 dB and stayed.
 Every rank decides from the same all-reduced numbers, so all ranks roll back together (docs/design.md,
 "Ranks agree before they act").
+
+An exact fit is not a divergence (docs/training.md, "Exact fits and NaN fields"). A field that holds its
+signal exactly reaches a probe PSNR set by float rounding (170 dB and more, or +inf at zero error); from
+there, Adam's normalized steps on vanishing gradients move it by tens of dB while it still renders the
+source exactly, or nearly. So PSNRs are compared up to the data's own precision (`exact_db`, the PSNR of
+an error spread over one step of the stored values): above that ceiling the field is at the precision
+floor, not worse than its best. When the state to return to is itself at that ceiling, the run ends there
+(AtPrecision), complete, instead of spending rollbacks on noise. A NaN field is always a divergence, also
+with the PSNR check off (`train.divergence_db = 0`): then the run stops at once with the last good state,
+kept at every log step.
 """
 
 from __future__ import annotations
@@ -15,15 +25,23 @@ import copy
 import math
 from dataclasses import dataclass
 
+from ..jsonio import encode_float
+
 
 class Diverged(RuntimeError):
     """The probe PSNR collapsed again after `train.max_rollbacks` rollbacks; the run stops with its last
     good state (a training outcome, reported in summary.json, not a user error)."""
 
 
+class AtPrecision(RuntimeError):
+    """The field had fit the signal at the data's own precision and a later step moved it away: the run
+    ends there with that exact state, complete (nothing is left to gain; more steps only add noise)."""
+
+
 @dataclass
 class Snapshot:
     step: int
+    level: float  # its probe PSNR, capped at exact_db (-inf: not measured)
     module: dict
     optimizer: dict
     scheduler: dict
@@ -31,16 +49,20 @@ class Snapshot:
 
 
 class DivergenceGuard:
-    def __init__(self, engine, schedule, teacher, divergence_db: float, lr_factor: float, max_rollbacks: int):
+    def __init__(self, engine, schedule, teacher, divergence_db: float, lr_factor: float, max_rollbacks: int,
+                 exact_db: float = math.inf):
+        """exact_db: the probe PSNR at the data's precision (modality/base.py, exact_psnr_db), the ceiling
+        of every comparison."""
         self.engine, self.schedule, self.teacher = engine, schedule, teacher
         self.divergence_db, self.lr_factor, self.max_rollbacks = divergence_db, lr_factor, max_rollbacks
-        self.best_db = -float("inf")
+        self.exact_db = exact_db
+        self.best_db = -float("inf")  # the best probe PSNR seen, capped at exact_db
         self.rollbacks = 0
         self.snapshot: Snapshot | None = None
 
-    def _take(self, step: int) -> Snapshot:
+    def _take(self, step: int, level: float = -math.inf) -> Snapshot:
         e = self.engine
-        return Snapshot(step, copy.deepcopy(e.module.state_dict()), copy.deepcopy(e.optimizer.state_dict()),
+        return Snapshot(step, level, copy.deepcopy(e.module.state_dict()), copy.deepcopy(e.optimizer.state_dict()),
                         copy.deepcopy(e.lr_scheduler.state_dict()), dict(self.teacher.cache))
 
     def start(self, step: int) -> None:
@@ -59,29 +81,36 @@ class DivergenceGuard:
 
     # The in-memory snapshot is not saved: a resumed run starts from the checkpoint, its first good state.
     def state_dict(self) -> dict:
-        # None for "none yet" (-inf is not JSON; meta.json must open in any JSON reader).
-        return {"rollbacks": self.rollbacks, "best_db": self.best_db if math.isfinite(self.best_db) else None}
+        # "-inf" for "none yet" (strict JSON has no infinities; meta.json must open in any JSON reader).
+        return {"rollbacks": self.rollbacks, "best_db": encode_float(self.best_db)}
 
     def load_state_dict(self, state: dict) -> None:
-        best = state["best_db"]
+        best = state["best_db"]  # None: written before non-finite numbers were kept by name
         self.rollbacks, self.best_db = int(state["rollbacks"]), -math.inf if best is None else float(best)
 
     def check(self, step: int, mean_loss: float, probe_psnr: float) -> int | None:
         """Called at log steps with the global mean training loss and the probe PSNR (the same on every
         rank). Returns the step to continue from after a rollback, or None. Raises Diverged when no
-        rollback is left."""
-        psnr = probe_psnr if math.isfinite(mean_loss) else float("nan")
-        if self.divergence_db <= 0:
-            return None
-        if not math.isfinite(psnr) or psnr < self.best_db - self.divergence_db:
+        rollback is left, or at once for a NaN field when the PSNR check is off."""
+        broken = not math.isfinite(mean_loss) or math.isnan(probe_psnr)
+        level = min(probe_psnr, self.exact_db)  # +inf (zero error) and float rounding: the precision floor
+        checking = self.divergence_db > 0
+        if broken or (checking and level < self.best_db - self.divergence_db):
+            what = (f"the training loss is {mean_loss} at step {step}" if not math.isfinite(mean_loss) else
+                    f"probe PSNR {probe_psnr:.2f} dB at step {step} (best {self.best_db:.2f} dB)")
+            if self.snapshot is not None and self.snapshot.level >= self.exact_db:
+                raise AtPrecision(f"{what}; the state of step {self.snapshot.step} fits the signal at the data's "
+                                  f"precision (probe PSNR at least {self.exact_db:.2f} dB)")
+            if not checking:
+                raise Diverged(f"{what}; train.divergence_db = 0 allows no rollback")
             if self.snapshot is None or self.rollbacks >= self.max_rollbacks:
-                raise Diverged(f"probe PSNR {psnr:.2f} dB at step {step} (best {self.best_db:.2f} dB) "
-                               f"after {self.rollbacks} rollback(s)")
+                raise Diverged(f"{what} after {self.rollbacks} rollback(s)")
             self.rollbacks += 1
             self.schedule.scale *= self.lr_factor
             return self.restore()
-        self.best_db = max(self.best_db, psnr)
-        # Only states near the best are "good": a slow collapse must not become the rollback target.
-        if psnr >= self.best_db - self.divergence_db / 2:
-            self.snapshot = self._take(step)
+        self.best_db = max(self.best_db, level)
+        # Only states near the best are "good": a slow collapse must not become the rollback target. With
+        # the PSNR check off, every finite state is good (the target if the field turns NaN).
+        if not checking or level >= self.best_db - self.divergence_db / 2:
+            self.snapshot = self._take(step, level)
         return None

@@ -11,14 +11,13 @@ import contextlib
 import functools
 import json
 import signal
-import socket
 from dataclasses import dataclass
 
 from ..comm import Comm
 from .agree import everywhere
 from ..census import SyncCensus, optimizer_host_tensors
-from .guard import Diverged
-from .watchdog import Watchdog, peer_lost
+from .guard import AtPrecision, Diverged
+from .watchdog import peer_lost
 from .metrics import SectionTimer, Throughput, memory_report, rounded
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
@@ -89,7 +88,8 @@ class Loop:
     a log step are `_report`, the rest is `run`."""
 
     def __init__(self, cfg, comm: Comm, run, shard, plan, teacher, train_step, evaluator, guard, ckpt, state,
-                 score, engine, schedule, log, metrics, scalars, snapshots, stop: StopFlag, reuse_scores: bool):
+                 score, engine, schedule, log, metrics, scalars, snapshots, stop: StopFlag, reuse_scores: bool,
+                 watchdog):
         self.cfg, self.comm, self.run_dir, self.shard, self.plan = cfg, comm, run, shard, plan
         self.teacher, self.train_step, self.evaluator, self.guard, self.ckpt = teacher, train_step, evaluator, guard, ckpt
         self.state, self.score, self.engine, self.schedule, self.log = state, score, engine, schedule, log
@@ -98,8 +98,7 @@ class Loop:
         # scores the same rows with the same model at the same precision (docs/method.md, "Cheaper
         # selection"). Its time is then training (and selection) time.
         self.reuse_scores = reuse_scores
-        # Every rank's host, for the watchdog's message when a peer is lost.
-        self.watchdog = Watchdog(cfg.train.timeout_s, comm.rank, comm.gather_strings(socket.gethostname()))
+        self.watchdog = watchdog  # a lost peer ends the process (engine/watchdog.py); told the step for its message
         self.census = None
         if cfg.train.sync_census:  # closed with the process
             path = run.path / "census" / f"rank-{comm.rank}.jsonl"
@@ -128,7 +127,7 @@ class Loop:
         self.guard.start(state.step)  # the state we start (or resume) from is the first good one
         self.log.begin(state.step)
         self.meter.start()
-        while state.step < last:
+        while state.step < last and not state.ended:
             stopped_by = self.stop.agreed(state.step)
             if stopped_by:
                 return Outcome(stopped_by=stopped_by)
@@ -141,22 +140,21 @@ class Loop:
                 continue
             self._account()
             if do_log or do_eval:
-                try:
-                    rolled_back = self._report(step, batch, do_eval)
-                except Diverged:
-                    return Outcome(status="diverged")
+                rolled_back = self._report(step, batch, do_eval)
+                if state.ended:
+                    break
                 if rolled_back:
                     continue
             if do_ckpt:
                 self.ckpt.save(step, "running")
             self.meter.start()
-        return Outcome()
+        return Outcome(status="diverged" if state.ended == "diverged" else "complete")
 
     def _step(self):
-        """One update: select (or reuse) the teaching set, maybe snapshot it, train on it, under the
-        watchdog (engine/watchdog.py); with train.sync_census, counted (dist_int/census.py)."""
-        with self.watchdog.step(self.state.step):
-            return self._counted()
+        """One update: select (or reuse) the teaching set, maybe snapshot it, train on it; with
+        train.sync_census, counted (dist_int/census.py)."""
+        self.watchdog.phase = f"at step {self.state.step}"
+        return self._counted()
 
     def _counted(self):
         if self.census is None:
@@ -205,11 +203,17 @@ class Loop:
         probe = self.evaluator.probe_psnr()
         try:
             back_to = self.guard.check(step, mean_loss, probe)
-        except Diverged as e:
-            self.log.message(f"diverged: {e}; stopping with the last good state (step {self.guard.snapshot.step})")
-            self.metrics.write({"step": step, "event": "diverged", "probe_psnr_db": rounded(probe)})
+        except (Diverged, AtPrecision) as e:
+            # Training ends with the last good state (a training outcome, not an error): the final checkpoint
+            # records why, so the same command run again only finishes the outputs.
+            state.ended = "diverged" if isinstance(e, Diverged) else "precision"
+            good = self.guard.snapshot.step
+            self.log.message(f"diverged: {e}; stopping with the last good state (step {good})" if state.ended ==
+                             "diverged" else f"stopping at the data's precision: {e}; the field keeps that state")
+            self.metrics.write({"step": step, "event": state.ended, "to_step": good, "loss": mean_loss,
+                                "probe_psnr_db": rounded(probe)})
             state.step = self.guard.restore()
-            raise
+            return True
         if back_to is not None:
             self.log.message(f"divergence at step {step}: probe PSNR {probe:.2f} dB (best {self.guard.best_db:.2f} "
                              f"dB); rolled back to step {back_to}, learning rate x{self.schedule.scale:g}")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from .. import jsonio
 from ..rundir import atomic_write
 
 
@@ -70,7 +71,7 @@ class MetricsLog:
 
     def write(self, entry: dict) -> None:
         if self.file is not None:
-            self.file.write(json.dumps(entry) + "\n")
+            self.file.write(jsonio.dumps(entry) + "\n")  # strict JSON: a NaN loss is null
             self.file.flush()
 
     def close(self) -> None:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import shutil
 import signal
+import socket
 import time
 
 import torch
@@ -40,6 +42,7 @@ from .metrics import MetricsLog
 from .precision import Precision
 from .state import RunState
 from .step import TrainStep
+from .watchdog import Watchdog, peer_lost
 
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: stopped by a signal after a checkpoint; rerun to resume
 EXIT_DIVERGED = 3     # divergence persisted through train.max_rollbacks rollbacks
@@ -88,7 +91,7 @@ def _prepare_run(cfg: Config, comm: Comm, run: RunDir, device: torch.device):
             own, plan, budget = rank_budget(cfg, store, comm.rank, comm.world_size, device)
             shard = open_shard(store, own, device, TargetRange.named(cfg.signal.target_range), budget.signal_bytes)
             if shard.streamed:
-                shard.check_plan(plan)
+                shard.check_plan(plan, cfg.window_limit(store.num_points, store.num_chunks))
             return store, shard, plan, budget
 
         return work("load its shard of the signal", load)
@@ -108,8 +111,15 @@ def train(cfg: Config) -> int:
     if cfg.model.kind == "siren":  # the model alone, before anything is written (a hash table's size
         check_field(cfg, device, field_spec(cfg.model, 3, 4, None))  # needs the signal: below)
     comm = init_distributed(launch, device, cfg.train.timeout_s)
+    # Every rank's host, for the message when a peer is lost; from here on a lost peer ends the job within
+    # train.timeout_s + a grace, in every phase (engine/watchdog.py).
+    watchdog = Watchdog(comm, cfg.train.timeout_s, comm.gather_strings(socket.gethostname()))
     try:
-        return _train(cfg, comm, device, run, resuming)
+        return _train(cfg, comm, device, run, resuming, watchdog)
+    except RuntimeError as e:
+        if peer_lost(e):  # one line that names the lost hosts, not a traceback per rank
+            watchdog.lost(f"a collective failed ({str(e).splitlines()[-1][:200]})")
+        raise
     except BaseException:
         # A start that fails before training leaves no folder behind that it made (a corrected rerun
         # would otherwise be refused as a config change); once training ran, checkpoints are kept.
@@ -117,12 +127,13 @@ def train(cfg: Config) -> int:
             shutil.rmtree(run.path, ignore_errors=True)
         raise
     finally:
+        watchdog.close()
         if launch.rank == 0:
             run.release_lock()
         shutdown()
 
 
-def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming: bool) -> int:
+def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming: bool, watchdog: Watchdog) -> int:
     """The recipe: signal -> field and engine -> teacher and the parts around it -> resume -> loop ->
     checkpoint -> outputs (docs/design.md)."""
     log = Progress(cfg.train.steps, 0, enabled=comm.is_rank_zero, every_s=cfg.train.progress_every_s)
@@ -133,6 +144,9 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
     started = time.perf_counter()
     store, shard, plan, budget = _prepare_run(cfg, comm, run, device)
     timings = {"setup": round(time.perf_counter() - started, 3)}  # ingest (when this start ingested), shard
+    for note in (run.lock_note, budget.warning):
+        if note:
+            log.message("warning: " + note)
     spec = field_spec(cfg.model, *store.geometry)
 
     # Field and engine.
@@ -152,7 +166,7 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
     evaluator = Evaluator(predict, shard, comm, store.num_points, store.out_channels, cfg.train.eval_chunk,
                           cfg.train.probe_points, cfg.seed, modality.psnr_offset_db(store))
     guard = DivergenceGuard(engine, schedule, teacher, cfg.train.divergence_db, cfg.train.rollback_lr_factor,
-                            cfg.train.max_rollbacks)
+                            cfg.train.max_rollbacks, modality.exact_psnr_db(store))
     train_step = TrainStep(engine, comm.world_size, store.out_channels, device, cfg.train.max_points_per_pass)
     state = RunState()
     ckpt = Checkpointer(engine, run, comm, cfg.checkpoint.every, cfg.checkpoint.keep,
@@ -168,7 +182,9 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
                 f"{cfg.train.steps} steps on {device}")
 
     with contextlib.ExitStack() as stack:
-        metrics = stack.enter_context(MetricsLog(run.metrics, comm.is_rank_zero, state.step))
+        # Lines past the resumed step are dropped (those steps train again), unless training had ended.
+        metrics = stack.enter_context(MetricsLog(run.metrics, comm.is_rank_zero,
+                                                 math.inf if state.ended else state.step))
         scalars = everywhere(comm, "open its TensorBoard writer", lambda: Scalars(
             run.tensorboard, cfg.train.tensorboard, state.step), rank_zero_only=True) or Scalars(None, False)
         stack.callback(scalars.close)
@@ -178,16 +194,17 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
         snapshots = Snapshots(store, shard, cfg.teacher.score_chunk) if cfg.train.snapshot_every else None
         outcome = Loop(cfg, comm, run, shard, plan, teacher, train_step, evaluator, guard, ckpt, state, score,
                        engine, schedule, log, metrics, scalars, snapshots, stop,
-                       reuse_scores=not shard.streamed and not precision.bf16).run()
+                       reuse_scores=not shard.streamed and not precision.bf16, watchdog=watchdog).run()
         if outcome.stopped_by:
             ckpt.save(state.step, "interrupted")
             log.message(f"stopped by {signal.Signals(outcome.stopped_by).name} at step {state.step}; checkpoint "
                         f"saved in {run.checkpoints}. Run the same command again to resume.")
             return EXIT_INTERRUPTED
-        if outcome.status == "complete" and not ckpt.exists(state.step):
-            ckpt.save(state.step, "complete")
+        if state.ended or not ckpt.exists(state.step):  # ended early: the state to keep, and why it ended
+            ckpt.save(state.step, outcome.status)
         # The checkpoint holds the training now: a stop signal during the outputs ends the run at once
         # (exit 75); the same command then redoes only what is missing (engine/finish.py).
+        watchdog.phase = "while writing the outputs"
         try:
             with stop.interrupting():
                 summary = finish(cfg, comm, store, shard, predict, run, state, guard.rollbacks, outcome.status,
@@ -205,10 +222,17 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
 
 def final_line(summary: dict) -> str:
     """The line a run ends with: PSNR, its kind's own metrics, time, the file to open."""
-    more = "".join(f"  {label} {summary[key]}" for key, label in (
+    def value(key: str):
+        # null in summary.json: infinite (an exact fit) or NaN, named under not_finite (dist_int/jsonio.py)
+        v = summary.get(key)
+        return v if v is not None else (summary.get("not_finite") or {}).get(key, "n/a")
+
+    more = "".join(f"  {label} {value(key)}" for key, label in (
         ("ssim", "SSIM"), ("snr_db", "SNR (dB)"), ("iou", "IoU"), ("chamfer", "Chamfer")) if key in summary)
-    return (f"PSNR {summary['psnr_db']:.2f} dB{more}  train time {summary['train_time_s']:.1f} s  -> "
-            f"{summary['reconstruction']}")
+    psnr = value("psnr_db")
+    psnr = f"{psnr:.2f} dB" if isinstance(psnr, float) else psnr
+    out = summary.get("reconstruction") or "no reconstruction written (see the warnings)"
+    return f"PSNR {psnr}{more}  train time {summary['train_time_s']:.1f} s  -> {out}"
 
 
 def _resume(cfg: Config, comm: Comm, run: RunDir, ckpt: Checkpointer, state: RunState, log: Progress,
@@ -227,6 +251,9 @@ def _resume(cfg: Config, comm: Comm, run: RunDir, ckpt: Checkpointer, state: Run
         agree_on_failure(comm, error, f"load checkpoint {tag}")
         log.message(f"resuming {run.path} from step {state.step} ({run.checkpoints / tag}, saved by "
                     f"{meta['world_size']} rank(s); now {comm.world_size})")
+    if state.ended and run.config_changed:  # resumed with another config (run.allow_config_change): train on
+        log.message(f"training had ended at step {state.step} ({state.ended}); it goes on with the changed config")
+        state.ended = ""
     if state.step > cfg.train.steps:
         raise ConfigError(f"{run.path} has already trained {state.step} steps, more than train.steps="
                           f"{cfg.train.steps}; raise train.steps to at least {state.step}, or use a new run.dir")

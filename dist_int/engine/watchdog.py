@@ -1,16 +1,23 @@
-"""A step that never ends ends the process (docs/cluster.md, "Lost hosts").
+"""A lost peer ends the process, in any phase of a run (docs/cluster.md, "Lost hosts").
 
-A collective whose peer dies outright fails fast: its connection closes. A peer whose host drops off
-the network (a cut link, a hung node) closes nothing, and gloo's receive can then wait on the silent
-TCP connection far beyond train.timeout_s (measured on the two-host bed: a gradient all-reduce still
-waiting minutes after the link of the other host went down, with a 15 s timeout). So the training step
-runs under a watchdog: a thread that, when one step has taken longer than train.timeout_s plus a grace,
-prints one line naming the step and the ranks on other hosts (which this rank cannot reach) and ends the
-process with exit code 1, and its torchrun agent with it (the agent would otherwise retry a rendezvous
-store on the lost host for minutes). No step waits legitimately that long: every rank's collectives in a step time
-out after train.timeout_s, so a step that takes longer is one whose peer is gone. Everything the run
-writes goes to temporary names first, so the last complete checkpoint resumes. Under SLURM the line also
-goes to the batch script, which requeues the job (slurm/run-with-requeue.sh).
+A collective whose peer dies outright fails fast: its connection closes. A peer whose host drops off the
+network (a cut link, a hung node) closes nothing, and gloo's receive can then wait on the silent TCP
+connection far beyond train.timeout_s (measured on the two-host bed: a gradient all-reduce still waiting
+minutes after the link of the other host went down, with a 15 s timeout). Long phases wait for one rank's
+work on a group whose timeout is days (ingest, render, export; comm.py), so they would wait out a lost
+host for days.
+
+So liveness is judged by heartbeats, not by how long local work takes: a thread on every rank joins a
+small all-reduce on its own gloo group (comm.py, `beat`) every BEAT_S seconds, whatever the main thread is
+doing (staging a window, scoring, compiling, rendering, writing a TIFF). When no round completes for
+train.timeout_s plus a grace, or a round fails because a peer's connection closed, the thread prints one
+line naming the ranks on other hosts (which this rank cannot reach) and ends the process with exit code 1,
+and its torchrun agent with it (the agent would otherwise retry a rendezvous store on the lost host for
+minutes). Time this process did not run (stopped by SIGSTOP, a SLURM suspend, a laptop's sleep) is no
+peer's silence: a gap between two of the thread's polls longer than PAUSE_S is not counted. A single
+process has no peers and no heartbeat. Everything the run writes goes to temporary names first, so the last
+complete checkpoint resumes. Under SLURM the line also goes to the batch script, which requeues the job
+(slurm/run-with-requeue.sh).
 """
 
 from __future__ import annotations
@@ -24,28 +31,51 @@ import threading
 import time
 
 GRACE_S = 30.0  # beyond train.timeout_s: the collectives' own timeout gets the first chance
+BEAT_S = 1.0    # seconds between heartbeat rounds
+POLL_S = 0.1    # how often a round in flight is looked at
+PAUSE_S = 5.0   # a gap this long between two polls: this process was stopped, not a peer silent
 
 
 class Watchdog:
-    def __init__(self, timeout_s: float, rank: int, hosts: list[str]):
-        """hosts: every rank's host name, by rank (gathered once at start-up)."""
-        self.limit = timeout_s + GRACE_S
-        self.rank, self.hosts = rank, hosts
-        self._started: float | None = None
-        self._step = -1
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._watch, daemon=True, name="dist_int-watchdog")
-        self._thread.start()
+    def __init__(self, comm, timeout_s: float, hosts: list[str], grace_s: float = GRACE_S):
+        """hosts: every rank's host name, by rank (gathered once at start-up). Starts the heartbeat thread
+        (none for a single process)."""
+        self.comm, self.rank, self.hosts = comm, comm.rank, hosts
+        self.limit, self.bound = timeout_s + grace_s, f"train.timeout_s + {grace_s:g} s"
+        self.phase = "setting up"  # for the message: what this rank was doing ("at step 120", ...)
+        self._closing = threading.Event()
+        self._thread = None
+        if comm.world_size > 1:
+            self._thread = threading.Thread(target=self._beat, daemon=True, name="dist_int-heartbeat")
+            self._thread.start()
 
-    @contextlib.contextmanager
-    def step(self, step: int):
-        with self._lock:
-            self._started, self._step = time.monotonic(), step
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._started = None
+    def close(self) -> None:
+        """Stop beating, with every rank: this rank's next round says so, and every thread that sees it
+        stops (no rank mistakes another's regular end for a loss). Waits at most the limit."""
+        self._closing.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.limit)
+
+    def _beat(self) -> None:
+        while True:
+            work, flag = self.comm.beat(going_on=not self._closing.is_set())
+            silent, last = 0.0, time.monotonic()
+            while not work.is_completed():
+                time.sleep(POLL_S)
+                now = time.monotonic()
+                silent += now - last if now - last < PAUSE_S else POLL_S  # a pause of this process
+                last = now
+                if silent > self.limit:
+                    self.lost(f"a heartbeat has waited {silent:.0f} s for the other ranks, more than {self.bound}")
+            try:
+                work.wait()
+            except RuntimeError as e:
+                if self._closing.is_set():
+                    return  # the others have ended as this rank does
+                self.lost(f"a heartbeat failed ({str(e).splitlines()[-1][:200]})")
+            if flag.item() == 0:
+                return  # a rank has ended: its main thread ends the job's collectives too
+            self._closing.wait(BEAT_S)
 
     def reason(self, what: str) -> str:
         mine = self.hosts[self.rank] if self.rank < len(self.hosts) else socket.gethostname()
@@ -55,7 +85,7 @@ class Watchdog:
                 others.setdefault(h, []).append(r)
         lost = ", ".join(f"{h} (rank{'s' if len(rs) > 1 else ''} {', '.join(map(str, rs))})" for h, rs in others.items())
         where = f"lost contact with {lost}" if lost else "another rank on this host stopped answering"
-        return (f"error: rank {self.rank} on {mine}: at step {self._step}, {what}: {where}. Stopping; the last "
+        return (f"error: rank {self.rank} on {mine}: {self.phase}, {what}: {where}. Stopping; the last "
                 f"complete checkpoint resumes (run the same command again once every host is back)")
 
     def lost(self, what: str) -> None:
@@ -68,15 +98,6 @@ class Watchdog:
             # attempt: it goes too, so that no process of the job outlives the bound.
             os.kill(os.getppid(), signal.SIGKILL)
         os._exit(1)
-
-    def _watch(self) -> None:
-        while True:
-            time.sleep(1.0)
-            with self._lock:
-                started = self._started
-            if started is not None and time.monotonic() - started > self.limit:
-                self.lost(f"the step has waited {time.monotonic() - started:.0f} s in a collective, more than "
-                          f"train.timeout_s + {GRACE_S:.0f} s")
 
 
 def tell_batch_script(line: str) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 import zarr
 
 from ..errors import SignalError
+from ..files import replaced_when_done
 from ..signal.source import Source, file_sha256
 from .base import Modality, unit
 
@@ -90,11 +91,10 @@ class Audio(Modality):
         subtype = store.meta.get("subtype", "FLOAT")
         subtype = subtype if subtype in _WAV_SUBTYPES else "FLOAT"  # e.g. an OGG source: float WAV
         dest = stem.with_suffix(".wav")
-        tmp = dest.with_name("." + dest.name + ".tmp")
-        with sf.SoundFile(str(tmp), "w", samplerate=store.meta["samplerate"], channels=store.channels,
-                          subtype=subtype, format="WAV") as f:
+        with replaced_when_done(dest) as tmp, sf.SoundFile(
+                str(tmp), "w", samplerate=store.meta["samplerate"], channels=store.channels, subtype=subtype,
+                format="WAV") as f:
             block = 1 << 20
             for i in range(0, store.shape[0], block):
                 f.write(np.asarray(out[i:i + block]))
-        tmp.replace(dest)
         return dest

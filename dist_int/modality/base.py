@@ -128,6 +128,15 @@ class Modality:
         vlo, vhi = store.value_range
         return 20 * math.log10((hi - lo) / (vhi - vlo))
 
+    def exact_psnr_db(self, store) -> float:
+        """The PSNR at the data's own precision, on psnr_range's scale: that of an error spread evenly over
+        one step of the stored values (an integer source's unit, a float source's fp32 resolution). A field
+        this close renders the integer source exactly; above it, PSNR measures float rounding, not the fit
+        (the divergence guard's ceiling, engine/guard.py)."""
+        lo, hi = store.value_range
+        step = 1.0 / (hi - lo) if np.dtype(store.array.dtype).kind in "iu" else 2.0 ** -24
+        return 10 * math.log10(12.0 / step ** 2) + self.psnr_offset_db(store)
+
     # ---- metrics beyond PSNR: sums computed by every rank over its share, added over ranks ---------
     def metric_sums(self, path: Path, store, rank: int, world_size: int) -> np.ndarray | None:
         return None

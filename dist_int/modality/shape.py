@@ -22,6 +22,7 @@ import torch
 import zarr
 
 from ..errors import SignalError
+from ..files import replaced_when_done
 from ..signal.source import Source, file_sha256
 from .base import Modality
 
@@ -272,7 +273,6 @@ class Shape(Modality):
             return None  # no surface (the metrics' warning says so); reconstruction.zarr holds the field
         verts, faces = surface
         verts = verts / store.meta["scale"] + np.asarray(store.meta["centre"])  # back to the source's units
-        tmp = dest.with_name("." + dest.name + ".tmp.ply")
-        trimesh.Trimesh(verts, faces[:, ::-1], process=False).export(str(tmp))
-        tmp.replace(dest)
+        with replaced_when_done(dest, ".tmp.ply") as tmp:
+            trimesh.Trimesh(verts, faces[:, ::-1], process=False).export(str(tmp))
         return dest

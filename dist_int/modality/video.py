@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SignalError
+from ..files import replaced_when_done
 from ..signal.source import Source, file_sha256
 from .base import Modality, unit
 
@@ -117,9 +118,8 @@ class Video(Modality):
         out = self.open_output(path)
         t, h, w, _ = out.shape
         dest = stem.with_suffix(".mp4")
-        tmp = dest.with_name("." + dest.name + ".tmp.mp4")
         rate = Fraction(store.meta.get("fps_fraction", "25/1"))
-        with av.open(str(tmp), "w") as container:
+        with replaced_when_done(dest, ".tmp.mp4") as tmp, av.open(str(tmp), "w") as container:
             stream = container.add_stream("libx264", rate=rate)
             stream.width, stream.height = w, h  # the source's size, odd sides too (synth.video_pix_fmt)
             stream.pix_fmt = video_pix_fmt(h, w)
@@ -128,9 +128,9 @@ class Video(Modality):
                 img = np.ascontiguousarray(np.asarray(out[i]))
                 container.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
             container.mux(stream.encode())
-        tmp.replace(dest)
         picks = np.linspace(0, t - 1, min(STRIP_FRAMES, t)).round().astype(int)
         top = np.concatenate([store.array[i] for i in picks], axis=1)
         bottom = np.concatenate([np.asarray(out[i]) for i in picks], axis=1)
-        Image.fromarray(np.concatenate([top, bottom], axis=0)).save(stem.with_name(stem.name + "-frames.png"))
+        with replaced_when_done(stem.with_name(stem.name + "-frames.png"), ".tmp.png") as tmp:
+            Image.fromarray(np.concatenate([top, bottom], axis=0)).save(tmp)
         return dest

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..files import replaced_when_done
 from .base import Modality, unit
 
 
@@ -24,7 +25,6 @@ class Volume(Modality):
         out = self.open_output(path)
         z, y, x, c = out.shape
         dest = stem.with_suffix(".tif")
-        tmp = dest.with_name("." + dest.name + ".tmp")
         shape = (z, y, x) if c == 1 else (z, y, x, c)
         pages = (np.asarray(out[i]).reshape(shape[1:]) for i in range(z))
         # Channels as samples of each page, as the source had them: gray, gray + one extra sample, RGB, or
@@ -33,8 +33,8 @@ class Volume(Modality):
                   2: {"photometric": "minisblack", "planarconfig": "contig", "extrasamples": ["unspecified"]},
                   3: {"photometric": "rgb", "planarconfig": "contig"},
                   4: {"photometric": "rgb", "planarconfig": "contig", "extrasamples": ["unassalpha"]}}[c]
-        tifffile.imwrite(tmp, pages, shape=shape, dtype=out.dtype, bigtiff=True, compression="zlib", **layout)
-        tmp.replace(dest)
+        with replaced_when_done(dest) as tmp:
+            tifffile.imwrite(tmp, pages, shape=shape, dtype=out.dtype, bigtiff=True, compression="zlib", **layout)
         # Middle slices as 8-bit pictures of the normalized values (a quick look; the TIFF is the data).
         for axis, name in enumerate("zyx"):
             index = [slice(None)] * 3

@@ -15,6 +15,7 @@ half-written file. A cached file that does not load is built again once. Portabl
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -28,10 +29,14 @@ from pathlib import Path
 
 import torch
 
+from ..files import atomic_write
+
 SOURCE = Path(__file__).with_name("hash_encode.c")
 # -ffp-contract=off: no fused multiply-adds, whose single rounding would differ from torch's mul then add.
 FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fPIC", "-shared"]
 MAX_FEATURES = 8  # hash_encode.c's MAXF
+# DIST_INT_NATIVE's spellings; anything else turns the kernel off (the torch ops compute the same values)
+ON_WORDS, OFF_WORDS = ("", "1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 class BuildError(OSError):
     """The compiler ran and refused the source: building in another folder would not help."""
@@ -80,6 +85,8 @@ def _compile(cc: list[str], folder: Path, lib: Path) -> None:
 def _load(lib: Path) -> ctypes.CDLL:
     handle = ctypes.CDLL(str(lib))
     p, i32, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
+    if not hasattr(handle, "hash_encode"):  # a foreign or damaged file under our name: build it again
+        raise OSError(f"{lib} has no hash_encode function")
     handle.hash_encode.argtypes = [p, i32, i64, i32, i32, i32, i32, p, p, p, p, p, i64, p, i32]
     handle.hash_encode.restype = i32
     return handle
@@ -107,14 +114,25 @@ def _build() -> ctypes.CDLL:
     for where in (cache_dir, _private_tmp):  # the user's cache, else a private temporary folder
         try:
             folder = where()
-            lib = folder / name
+            lib, mark = folder / name, folder / f"{name}.unusable"
+            if mark.is_file():  # found before: this folder cannot run what is built in it
+                errors.append(f"{mark.read_text().strip()} (remembered in {mark}; delete it to try again)")
+                continue
             if lib.is_file():
                 try:
                     return _load(lib)
                 except OSError as e:  # a damaged or foreign file: build it again
                     errors.append(f"{lib} did not load ({e}); rebuilt")
             _compile(cc, folder, lib)
-            return _load(lib)
+            try:
+                return _load(lib)
+            except OSError as e:
+                # A library built just now that does not load: the folder cannot hold code to run (a
+                # noexec mount). Remembered, so that later starts (and ranks) do not build it again.
+                reason = f"a library built in {folder} does not load ({e})"
+                with contextlib.suppress(OSError):
+                    atomic_write(mark, reason + "\n")
+                errors.append(reason)
         except BuildError:
             raise
         except (OSError, RuntimeError, subprocess.SubprocessError) as e:  # RuntimeError: no home folder
@@ -127,8 +145,10 @@ def library() -> ctypes.CDLL | None:
     global _lib, _why_not
     if _lib is not None or _why_not is not None:
         return _lib
-    if os.environ.get("DIST_INT_NATIVE", "1") == "0":
-        _why_not = "DIST_INT_NATIVE=0"
+    asked = os.environ.get("DIST_INT_NATIVE", "1")
+    if asked.strip().lower() not in ON_WORDS:
+        _why_not = f"DIST_INT_NATIVE={asked}" + ("" if asked.strip().lower() in OFF_WORDS else
+                                                 " (understood as off; use 0/1, false/true, no/yes or off/on)")
         return None
     try:
         _lib = _build()

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import zarr
 
+from ..files import replaced_when_done
 from ..hostmem import trim
 
 from ..model import Predict, forward_rows
@@ -139,14 +140,13 @@ def export(path: Path, dest_stem: Path, fmt: str) -> Path:
             img = to_source((img.astype(np.float64) - lo) / (hi - lo), np.dtype(np.uint8), (0, 255))
         img = img[..., 0] if c == 1 else img
         out = dest_stem.with_suffix(".png")
-        tmp = out.with_name("." + out.name + ".tmp")
-        if img.dtype == np.uint16 and img.ndim == 3:  # Pillow cannot write 16-bit colour: imagecodecs can
-            import imagecodecs
+        with replaced_when_done(out) as tmp:
+            if img.dtype == np.uint16 and img.ndim == 3:  # Pillow cannot write 16-bit colour: imagecodecs can
+                import imagecodecs
 
-            tmp.write_bytes(imagecodecs.png_encode(np.ascontiguousarray(img)))
-        else:
-            Image.fromarray(img).save(tmp, format="PNG")
-        tmp.replace(out)
+                tmp.write_bytes(imagecodecs.png_encode(np.ascontiguousarray(img)))
+            else:
+                Image.fromarray(img).save(tmp, format="PNG")
         return out
     return _export_tiff(path, dest_stem.with_suffix(".tif"))
 
@@ -158,7 +158,6 @@ def _export_tiff(path: Path, out: Path) -> Path:
 
     levels = [open_level(path, i) for i in range(num_levels(path))]
     c = levels[0].shape[0]
-    tmp = out.with_name("." + out.name + ".tmp")
 
     def tiles(level):
         for _, band in _bands(level, TIFF_TILE):
@@ -175,11 +174,10 @@ def _export_tiff(path: Path, out: Path) -> Path:
     opts = dict(tile=(TIFF_TILE, TIFF_TILE), photometric=photometric, compression="zlib",
                 planarconfig="contig" if c > 1 else None, **({"extrasamples": extras} if extras else {}))
     axes = "YXS" if c > 1 else "YX"
-    with tifffile.TiffWriter(tmp, bigtiff=True, ome=True) as tif:
+    with replaced_when_done(out) as tmp, tifffile.TiffWriter(tmp, bigtiff=True, ome=True) as tif:
         for i, level in enumerate(levels):
             _, h, w = level.shape
             extra = {"subifds": len(levels) - 1, "metadata": {"axes": axes, "Name": "reconstruction"}} if i == 0 \
                 else {"subfiletype": 1, "metadata": None}
             tif.write(tiles(level), shape=(h, w, c) if c > 1 else (h, w), dtype=level.dtype, **opts, **extra)
-    tmp.replace(out)
     return out

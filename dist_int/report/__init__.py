@@ -75,6 +75,8 @@ def _row(run: Run) -> list[str]:
     cells = [html.escape(str(run.path))]
     for key, _ in SUMMARY_KEYS:
         value = s.get(key, "")
+        if value is None:  # null: a non-finite number, named under not_finite (dist_int/jsonio.py)
+            value = (s.get("not_finite") or {}).get(key, "")
         if key == "strategy" and not value:
             value = run.strategy
         if key == "field" and not value:

@@ -128,25 +128,32 @@ class StreamedShard(Shard):
     def _bytes(self, idx: list[int]) -> int:
         return sum(int(self.chunk_start[i + 1] - self.chunk_start[i]) for i in idx) * self._point_bytes
 
-    def check_plan(self, plan) -> None:
+    def check_plan(self, plan, limit: tuple[str, int] | None = None) -> None:
         """Refuse a batch plan that cannot stream: two windows (the one training and the next, read
-        meanwhile) must fit the training share of the signal's budget."""
+        meanwhile) must fit the training share of the signal's budget. limit: what keeps the windows fewer
+        than teacher.window_points asks (Config.window_limit), so that the advice names what can change."""
         total = self._bytes(range(len(self.chunk_ids)))
+        if limit is None:
+            smaller = f"lower teacher.window_points (windows of that many points are read one at a time; e.g. " \
+                      f"{self._suggest(plan)})"
+        elif limit[0] == "batches":
+            smaller = (f"make more mini-batches, since a window holds at least one and there are {limit[1]:,} per "
+                       f"epoch: lower teacher.batch_points (or raise teacher.num_batches), then teacher.window_points")
+        else:
+            smaller = (f"cut the signal into more chunks, since a window holds at least one and it has "
+                       f"{limit[1]:,}: ingest it again with a smaller signal.chunk, into a new run.dir")
         if plan.windows == 1:
             raise ConfigError(
                 f"this rank's shard ({_size(total)}) does not fit the signal's share of train.memory_mb "
-                f"({_size(self.cache_bytes)}), and the whole signal is one window (teacher.window_points is 0 or "
-                f"at least the signal's {self.store.num_points} points): set teacher.window_points lower "
-                f"(windows of that many points are read one at a time; e.g. {self._suggest(plan)}), or raise "
+                f"({_size(self.cache_bytes)}), and the whole signal is one window: {smaller}; or raise "
                 f"train.memory_mb, or use more ranks")
         most = plan.most_window_points() * self._point_bytes
         if 2 * most > self.cache_bytes * TRAIN_SHARE:
             need = 2 * most / TRAIN_SHARE / 2**20
             raise ConfigError(
-                f"a window (teacher.window_points) holds up to {_size(most)} of this rank's shard, and two must "
-                f"fit in {TRAIN_SHARE:.0%} of the signal's share of train.memory_mb ({_size(self.cache_bytes)}): "
-                f"lower teacher.window_points (e.g. {self._suggest(plan)}), raise train.memory_mb so that the "
-                f"signal's share is at least {need:.4g} MiB, or use more ranks")
+                f"a window holds up to {_size(most)} of this rank's shard, and two must fit in {TRAIN_SHARE:.0%} "
+                f"of the signal's share of train.memory_mb ({_size(self.cache_bytes)}): {smaller}; or raise "
+                f"train.memory_mb so that the signal's share is at least {need:.4g} MiB, or use more ranks")
 
     def _suggest(self, plan) -> int:
         """A teacher.window_points whose share on this rank fits twice in the training share (scaled from

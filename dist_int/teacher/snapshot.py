@@ -16,11 +16,12 @@ binned by its coordinates over [-1, 1]^D.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from ..files import replaced_when_done
 
 SNAPSHOT_CELLS = 1 << 22
 
@@ -74,10 +75,10 @@ class Snapshots:
             self._all = self._count(rows for _, rows in self.shard.sweep(self.piece))
         sel = self._all if selected is None else self._count([selected])
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".rank-{rank:05d}.tmp.npz"
-        np.savez_compressed(tmp, selected=sel, points=self._all, factors=np.asarray(self.factors),
-                            count=np.int64(count), world_size=np.int64(world_size), strategy=np.asarray(strategy))
-        os.replace(tmp, folder / f"rank-{rank:05d}.npz")
+        with replaced_when_done(folder / f"rank-{rank:05d}.npz", ".tmp.npz") as tmp:
+            np.savez_compressed(tmp, selected=sel, points=self._all, factors=np.asarray(self.factors),
+                                count=np.int64(count), world_size=np.int64(world_size),
+                                strategy=np.asarray(strategy))
 
 
 def read_snapshot(folder: Path) -> dict:

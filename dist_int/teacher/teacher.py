@@ -18,7 +18,6 @@ reference code; docs/method.md).
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import torch
 
 from ..comm import Comm
 from ..config import SCORING_STRATEGIES, TeacherConfig
+from ..files import replaced_when_done
 from ..model import Predict, forward_rows
 from .batches import BatchPlan
 from .schedules import ratio_at, should_select
@@ -210,10 +210,12 @@ class Teacher:
             for j, r in enumerate(rows):
                 part = r[np.searchsorted(r, lo):np.searchsorted(r, hi)]
                 bits[j, part - lo] = True
-            path = folder / f"chunk-{cid:08d}.npy"
-            tmp = path.with_name(f".{path.name}.tmp.npy")
-            np.save(tmp, np.packbits(bits, axis=1))
-            os.replace(tmp, path)
+            with replaced_when_done(folder / f"chunk-{cid:08d}.npy", ".tmp.npy") as tmp:
+                np.save(tmp, np.packbits(bits, axis=1))
+
+    def checkpoint_bytes(self) -> int:
+        """About what save_chunks writes: a bit per cached set and point of this rank's chunks."""
+        return len(self.cache) * sum(hi - lo for _, lo, hi in self._chunk_spans()) // 8 + 4096
 
     def load_chunks(self, folder: Path, state: dict) -> None:
         budgets = {int(b): int(k) for b, k in state["batches"].items()}
