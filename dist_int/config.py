@@ -22,7 +22,7 @@ from .errors import ConfigError
 
 RATIO_SCHEDULES = ("constant", "step", "linear", "cosine", "reverse-cosine")
 INTERVAL_SCHEDULES = ("dense", "incremental", "step-incremental", "decremental")
-STRATEGIES = ("full", "uniform", "int", "mix", "soft")
+STRATEGIES = ("full", "uniform", "int", "mix", "soft", "replay")
 SCORING_STRATEGIES = ("int", "mix", "soft")  # the teachers that score every candidate by its error
 FIELD_KINDS = ("siren", "hash")
 ACTIVATIONS = ("relu", "sine")
@@ -40,7 +40,8 @@ LIMITS: dict[str, float | None] = {
     "model.hidden": 2**16, "model.layers": 1024, "model.w0": None, "model.w0_first": None, "model.levels": 64,
     "model.features": 64, "model.log2_table": 30, "model.base_resolution": 2**31, "model.finest_resolution": 2**40,
     "model.growth": 1e6,
-    "teacher.mix_topk": 1.0, "teacher.temperature": 1e6, "teacher.ratio": 1.0, "teacher.num_batches": 2**40,
+    "teacher.mix_topk": 1.0, "teacher.temperature": 1e6, "teacher.ratio": 1.0, "teacher.replay_uniform": 1.0,
+    "teacher.importance": 1.0, "teacher.num_batches": 2**40,
     "teacher.batch_points": 2**48, "teacher.window_points": 2**48, "teacher.score_chunk": 2**31,
     "optim.lr": None, "optim.lr_min": None, "optim.beta1": 1.0, "optim.beta2": 1.0, "optim.eps": None,
     "optim.grad_clip": None,
@@ -138,12 +139,20 @@ class ModelConfig:
 class TeacherConfig:
     strategy: str = "soft"
     """full (every candidate), uniform (random subset, same schedules), int (top-k error, the paper's), mix
-    (mix_topk of the budget by top-k error, the rest uniform) or soft (sampling in proportion to
-    error^(1/temperature)). soft is the default by measurement (bench/results/teachers.md, docs/method.md)."""
+    (mix_topk of the budget by top-k error, the rest uniform), soft (sampling in proportion to
+    error^(1/temperature)) or replay (soft's sampling on the errors the training steps observed: no scoring
+    pass; teacher/record.py). soft is the default by measurement (bench/results/teachers.md, docs/method.md)."""
     mix_topk: float = 0.3
     """mix: the fraction of the budget taken by the top-k error; the rest is drawn uniformly."""
     temperature: float = 1.0
-    """soft: sampling probability proportional to error^(1/temperature); lower is closer to top-k."""
+    """soft, replay: sampling probability proportional to error^(1/temperature); lower is closer to top-k."""
+    replay_uniform: float = 0.0
+    """replay: the fraction of the budget drawn uniformly at random instead of by the error record, so that
+    the records of points left out for long are measured again (0: the sampling alone revisits them)."""
+    importance: float = 0.0
+    """soft, replay: importance weights 1 / q^importance for the selected points' losses (q: a point's
+    sampling weight, error^(1/temperature)), normalized to mean 1 over the teaching set; 0 turns them off,
+    1 is soft mining's full correction of the sampling's bias."""
     ratio: float = 0.2
     """r0: fraction of the candidates selected at the start of training, in (0, 1]."""
     ratio_schedule: str = "step"
@@ -332,6 +341,11 @@ class Config:
             (0.0 < self.teacher.ratio <= 1.0, "teacher.ratio must be in (0, 1]"),
             (0.0 <= self.teacher.mix_topk <= 1.0, "teacher.mix_topk must be in [0, 1]"),
             (self.teacher.temperature > 0, "teacher.temperature must be > 0"),
+            (0.0 <= self.teacher.replay_uniform <= 1.0, "teacher.replay_uniform must be in [0, 1]"),
+            (0.0 <= self.teacher.importance <= 1.0, "teacher.importance must be in [0, 1] (0: off)"),
+            (self.teacher.importance == 0 or self.teacher.strategy in ("soft", "replay"),
+             f"teacher.importance weights the sampling teachers (soft, replay); teacher.strategy = "
+             f"\"{self.teacher.strategy}\" does not sample by error: set teacher.importance = 0"),
             (self.teacher.ratio_schedule in RATIO_SCHEDULES,
              f"teacher.ratio_schedule must be one of {RATIO_SCHEDULES}"),
             (self.teacher.interval_schedule in INTERVAL_SCHEDULES,

@@ -96,11 +96,12 @@ def cgroup_limit(proc_cgroup: str = "/proc/self/cgroup", mountinfo: str = "/proc
 
 def slurm_limit(env) -> tuple[int, str] | None:
     """SLURM's memory for this job on this node in bytes (--mem, or --mem-per-cpu times the node's CPUs)."""
-    if env.get("SLURM_MEM_PER_NODE", "").isdigit():
+    # 0 (--mem=0: all of the node's memory) is no limit
+    if env.get("SLURM_MEM_PER_NODE", "").isdigit() and int(env["SLURM_MEM_PER_NODE"]) > 0:
         return int(env["SLURM_MEM_PER_NODE"]) << 20, "SLURM_MEM_PER_NODE"
     per_cpu = env.get("SLURM_MEM_PER_CPU", "")
     cpus = (env.get("SLURM_CPUS_ON_NODE") or "").split("(")[0]
-    if per_cpu.isdigit() and cpus.isdigit():
+    if per_cpu.isdigit() and cpus.isdigit() and int(per_cpu) * int(cpus) > 0:
         return (int(per_cpu) * int(cpus)) << 20, "SLURM_MEM_PER_CPU x SLURM_CPUS_ON_NODE"
     return None
 

@@ -42,10 +42,13 @@ def finite(value, path: str = "") -> tuple[object, dict[str, str]]:
 
 
 def dumps(record: dict, **kwargs) -> str:
-    """`record` as strict JSON: non-finite floats become null, named under `not_finite`."""
+    """`record` as strict JSON: non-finite floats become null, named under `not_finite`. Names a record
+    already carried (one read back from a file) are kept only for keys that are still null."""
     clean, bad = finite(record)
+    earlier = clean.pop(NOT_FINITE, None) or {}
+    bad = {**{k: v for k, v in earlier.items() if k in clean and clean[k] is None}, **bad}
     if bad:
-        clean[NOT_FINITE] = {**(clean.get(NOT_FINITE) or {}), **bad}
+        clean[NOT_FINITE] = bad
     return json.dumps(clean, allow_nan=False, **kwargs)
 
 

@@ -43,7 +43,7 @@ pick_subnet() {
 kill_daemon() {
     local sig=$1 f=$2 pid
     [ -f "$f" ] || return 0
-    pid=$(cat "$f" 2>/dev/null)
+    pid=$(cat "$f" 2>/dev/null) || return 0
     [[ "$pid" =~ ^[0-9]+$ ]] || return 0
     case "$(cat "/proc/$pid/comm" 2>/dev/null)" in
         slurmd|slurmctld) kill "$sig" "$pid" 2>/dev/null || true ;;

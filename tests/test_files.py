@@ -195,3 +195,26 @@ def test_collect_on_a_read_only_folder_prints_the_table_and_takes_out(tmp_path):
                 subprocess.run(["umount", str(runs)], capture_output=True)
     finally:
         os.chmod(runs, 0o755)
+
+
+def test_a_checkpoint_write_that_fails_on_one_rank_fails_every_rank_at_once(tmp_path):
+    """Rank 1 alone cannot write its part of a checkpoint (a folder stands where one of its teacher files
+    goes): the ranks met in different collectives and waited out a timeout of days. Now the failure is
+    agreed: both end within seconds, the partial checkpoint is gone, and the same command resumes."""
+    from dist_int.signal import assign_chunks
+
+    run = tmp_path / "run"
+    args = [*T, f"run.dir={run}", "train.steps=40", "checkpoint.every=20", "train.log_every=20"]
+    # The 48 x 48 image in 32-pixel chunks: 4 chunks; one of rank 1's files of the checkpoint at step 20
+    cid = assign_chunks(4, 2, 0)[1][0]
+    assert run_train(args, nproc=2).returncode == 0  # the folder, with its signal and config
+    for name in ("checkpoints", "summary.json", "metrics.jsonl", "reconstruction.zarr", "reconstruction.png"):
+        shutil.rmtree(run / name) if (run / name).is_dir() else (run / name).unlink()
+    (run / "checkpoints" / ".step-00000020.partial" / "teacher" / f"chunk-{cid:08d}.npy").mkdir(parents=True)
+    started = time.time()
+    proc = run_train(args, nproc=2, timeout=300)
+    assert proc.returncode != 0 and time.time() - started < 120, proc.stderr[-3000:]
+    assert "failed to save checkpoint step-00000020" in proc.stderr or "Is a directory" in proc.stderr, \
+        proc.stderr[-3000:]
+    assert not worker_traceback(proc.stderr), proc.stderr[-3000:]
+    assert not (run / "checkpoints" / ".step-00000020.partial").exists() and debris(run) == []

@@ -91,6 +91,16 @@ def test_a_peer_that_stops_answering_ends_the_job_within_the_bound():
     assert "error: rank 0 on host" in err and "another rank on this host stopped answering" in err, err
 
 
+def test_an_error_that_quotes_a_timeout_is_no_lost_peer():
+    """A user-facing error (another rank's NFS "Connection timed out", shared through the agreement) is
+    one error line, not a lost host."""
+    from dist_int.engine.watchdog import peer_lost
+    from dist_int.errors import PeerFailed
+
+    assert peer_lost(RuntimeError("[../gloo/transport/tcp/pair.cc:534] Connection closed by peer"))
+    assert not peer_lost(PeerFailed("rank 1 failed to read: [Errno 110] Connection timed out"))
+
+
 def test_a_single_rank_run_paused_past_its_timeout_finishes(tmp_path):
     """A single rank stopped for 35 s with train.timeout_s = 1 was killed as if a peer were lost ("another
     rank on this host stopped answering"). A single process has no peer to lose."""

@@ -38,6 +38,7 @@ def test_the_job_memory_limit_is_the_smallest_of_ram_cgroup_and_slurm(tmp_path):
     assert slurm_limit({"SLURM_MEM_PER_NODE": "3300"}) == (3300 << 20, "SLURM_MEM_PER_NODE")
     assert slurm_limit({"SLURM_MEM_PER_CPU": "1000", "SLURM_CPUS_ON_NODE": "4"})[0] == 4000 << 20
     assert slurm_limit({}) is None
+    assert slurm_limit({"SLURM_MEM_PER_NODE": "0"}) is None  # --mem=0: the whole node, no limit
     assert memory_limit({"SLURM_MEM_PER_NODE": "1"}) == (1 << 20, "SLURM_MEM_PER_NODE")
     # cgroup v1 and v2 as /proc/self/mountinfo and /proc/self/cgroup describe them (here: files in tmp_path)
     v1, v2 = tmp_path / "memory", tmp_path / "unified"

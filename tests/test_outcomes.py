@@ -36,6 +36,12 @@ def test_non_finite_numbers_are_written_as_null_and_named():
     assert record["loss"] is None and record["psnr_db"] is None and record["nested"]["x"] == [1.0, None]
     assert record["not_finite"] == {"loss": "nan", "psnr_db": "inf", "nested.x[1]": "-inf"}
     assert strict_load(jsonio.dumps({"a": 1.5})) == {"a": 1.5}  # nothing to name: no not_finite key
+    # A record read back (null + its name) keeps the name while the value stays null, and drops it once a
+    # rerun computes a finite number there.
+    back = strict_load(text)
+    assert jsonio.finite(back)[1] == {} and strict_load(jsonio.dumps(back))["not_finite"]["psnr_db"] == "inf"
+    back["psnr_db"] = 42.0
+    assert "psnr_db" not in strict_load(jsonio.dumps(back))["not_finite"]
 
 
 def test_a_best_psnr_of_inf_survives_a_checkpoint():
@@ -62,7 +68,7 @@ def _guard(divergence_db=10.0, exact_db=107.1, max_rollbacks=5):
     schedule = CosineLR(1000, 1e-2, 1e-6)
     engine = types.SimpleNamespace(module=module, optimizer=optimizer,
                                    lr_scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, schedule))
-    teacher = types.SimpleNamespace(cache={}, restore_cache=lambda cache: None)
+    teacher = types.SimpleNamespace(rollback_state=lambda: None, restore_rollback_state=lambda state: None)
     guard = DivergenceGuard(engine, schedule, teacher, divergence_db, 0.5, max_rollbacks, exact_db)
     guard.start(0)
     return guard, module
@@ -108,6 +114,10 @@ def test_a_nan_field_stops_at_once_when_the_check_is_off_and_rolls_back_when_on(
     guard, _ = _guard(divergence_db=10.0)
     guard.check(100, 1e-3, 20.0)
     assert guard.check(200, math.nan, 20.0) == 100  # a NaN loss is a divergence even with a fine probe
+    guard, _ = _guard(divergence_db=0.0)
+    guard.check(100, 1e-12, 150.0)  # an exact state: a NaN after it is still a divergence, not "at precision"
+    with pytest.raises(Diverged):
+        guard.check(200, math.nan, math.nan)
 
 
 # ---- whole runs -------------------------------------------------------------------------------------
@@ -175,3 +185,8 @@ def test_an_infinite_psnr_is_null_with_the_reason(tmp_path):
     assert on_disk["psnr_is"].startswith("infinite (written as null): the reconstruction equals the signal")
     assert on_disk["warnings"] == []  # an infinite final PSNR is not "below the best"
     assert final_line(on_disk).startswith("PSNR inf  SNR (dB) inf")
+    # Both beyond the data's precision (107 dB for 16-bit data): 160 dB is not "below the best" of +inf.
+    near = _write(Comm(), run, {**summary, "psnr_db": 160.0, "precision_psnr_db": 107.1}, [], [])
+    assert near["warnings"] == []
+    below = _write(Comm(), run, {**summary, "psnr_db": 90.0, "precision_psnr_db": 107.1}, [], [])
+    assert below["warnings"] and "below the best evaluated" in below["warnings"][0]

@@ -299,10 +299,10 @@ def test_teacher_state_moves_between_world_sizes(tmp_path):
             name = f"chunk-{cid:08d}.npy"
             shutil.copy(tmp_path / "all" / name, mine / name)
         t3.load_chunks(mine, state)
-        loaded.append({b: set(gids3[r].tolist()) for b, (r, _, _) in t3.cache.items()})
-    for b, (rows, k, _) in t.cache.items():
-        assert set().union(*(part[b] for part in loaded)) == set(gids[rows].tolist())
-        assert sum(len(part[b]) for part in loaded) == k == state["batches"][str(b)]
+        loaded.append({b: set(gids3[c.rows].tolist()) for b, c in t3.cache.items()})
+    for b, c in t.cache.items():
+        assert set().union(*(part[b] for part in loaded)) == set(gids[c.rows].tolist())
+        assert sum(len(part[b]) for part in loaded) == c.count == state["batches"][str(b)]
 
 
 @pytest.mark.parametrize("k", [1, 2, 255, 256, 257, 4000, 9999, 10000])

@@ -88,7 +88,7 @@ def test_teacher_state_round_trips_through_chunk_files(tmp_path):
     t2.load_chunks(tmp_path / "teacher", json.loads(json.dumps(t.state_dict())))  # as meta.json keeps it
     assert t2.cache.keys() == t.cache.keys()
     for b in t.cache:
-        assert torch.equal(t2.cache[b][0], t.cache[b][0]) and t2.cache[b][1] == t.cache[b][1]
+        assert torch.equal(t2.cache[b].rows, t.cache[b].rows) and t2.cache[b].count == t.cache[b].count
 
 
 def test_signal_too_large_for_order_keys_is_refused():

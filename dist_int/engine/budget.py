@@ -18,12 +18,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+import numpy as np
+
 import torch
 
 from ..config import SCORING_STRATEGIES
 from ..errors import ConfigError
 from ..hostmem import memory_limit
 from ..model import FieldSpec
+from ..teacher.record import BYTES as RECORD_BYTES, cells_per_chunk, record_shift
 
 STATE_COPIES = 9   # weights, gradients, two Adam moments, DeepSpeed's flat buffers, and the guard's copy of
                    # the weights and both moments (engine/guard.py)
@@ -33,7 +36,8 @@ SELECT_BYTES = 96  # per candidate of a selection: global id, order key, score, 
 ROW_BYTES = 80     # per point of a batch: its row, the keyed order's temporaries (teacher/batches.py) and
                    # the previous batch's rows; BatchPlan.rows peaked at 73 bytes a row above its start
                    # for 1 M rows (tests/test_trainer_parts.py measures it)
-CACHE_BYTES = 4    # per point of a cached teaching set (an int32 row)
+CACHE_BYTES = 4    # per point of a cached teaching set (an int32 row; 4 more with importance weights)
+RECORD_SHARE = 0.25  # of the budget, at most, for the replay teacher's error record and its rollback copy
 SAFETY = 0.9       # of the machine's share, when train.memory_mb is 0
 
 
@@ -67,6 +71,7 @@ class Budget:
     where: str                      # the key or device the total comes from
     parts: dict[str, int] = field(default_factory=dict)
     warning: str | None = None      # e.g. train.memory_mb beyond the host's memory
+    record_shift: int = 0           # the replay record's cells: 2^shift samples per axis (teacher/record.py)
 
     @property
     def fixed(self) -> int:
@@ -81,9 +86,10 @@ class Budget:
 
 
 def plan_budget(cfg, device: torch.device, spec: FieldSpec, shard_points: int, batch_points: int,
-                windows: int, buffer_bytes: int) -> Budget:
+                windows: int, buffer_bytes: int, extents=None) -> Budget:
     """Split this rank's budget. shard_points: the points of this rank's chunks; batch_points: the most
-    points of one batch on this rank; buffer_bytes: the modality's render, metric and export buffers."""
+    points of one batch on this rank; buffer_bytes: the modality's render, metric and export buffers;
+    extents: (chunks, D) samples per axis of this rank's chunks (the replay record's layout)."""
     total, where, warning = available(device, cfg.train.memory_mb)
     train_points = min(cfg.train.max_points_per_pass or batch_points, batch_points)
     # Passes of teacher.score_chunk points run only where something scores: an error-driven teacher, or
@@ -94,22 +100,30 @@ def plan_budget(cfg, device: torch.device, spec: FieldSpec, shard_points: int, b
     # Cached teaching sets: one per batch while batches keep their points (one window), else only the set
     # in use (teacher/teacher.py).
     cached = (shard_points if windows == 1 else batch_points) if subset else 0
+    # The replay teacher's record (and the guard's copy of it): a value a point, or a cell where that would
+    # take more than RECORD_SHARE of the budget (teacher/record.py).
+    shift, record = 0, 0
+    if cfg.teacher.strategy == "replay":
+        extents = np.zeros((0, 1), dtype=np.int64) if extents is None else extents
+        shift = record_shift(extents, int(total * RECORD_SHARE / 2))
+        record = 2 * RECORD_BYTES * int(cells_per_chunk(extents, shift).sum())
+    weighted = 2 if cfg.teacher.importance > 0 else 1
     parts = {
         "for the field and its optimizer": spec.num_params * 4 * STATE_COPIES,
         f"for the activations of the largest pass ({max(train_points, nograd_points):,} points)": max(
             spec.activation_bytes(train_points, True), spec.activation_bytes(nograd_points, False)),
-        "for the teacher's cached sets": cached * CACHE_BYTES,
+        "for the teacher's cached sets": cached * CACHE_BYTES * weighted,
+        "for the teacher's error record": record,
         "for a selection's candidates": batch_points * SELECT_BYTES if subset else 0,
         "for a batch's rows": batch_points * ROW_BYTES,
         "for the render, metric and export buffers": buffer_bytes,
     }
-    return Budget(total, where, parts, warning)
+    return Budget(total, where, parts, warning, shift)
 
 
 def rank_budget(cfg, store, rank: int, world_size: int, device: torch.device):
     """This rank's chunks, batch plan and budget for `store` under `cfg`: (own chunk ids, plan, budget,
     the shard's bytes, whether it streams). No signal value is read."""
-    import numpy as np
 
     from ..modality import modality_for
     from ..model import field_spec
@@ -125,8 +139,9 @@ def rank_budget(cfg, store, rank: int, world_size: int, device: torch.device):
                      cfg.train.steps)
     spec = field_spec(cfg.model, *store.geometry)
     batch = -(-plan.most_window_points() // plan.per_window) + len(plan.window_indices(0, 0))
+    extents = np.array([[s.stop - s.start for s in store.chunk_slices(c)] for c in own], dtype=np.int64)
     budget = plan_budget(cfg, device, spec, int(chunk_start[-1]), batch, windows,
-                         modality_for(store).buffer_bytes(store, cfg.render.format))
+                         modality_for(store).buffer_bytes(store, cfg.render.format), extents)
     shard_bytes = int(chunk_start[-1]) * store.channels * held_dtype(store).itemsize
     streamed = shard_bytes > budget.signal_bytes and not store.table  # as open_shard decides
     check_budget(cfg, budget, spec, 0 if streamed else shard_bytes, streamed)

@@ -46,6 +46,18 @@ class Checkpointer:
     def exists(self, step: int) -> bool:
         return self.run.checkpoint_meta(self.run.checkpoint(step).name).is_file()
 
+    def holds(self, step: int, ended: str) -> bool:
+        """Whether a checkpoint of this step exists and records the same end of training ("" while it
+        trains): a rerun of a finished or ended run then saves nothing (rank 0 reads; every rank agrees)."""
+        held = 0.0
+        if self.comm.is_rank_zero:
+            try:
+                meta = json.loads(self.run.checkpoint_meta(self.run.checkpoint(step).name).read_text())
+                held = float(meta["shared"]["run"].get("ended", "") == ended)
+            except (OSError, ValueError, KeyError, TypeError):
+                held = 0.0
+        return bool(self.comm.agree_max([held])[0])
+
     def save(self, step: int, status: str) -> None:
         """Called on every rank at the same step. Written into a hidden `.step-N.partial/` folder first and
         renamed into place when complete: a checkpoint that `latest` names is never rewritten in place
@@ -53,29 +65,34 @@ class Checkpointer:
         rank (a full disk) fails on every rank with that rank's reason, and leaves no partial folder."""
         folder = self.run.checkpoint(step)
         partial = self.run.checkpoint_partial(folder.name)
+        what = f"save checkpoint {folder.name}"
         # Room first, agreed by every rank: DeepSpeed's save waits in collectives of its own, so a rank
-        # whose disk fills up in the middle of it would leave the others waiting out the timeout.
-        agree_on_failure(self.comm, self._no_room(), f"save checkpoint {folder.name}", long=True)
-        try:
-            self._write(step, status, folder, partial)
-        except Exception as e:  # noqa: BLE001 - agreed over the ranks below, then raised on every rank
-            error = e
-        else:
+        # whose disk fills up in the middle of it would leave the others waiting out the timeout. Then
+        # every rank's files, agreed; then rank 0's meta.json and renames, agreed: every rank runs the same
+        # collectives whichever part fails where.
+        agree_on_failure(self.comm, self._no_room(), what, long=True)
+        for part in (self._write_files, self._publish):
             error = None
-        try:
-            agree_on_failure(self.comm, error, f"save checkpoint {folder.name}", long=True)
-        except Exception:
-            if self.comm.is_rank_zero:
-                shutil.rmtree(partial, ignore_errors=True)
-            raise
+            try:
+                part(step, status, folder, partial)
+            except Exception as e:  # noqa: BLE001 - agreed over the ranks, then raised on every rank
+                error = e
+            try:
+                agree_on_failure(self.comm, error, what, long=True)
+            except Exception:
+                if self.comm.is_rank_zero:
+                    shutil.rmtree(partial, ignore_errors=True)
+                raise
 
     def _no_room(self) -> OSError | None:
-        """An ENOSPC error when the disk holding the checkpoints lacks room for what this rank writes (rank
-        0: the field and its Adam moments, fp32; every rank: its teacher files), with a margin."""
+        """An ENOSPC error when the disk holding the checkpoints lacks room for what all ranks write (rank
+        0: the field and its Adam moments, fp32; every rank: its teacher files), with a margin. All ranks'
+        needs are summed: ranks that share a disk share its free space."""
         need = 64 << 10  # meta.json, latest, DeepSpeed's small files
         if self.comm.is_rank_zero and self.engine is not None:
             need += sum(p.numel() for p in self.engine.module.parameters()) * 4 * 3
         need += sum(getattr(part, "checkpoint_bytes", lambda: 0)() for part in self.chunked.values())
+        need = float(self.comm.all_gather_scalar(need).sum())
         try:
             self.run.checkpoints.mkdir(parents=True, exist_ok=True)
             free = shutil.disk_usage(self.run.checkpoints).free
@@ -87,22 +104,30 @@ class Checkpointer:
                                      f"{free / 2**20:,.1f} MiB free; the last complete checkpoint is kept",
                        str(self.run.checkpoints))
 
-    def _write(self, step: int, status: str, folder, partial) -> None:
+    def _write_files(self, step: int, status: str, folder, partial) -> None:
         self.engine.save_checkpoint(str(self.run.checkpoints), tag=partial.name, client_state={"step": step},
                                     save_latest=False)
         for name, part in self.chunked.items():
             part.save_chunks(partial / name)
-        self.comm.barrier(long=True)  # every rank's files are written (a slow disk may take long)
+
+    def _publish(self, step: int, status: str, folder, partial) -> None:
+        """Rank 0: meta.json, the folder renamed into place, `latest`, older checkpoints removed."""
         if self.comm.is_rank_zero:
             parts = {**self.shared, **self.chunked}
             meta = {"format": FORMAT, "step": step, "status": status, "world_size": self.comm.world_size,
                     "shared": {name: part.state_dict() for name, part in parts.items()}}
             atomic_write(partial / "meta.json", jsonio.dumps(meta, indent=1))  # strict JSON (dist_int/jsonio.py)
             old = folder.with_name(f".{folder.name}.old")
-            if folder.exists():
+            moved = folder.exists()
+            if moved:
                 shutil.rmtree(old, ignore_errors=True)
                 folder.rename(old)
-            partial.rename(folder)
+            try:
+                partial.rename(folder)
+            except BaseException:
+                if moved:  # `latest` may name it: put it back
+                    old.rename(folder)
+                raise
             atomic_write(self.run.latest, folder.name)
             shutil.rmtree(old, ignore_errors=True)
             for old in sorted(p for p in self.run.checkpoints.glob("step-*") if p.is_dir())[:-self.keep]:

@@ -188,6 +188,9 @@ def _facts(cfg, comm: Comm, store, run: RunDir, state: RunState, rollbacks: int,
         "shape": list(store.shape),
         "status": status,
         "rollbacks": rollbacks,
+        # The PSNR of an error spread over one step of the stored values: above it, PSNRs measure float
+        # rounding, not the fit (docs/training.md, "Exact fits and NaN fields").
+        "precision_psnr_db": round(modality.exact_psnr_db(store), 4),
     }
     if state.ended == "precision":
         facts["ended"] = (f"at step {state.step} of {cfg.train.steps}: the field fit the signal at the data's "
@@ -204,7 +207,10 @@ def _write(comm: Comm, run: RunDir, summary: dict, warnings: list[str], missing:
     summary = dict(summary)
     notes = list(warnings)
     psnr, best = summary.get("psnr_db"), summary.get("best_psnr_db")
-    if psnr is not None and best is not None and psnr < best - 0.05:  # never worse than its best unsaid
+    words = summary.get(jsonio.NOT_FINITE) or {}
+    best = math.inf if best is None and words.get("best_psnr_db") == "inf" else best
+    cap = summary.get("precision_psnr_db") or math.inf  # beyond the data's precision, no PSNR is worse
+    if psnr is not None and best is not None and min(psnr, cap) < min(best, cap) - 0.05:  # never worse unsaid
         notes.append(f"final PSNR {psnr:.2f} dB is below the best evaluated, {best:.2f} dB at step "
                      f"{summary['best_step']}")
     was = (summary.get(jsonio.NOT_FINITE) or {}).get("psnr_db")  # a rerun's summary, read back: null + its name

@@ -45,7 +45,7 @@ class Snapshot:
     module: dict
     optimizer: dict
     scheduler: dict
-    teacher_cache: dict
+    teacher_state: object  # the teacher's cached sets and error record (Teacher.rollback_state)
 
 
 class DivergenceGuard:
@@ -63,7 +63,7 @@ class DivergenceGuard:
     def _take(self, step: int, level: float = -math.inf) -> Snapshot:
         e = self.engine
         return Snapshot(step, level, copy.deepcopy(e.module.state_dict()), copy.deepcopy(e.optimizer.state_dict()),
-                        copy.deepcopy(e.lr_scheduler.state_dict()), dict(self.teacher.cache))
+                        copy.deepcopy(e.lr_scheduler.state_dict()), self.teacher.rollback_state())
 
     def start(self, step: int) -> None:
         self.snapshot = self._take(step)
@@ -76,7 +76,7 @@ class DivergenceGuard:
         # The optimizer state carries the old, unscaled lr: set this step's lr from the lowered curve.
         for group, base in zip(e.optimizer.param_groups, e.lr_scheduler.base_lrs):
             group["lr"] = base * self.schedule(e.lr_scheduler.last_epoch)
-        self.teacher.restore_cache(s.teacher_cache)
+        self.teacher.restore_rollback_state(s.teacher_state)
         return s.step
 
     # The in-memory snapshot is not saved: a resumed run starts from the checkpoint, its first good state.
@@ -98,7 +98,7 @@ class DivergenceGuard:
         if broken or (checking and level < self.best_db - self.divergence_db):
             what = (f"the training loss is {mean_loss} at step {step}" if not math.isfinite(mean_loss) else
                     f"probe PSNR {probe_psnr:.2f} dB at step {step} (best {self.best_db:.2f} dB)")
-            if self.snapshot is not None and self.snapshot.level >= self.exact_db:
+            if not broken and self.snapshot is not None and self.snapshot.level >= self.exact_db:
                 raise AtPrecision(f"{what}; the state of step {self.snapshot.step} fits the signal at the data's "
                                   f"precision (probe PSNR at least {self.exact_db:.2f} dB)")
             if not checking:

@@ -181,7 +181,10 @@ class Loop:
                 self.snapshots.write, self.run_dir.snapshot(state.step), self.comm.rank, self.comm.world_size,
                 batch.rows, batch.count, self.cfg.teacher.strategy))
             self.meter.start()
-        self.train_step(shard.coords(batch.rows), shard.targets(batch.rows), batch.count, batch.max_rows)
+        self.train_step(shard.coords(batch.rows), shard.targets(batch.rows), batch.count, batch.max_rows,
+                        batch.weights, batch.weight_sum)
+        if self.teacher.observes:  # the replay record takes the errors the step's forward measured
+            self.teacher.observe(shard.all_rows() if batch.rows is None else batch.rows, self.train_step.errors)
         self.meter.add(batch.count)
         state.step += 1
         self.log.tick(state.step)

@@ -62,8 +62,9 @@ class MetricsLog:
             keep = []
             for line in path.read_text().splitlines():
                 try:
-                    if json.loads(line)["step"] <= resume_step:
-                        keep.append(line)
+                    record = json.loads(line)  # older files may hold a bare NaN: written strict again
+                    if record["step"] <= resume_step:
+                        keep.append(jsonio.dumps(record))
                 except (ValueError, KeyError, TypeError):
                     continue
             atomic_write(path, "".join(line + "\n" for line in keep))

@@ -20,15 +20,21 @@ def num_pieces(max_rows: int, max_points_per_pass: int) -> int:
 
 class TrainStep:
     def __init__(self, engine, world_size: int, num_channels: int, device: torch.device,
-                 max_points_per_pass: int = 0):
+                 max_points_per_pass: int = 0, error=None):
+        """error: when given, the per-point error of each trained point (the teacher's score, e.g.
+        teacher.point_l1) is measured from the step's own forward pass and left in `errors` (the replay
+        teacher's record; nothing extra is computed on the network)."""
         self.engine, self.world_size, self.num_channels = engine, world_size, num_channels
         self.max_points_per_pass = max_points_per_pass
+        self.error = error
+        self.errors: torch.Tensor | None = None  # (n,) float32: the last step's per-point errors
         # Summed on the device and read only at log steps: reading a loss every step would make the host
         # wait for the device every step.
         self._loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         self._steps = 0
 
-    def accumulate(self, coords: torch.Tensor, targets: torch.Tensor, global_count: int, pieces: int) -> None:
+    def accumulate(self, coords: torch.Tensor, targets: torch.Tensor, global_count: int, pieces: int,
+                   weights: torch.Tensor | None = None, weight_sum: torch.Tensor | None = None) -> None:
         """Gradients of the global teaching set's MSE, accumulated over `pieces` forward/backward passes.
 
         The update is the gradient of the MSE over the *global* teaching set (docs/design.md, "Loss
@@ -36,10 +42,14 @@ class TrainStep:
         sum of squared errors over the global count, times world_size. A sum splits into pieces exactly,
         so the pieces' gradients add up to the one-pass gradient. DeepSpeed runs with
         managed_gradient_accumulation off: backward() only accumulates, step() all-reduces once.
+
+        With importance weights (teacher.importance), each point's squared error is weighted and the sum
+        divided by the weights' global sum instead of the count: a weighted mean over the global set.
         """
-        scale = self.world_size / (global_count * self.num_channels)
+        scale = self.world_size / ((global_count if weight_sum is None else weight_sum) * self.num_channels)
         n = coords.shape[0]
         start = 0
+        errors = []
         for i in range(pieces):
             # Contiguous slices computed on the host (no device read); a rank with fewer rows than
             # another may get empty pieces, which still take part in every collective.
@@ -49,15 +59,24 @@ class TrainStep:
             # Pieces of 0 or 1 rows are padded (model.padded): no graph of their own under compile, and an
             # empty piece still gives defined (zero) gradients.
             pred = padded(self.engine, coords[rows]).float()                  # (n_piece, C)
-            loss = (pred - targets[rows]).square().sum() * scale
+            if weights is None:
+                loss = (pred - targets[rows]).square().sum() * scale
+            else:
+                loss = ((pred - targets[rows]).square().sum(1) * weights[rows]).sum() * scale
             self.engine.backward(loss)
             self._loss_sum += loss.detach()
+            if self.error is not None:
+                errors.append(self.error(pred.detach(), targets[rows]))
+        if self.error is not None:
+            self.errors = torch.cat(errors) if errors else torch.zeros(0, device=coords.device)
 
-    def __call__(self, coords: torch.Tensor, targets: torch.Tensor, global_count: int, max_rows: int = 0) -> None:
+    def __call__(self, coords: torch.Tensor, targets: torch.Tensor, global_count: int, max_rows: int = 0,
+                 weights: torch.Tensor | None = None, weight_sum: torch.Tensor | None = None) -> None:
         """coords (n, D) and targets (n, C): this rank's rows; global_count: teaching-set size on all ranks;
-        max_rows: the most rows any rank holds this step (sets the number of pieces)."""
+        max_rows: the most rows any rank holds this step (sets the number of pieces); weights, weight_sum:
+        importance weights of the rows and their global sum (None: plain mean)."""
         pieces = num_pieces(max(max_rows, coords.shape[0]), self.max_points_per_pass)
-        self.accumulate(coords, targets, global_count, pieces)
+        self.accumulate(coords, targets, global_count, pieces, weights, weight_sum)
         self.engine.step()
         self._steps += 1
 

@@ -28,6 +28,7 @@ from ..rundir import RunDir
 from ..signal import SignalStore, TargetRange, open_shard, signal_geometry, signal_store_path
 from ..signal.ingest import finish_ingest
 from ..teacher import Teacher
+from ..teacher.record import ErrorRecord
 from ..teacher.snapshot import Snapshots
 from .agree import agree_on_failure, everywhere
 from .budget import check_field, rank_budget
@@ -113,18 +114,19 @@ def train(cfg: Config) -> int:
     comm = init_distributed(launch, device, cfg.train.timeout_s)
     # Every rank's host, for the message when a peer is lost; from here on a lost peer ends the job within
     # train.timeout_s + a grace, in every phase (engine/watchdog.py).
-    watchdog = Watchdog(comm, cfg.train.timeout_s, comm.gather_strings(socket.gethostname()))
-    try:
-        return _train(cfg, comm, device, run, resuming, watchdog)
-    except RuntimeError as e:
-        if peer_lost(e):  # one line that names the lost hosts, not a traceback per rank
-            watchdog.lost(f"a collective failed ({str(e).splitlines()[-1][:200]})")
-        raise
-    except BaseException:
+    def undo_start() -> None:
         # A start that fails before training leaves no folder behind that it made (a corrected rerun
         # would otherwise be refused as a config change); once training ran, checkpoints are kept.
         if run.created and not run.training:
             shutil.rmtree(run.path, ignore_errors=True)
+
+    watchdog = Watchdog(comm, cfg.train.timeout_s, comm.gather_strings(socket.gethostname()), on_lost=undo_start)
+    try:
+        return _train(cfg, comm, device, run, resuming, watchdog)
+    except BaseException as e:
+        if peer_lost(e):  # one line that names the lost hosts, not a traceback per rank
+            watchdog.lost(f"a collective failed ({str(e).splitlines()[-1][:200]})")
+        undo_start()
         raise
     finally:
         watchdog.close()
@@ -162,12 +164,15 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
 
     # Teacher, evaluation, guard, step, checkpoints.
     modality = modality_for(store)
-    teacher = Teacher(cfg.teacher, cfg.train.steps, cfg.seed, comm, plan, store.num_points, modality.error)
+    record = ErrorRecord(shard, budget.record_shift) if cfg.teacher.strategy == "replay" else None
+    teacher = Teacher(cfg.teacher, cfg.train.steps, cfg.seed, comm, plan, store.num_points, modality.error, record,
+                      store.out_channels * shard.target_range.span)
     evaluator = Evaluator(predict, shard, comm, store.num_points, store.out_channels, cfg.train.eval_chunk,
                           cfg.train.probe_points, cfg.seed, modality.psnr_offset_db(store))
     guard = DivergenceGuard(engine, schedule, teacher, cfg.train.divergence_db, cfg.train.rollback_lr_factor,
                             cfg.train.max_rollbacks, modality.exact_psnr_db(store))
-    train_step = TrainStep(engine, comm.world_size, store.out_channels, device, cfg.train.max_points_per_pass)
+    train_step = TrainStep(engine, comm.world_size, store.out_channels, device, cfg.train.max_points_per_pass,
+                           modality.error if teacher.observes else None)
     state = RunState()
     ckpt = Checkpointer(engine, run, comm, cfg.checkpoint.every, cfg.checkpoint.keep,
                         shared={"run": state, "guard": guard, "schedule": schedule},
@@ -200,7 +205,7 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
             log.message(f"stopped by {signal.Signals(outcome.stopped_by).name} at step {state.step}; checkpoint "
                         f"saved in {run.checkpoints}. Run the same command again to resume.")
             return EXIT_INTERRUPTED
-        if state.ended or not ckpt.exists(state.step):  # ended early: the state to keep, and why it ended
+        if not ckpt.holds(state.step, state.ended):  # ended early: the state to keep, and why it ended
             ckpt.save(state.step, outcome.status)
         # The checkpoint holds the training now: a stop signal during the outputs ends the run at once
         # (exit 75); the same command then redoes only what is missing (engine/finish.py).

@@ -14,7 +14,8 @@ train.timeout_s plus a grace, or a round fails because a peer's connection close
 line naming the ranks on other hosts (which this rank cannot reach) and ends the process with exit code 1,
 and its torchrun agent with it (the agent would otherwise retry a rendezvous store on the lost host for
 minutes). Time this process did not run (stopped by SIGSTOP, a SLURM suspend, a laptop's sleep) is no
-peer's silence: a gap between two of the thread's polls longer than PAUSE_S is not counted. A single
+peer's silence: a gap between two of the thread's polls longer than PAUSE_S is not counted, and the
+round is looked at again before any verdict. A single
 process has no peers and no heartbeat. Everything the run writes goes to temporary names first, so the last
 complete checkpoint resumes. Under SLURM the line also goes to the batch script, which requeues the job
 (slurm/run-with-requeue.sh).
@@ -33,14 +34,15 @@ import time
 GRACE_S = 30.0  # beyond train.timeout_s: the collectives' own timeout gets the first chance
 BEAT_S = 1.0    # seconds between heartbeat rounds
 POLL_S = 0.1    # how often a round in flight is looked at
-PAUSE_S = 5.0   # a gap this long between two polls: this process was stopped, not a peer silent
+PAUSE_S = 1.0   # a gap this long between two polls (ten times their interval): this process was stopped
 
 
 class Watchdog:
-    def __init__(self, comm, timeout_s: float, hosts: list[str], grace_s: float = GRACE_S):
-        """hosts: every rank's host name, by rank (gathered once at start-up). Starts the heartbeat thread
-        (none for a single process)."""
-        self.comm, self.rank, self.hosts = comm, comm.rank, hosts
+    def __init__(self, comm, timeout_s: float, hosts: list[str], grace_s: float = GRACE_S, on_lost=None):
+        """hosts: every rank's host name, by rank (gathered once at start-up); on_lost: what to undo before
+        the process ends for a lost peer (a run folder this start made and never trained in). Starts the
+        heartbeat thread (none for a single process)."""
+        self.comm, self.rank, self.hosts, self.on_lost = comm, comm.rank, hosts, on_lost
         self.limit, self.bound = timeout_s + grace_s, f"train.timeout_s + {grace_s:g} s"
         self.phase = "setting up"  # for the message: what this rank was doing ("at step 120", ...)
         self._closing = threading.Event()
@@ -65,7 +67,7 @@ class Watchdog:
                 now = time.monotonic()
                 silent += now - last if now - last < PAUSE_S else POLL_S  # a pause of this process
                 last = now
-                if silent > self.limit:
+                if silent > self.limit and not work.is_completed():
                     self.lost(f"a heartbeat has waited {silent:.0f} s for the other ranks, more than {self.bound}")
             try:
                 work.wait()
@@ -93,6 +95,10 @@ class Watchdog:
         line = self.reason(what)
         print(line, file=sys.stderr, flush=True)
         tell_batch_script(line)
+        if self.on_lost is not None:  # best effort, and bounded: a hung file system must not keep us alive
+            undo = threading.Thread(target=self.on_lost, daemon=True)
+            undo.start()
+            undo.join(timeout=10.0)
         if os.environ.get("TORCHELASTIC_RUN_ID"):
             # torchrun's agent would go on talking to a rendezvous store on the lost host, a minute per
             # attempt: it goes too, so that no process of the job outlives the bound.
@@ -125,6 +131,8 @@ def tell_batch_script(line: str) -> None:
 def peer_lost(error: BaseException) -> bool:
     """Whether a collective failed because a peer stopped answering (its timeout, or its connection
     closed), as gloo and NCCL word it."""
-    text = str(error)
-    return isinstance(error, RuntimeError) and any(
+    from ..errors import DistIntError
+
+    text = str(error)  # a user-facing error may quote another rank's "Connection timed out" (NFS, a URL)
+    return isinstance(error, RuntimeError) and not isinstance(error, DistIntError) and any(
         s in text for s in ("Timed out", "timed out", "Connection closed", "Connection reset", "connection reset"))

@@ -134,7 +134,7 @@ class Modality:
         this close renders the integer source exactly; above it, PSNR measures float rounding, not the fit
         (the divergence guard's ceiling, engine/guard.py)."""
         lo, hi = store.value_range
-        step = 1.0 / (hi - lo) if np.dtype(store.array.dtype).kind in "iu" else 2.0 ** -24
+        step = 1.0 / (hi - lo) if np.dtype(store.array.dtype).kind in "biu" else 2.0 ** -24
         return 10 * math.log10(12.0 / step ** 2) + self.psnr_offset_db(store)
 
     # ---- metrics beyond PSNR: sums computed by every rank over its share, added over ranks ---------

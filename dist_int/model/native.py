@@ -63,7 +63,14 @@ def _private_tmp() -> Path:
     return folder
 
 
-def _compile(cc: list[str], folder: Path, lib: Path) -> None:
+class Unloadable(OSError):
+    """A library built just now does not load: its folder cannot hold code to run (a noexec mount)."""
+
+
+def _compile(cc: list[str], folder: Path, lib: Path) -> ctypes.CDLL:
+    """Build the kernel into a fresh temporary file in `folder`, load it from there, then rename it into
+    place. Loaded under its own unique name: the dynamic loader hands back an object already loaded under
+    the same path (a damaged file found at `lib` first) instead of reading the new file."""
     folder.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{lib.name}.", suffix=".tmp", dir=folder)
     os.close(fd)
@@ -74,7 +81,12 @@ def _compile(cc: list[str], folder: Path, lib: Path) -> None:
         if done.returncode != 0:
             lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
             raise BuildError(f"{' '.join(cc)} could not build {SOURCE.name}: {' | '.join(lines)[:400]}")
+        try:
+            handle = _load(tmp)
+        except OSError as e:
+            raise Unloadable(f"a library built in {folder} does not load ({e})") from None
         os.replace(tmp, lib)
+        return handle
     finally:
         try:
             tmp.unlink(missing_ok=True)
@@ -123,16 +135,13 @@ def _build() -> ctypes.CDLL:
                     return _load(lib)
                 except OSError as e:  # a damaged or foreign file: build it again
                     errors.append(f"{lib} did not load ({e}); rebuilt")
-            _compile(cc, folder, lib)
             try:
-                return _load(lib)
-            except OSError as e:
-                # A library built just now that does not load: the folder cannot hold code to run (a
-                # noexec mount). Remembered, so that later starts (and ranks) do not build it again.
-                reason = f"a library built in {folder} does not load ({e})"
+                return _compile(cc, folder, lib)
+            except Unloadable as e:
+                # Remembered, so that later starts (and ranks) do not build it here again.
                 with contextlib.suppress(OSError):
-                    atomic_write(mark, reason + "\n")
-                errors.append(reason)
+                    atomic_write(mark, f"{e}\n")
+                errors.append(str(e))
         except BuildError:
             raise
         except (OSError, RuntimeError, subprocess.SubprocessError) as e:  # RuntimeError: no home folder

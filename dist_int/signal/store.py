@@ -161,6 +161,8 @@ class Shard:
         # along every axis, so the per-point maps below gather every point's chunk numbers with contiguous
         # index_selects and each axis' column stays a contiguous vector.
         dims = len(self.spatial)
+        self.chunk_extents = np.array([[s.stop - s.start for s in sl] for sl in slices], dtype=np.int64).reshape(
+            len(slices), dims)  # (chunks, D) on the host: the teacher's error record lays out its cells by it
         self._origin = torch.tensor([[s.start for s in sl] for sl in slices], dtype=torch.int64,
                                     device=device).reshape(len(slices), dims).t().contiguous()
         self._extent = torch.tensor([[s.stop - s.start for s in sl] for sl in slices], dtype=torch.int64,
@@ -190,7 +192,7 @@ class Shard:
     def all_rows(self) -> torch.Tensor:
         return torch.arange(self.num_points, device=self.device)
 
-    def _in_chunk(self, rows: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def in_chunk(self, rows: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Each row's chunk (position in this shard) and its position inside that chunk, one (n,) int64
         vector per axis. Each selecting step maps its candidates this way (their ids, then their
         coordinates), so it is written as a few whole-vector ops: one division per axis, contiguous
@@ -207,7 +209,7 @@ class Shard:
 
     def positions(self, rows: torch.Tensor) -> torch.Tensor:
         """Integer grid positions of the rows, (n, D) int64."""
-        chunk, inside = self._in_chunk(rows)
+        chunk, inside = self.in_chunk(rows)
         return torch.stack([p + self._origin[d].index_select(0, chunk) for d, p in enumerate(inside)], dim=1)
 
     def coords(self, rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -221,7 +223,7 @@ class Shard:
     def gids(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Global ids (row-major index over the whole grid), (n,) int64: the chunk's first id plus the
         position inside the chunk times the grid's strides."""
-        chunk, inside = self._in_chunk(self.all_rows() if rows is None else rows)
+        chunk, inside = self.in_chunk(self.all_rows() if rows is None else rows)
         gid = self._chunk_gid.index_select(0, chunk)
         for d, p in enumerate(inside):
             gid += p * self._strides[d]
