@@ -9,11 +9,11 @@ which it first reached `full`'s final PSNR, as a fraction of `full`'s time.
     python bench/replay.py --kinds image2048 --budget 240            # 1 rank, a 2048^2 photo mosaic
     python bench/replay.py --kinds gigapixel --budget 600            # 2 ranks, 8192^2 (configs/gigapixel.toml)
     python bench/replay.py --kinds audio,video,volume --budget 120
-    python bench/replay.py --kinds image2048 --variants full,shipped,replay:batch_points=131072
+    python bench/replay.py --kinds image2048 --variants full,shipped,replay:batch_points=131072+ratio=0.25
 
 A variant is `full` (configs/hash.toml with teacher.strategy=full and its 2^16-point batches: the teacher
 the configs shipped before), `shipped` (the kind's config as it is), or a strategy with teacher.* settings
-(`replay:batch_points=65536,ratio=0.5`), always on the kind's config.
+(`replay:batch_points=65536+ratio=0.5`), always on the kind's config.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def variant_args(spec: str) -> list[str]:
     if spec == "shipped":
         return []
     strategy, _, settings = spec.partition(":")
-    return [f"teacher.strategy={strategy}", *(f"teacher.{kv}" for kv in settings.split(",") if kv)]
+    return [f"teacher.strategy={strategy}", *(f"teacher.{kv}" for kv in settings.split("+") if kv)]
 
 
 def timed(args: list[str], nproc: int, budget: float, run_dir: Path, core: int | None) -> dict:
@@ -102,7 +102,7 @@ def main() -> None:
 
         def go(name: str, core: int | None) -> None:
             r = timed([*base, *variant_args(name)], spec["nproc"], args.budget, folder / f"run-{len(results)}-"
-                      f"{name.replace(':', '_').replace(',', '_').replace('=', '')}", core)
+                      f"{name.replace(':', '_').replace('+', '_').replace('=', '')}", core)
             results[name] = r
             print(f"{kind} {name}: {r['psnr_db']:.2f} dB in {r['train_time_s']:.0f} s, {r['steps']} steps", flush=True)
 

@@ -1,4 +1,5 @@
-"""Command line: `python -m dist_int {train,ingest}`; launch/train.py calls `train_main`."""
+"""Command line: `dist-int` / `python -m dist_int {train,ingest,collect,synth,report}`; launch/train.py calls
+`train_main`."""
 
 from __future__ import annotations
 
@@ -7,44 +8,46 @@ import os
 import sys
 
 from .config import load_config
-from .errors import ConfigError, DistIntError, PeerFailed, RunDirError
+from .errors import ConfigError, DistIntError, PeerFailed, RunDirError, error_line, user_error
 
 
 def _fail(e: Exception) -> int:
-    """Errors every rank raises alike are printed once, by rank 0; a rank's own error by that rank."""
+    """One `error:` line, exit code 2. An error the ranks agreed on was printed by the rank that failed
+    first, before any rank left (engine/agree.py: `reported`); errors every rank raises alike (a bad
+    config, a refused run folder) are printed once, by rank 0; a rank's own error by that rank."""
+    if getattr(e, "reported", False):
+        return 2
     rank = os.environ.get("RANK", "0")
     if rank == "0":
-        print(f"error: {e}", file=sys.stderr, flush=True)
+        print(error_line(e), file=sys.stderr, flush=True)
     elif not isinstance(e, (PeerFailed, ConfigError, RunDirError)):
-        print(f"error: [rank {rank}] {e}", file=sys.stderr, flush=True)
+        print(f"error: [rank {rank}] {user_error(e) or e}", file=sys.stderr, flush=True)
     return 2
 
 
-def _os_error(e: OSError) -> DistIntError:
-    """An operating-system error (permissions, a full disk, a read-only mount, a path under a file) as the
-    one-line error users get for everything they can cause."""
-    where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-    return DistIntError(f"{e.strerror or e}{where}: check that the path exists, is writable and that the disk "
-                        f"has room, then run the same command again")
-
-
-def train_main(argv: list[str]) -> int:
+def train_main(argv: list[str], prog: str = "python -m dist_int train") -> int:
     parser = argparse.ArgumentParser(
-        prog="launch/train.py",
-        description="Fit a SIREN to a signal with Implicit Neural Teaching, on one or many ranks.",
-        epilog="Overrides are dotted keys, e.g. train.steps=2000 teacher.strategy=uniform run.dir=runs/x")
+        prog=prog,
+        description="Fit a neural field (a SIREN or a hash grid) to a signal with Implicit Neural Teaching, on "
+                    "one or many ranks.",
+        epilog="Overrides are dotted keys, e.g. train.steps=2000 teacher.strategy=uniform run.dir=runs/x. "
+               "Several ranks: --nproc-per-node N, or torchrun --nproc_per_node=N launch/train.py ...")
     parser.add_argument("--config", help="TOML config file (configs/*.toml)")
+    parser.add_argument("--nproc-per-node", type=int, default=0, metavar="N",
+                        help="start N ranks on this machine (torchrun, run by this command)")
     parser.add_argument("overrides", nargs="*", help="section.key=value")
     args = parser.parse_args(argv)
+    if args.nproc_per_node > 0 and "RANK" not in os.environ:
+        from .torchrun import launch
+
+        return launch(args.nproc_per_node, [*(["--config", args.config] if args.config else []), *args.overrides])
     try:
         cfg = load_config(args.config, args.overrides)
         from .engine.trainer import train
 
         return train(cfg)
-    except DistIntError as e:
+    except (DistIntError, OSError) as e:
         return _fail(e)
-    except OSError as e:
-        return _fail(_os_error(e))
 
 
 def ingest_main(argv: list[str]) -> int:
@@ -52,11 +55,16 @@ def ingest_main(argv: list[str]) -> int:
                                      description="Ingest a signal into a Zarr v3 store: an image (PNG/JPEG/TIFF/"
                                                  "BigTIFF/OME-TIFF/Zarr), audio (WAV/FLAC/OGG/AIFF), a volume "
                                                  "(TIFF stack, 3-D Zarr) or a video (MP4/MKV/WebM/AVI).")
-    parser.add_argument("src", help="file or Zarr store, or builtin:camera / builtin:astronaut")
+    from .modality.image import BUILTINS
+
+    parser.add_argument("src", help=f"file or Zarr store, or builtin:NAME (scikit-image's {', '.join(BUILTINS)}), "
+                                    f"builtin:NAME@SIZE for a SIZE x SIZE copy")
     parser.add_argument("dest", help="new Zarr store path (must not exist)")
     parser.add_argument("--chunk", type=int, nargs="+", default=[0],
                         help="chunk edge for every axis, or one per axis (default: the modality's)")
-    parser.add_argument("--kind", default="auto", choices=["auto", "image", "audio", "volume", "video", "shape"])
+    from .modality.kinds import MODALITIES
+
+    parser.add_argument("--kind", default="auto", choices=["auto", *MODALITIES])
     parser.add_argument("--allow-large-image", action="store_true",
                         help="read a PNG/JPEG beyond Pillow's decompression-bomb limit (decoded whole)")
     args = parser.parse_args(argv)
@@ -81,14 +89,26 @@ def ingest_main(argv: list[str]) -> int:
         print(f"wrote {dest}: {store.meta['kind']} of shape {store.shape}, {store.num_chunks} chunks of {store.chunk_shape}, "
               f"{store.meta['source_dtype']}, data range {store.meta['data_range']}")
         return 0
-    except DistIntError as e:
+    except (DistIntError, OSError) as e:
         return _fail(e)
-    except OSError as e:
-        return _fail(_os_error(e))
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    """`dist-int` and `python -m dist_int`. Output cut short by a closed pipe (`dist-int --help | head`) ends
+    quietly, as command-line tools do."""
+    try:
+        try:
+            code = _main(sys.argv[1:] if argv is None else argv)
+        except SystemExit as e:  # argparse's --help and usage errors: flushed here, inside the try
+            code = e.code
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 1
+
+
+def _main(argv: list[str]) -> int:
     from .collect import collect_main
     from .report import report_main
     from .synth import synth_main
@@ -98,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in commands:
         asked = bool(argv) and argv[0] in ("-h", "--help", "help")
         print("usage: python -m dist_int {train,ingest,collect,synth,report} ...\n"
-              "  train    fit a SIREN (one process; use torchrun launch/train.py for several)\n"
+              "  train    fit a neural field to a signal (--nproc-per-node N for N ranks on this machine)\n"
               "  ingest   turn a signal file (image, audio, volume, video) into a Zarr store\n"
               "  collect  one table of the runs under a folder (e.g. an array job's)\n"
               "  synth    write a procedural test signal (gigapixel, speech, video, volume, shape)\n"

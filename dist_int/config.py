@@ -24,9 +24,7 @@ RATIO_SCHEDULES = ("constant", "step", "linear", "cosine", "reverse-cosine")
 INTERVAL_SCHEDULES = ("dense", "incremental", "step-incremental", "decremental")
 STRATEGIES = ("full", "uniform", "int", "mix", "soft", "replay")
 SCORING_STRATEGIES = ("int", "mix", "soft")  # the teachers that score every candidate by its error
-FIELD_KINDS = ("siren", "hash")
 ACTIVATIONS = ("relu", "sine")
-SIGNAL_KINDS = ("image", "audio", "volume", "video", "shape")
 PRECISIONS = ("fp32", "tf32", "bf16")
 TARGET_RANGES = ("symmetric", "unit")
 # The largest value each number may take. Counts and sizes decide loops and allocations before any memory
@@ -320,7 +318,7 @@ class Config:
             *[(False, f"{k} = {v:,} is beyond its limit of {limit:,}" + (
                 " (a week)" if k == "train.timeout_s" else "")) for k, v, limit in too_large],
             (self.seed >= 0, "seed must be >= 0"),
-            (self.model.kind in FIELD_KINDS, f"model.kind must be one of {FIELD_KINDS}"),
+            (self.model.kind in _field_kinds(), f"model.kind must be one of {_field_kinds()}"),
             (self.model.hidden >= 0, "model.hidden must be >= 1 (or 0: the field's default)"),
             (self.model.layers == 0 or self.model.layers >= 2,
              "model.layers must be >= 2 (a hidden layer and the output; or 0: the field's default)"),
@@ -392,7 +390,7 @@ class Config:
              f"{self.signal.value_range!r})"),
             (self.signal.points >= 1000, "signal.points must be >= 1000"),
             (self.signal.sdf in ("auto", "watertight"), "signal.sdf must be auto or watertight"),
-            (self.signal.kind in ("auto",) + SIGNAL_KINDS, f"signal.kind must be auto or one of {SIGNAL_KINDS}"),
+            (self.signal.kind in ("auto",) + _signal_kinds(), f"signal.kind must be auto or one of {_signal_kinds()}"),
             (self.render.format in ("auto", "png", "tiff", "zarr"), "render.format must be auto, png, tiff or zarr"),
             (bool(self.run.dir), "run.dir must not be empty"),
             (bool(self.signal.path), "signal.path must not be empty"),
@@ -401,6 +399,39 @@ class Config:
         if errors:
             raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
         return self
+
+
+def _field_kinds() -> tuple[str, ...]:
+    """The kinds of field (model/field.py, FIELDS), read when a config is checked: config stays free of torch
+    until then."""
+    from .model.field import FIELDS
+
+    return tuple(FIELDS)
+
+
+def _signal_kinds() -> tuple[str, ...]:
+    """The kinds of signal (modality/kinds.py, MODALITIES), read when a config is checked."""
+    from .modality.kinds import MODALITIES
+
+    return tuple(MODALITIES)
+
+
+def _closest(key: str, valid: list[str]) -> str:
+    """'; did you mean ...?' with the names nearest to `key`'s last part among its section's (or the top
+    level's), else the list of those names: a hint that fits on a line, not every key of the config."""
+    import difflib
+
+    section, _, name = key.rpartition(".")
+    if section:
+        names = [k.rpartition(".")[2] for k in valid if k.rpartition(".")[0] == section]
+    else:
+        names = sorted({k.partition(".")[0] for k in valid})
+    near = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    full = [f"{section}.{n}" if section else n for n in near]
+    if full:
+        return f"; did you mean {' or '.join(full)}?"
+    return f"; the keys of [{section}] are {', '.join(names)}" if section else \
+        f"; the top-level keys and sections are {', '.join(names)}"
 
 
 def _valid_keys(cls, prefix: str = "") -> list[str]:
@@ -455,8 +486,7 @@ def _apply(obj, data: dict, prefix: str, root_cls) -> None:
         if key not in hints:
             if full in RENAMED_KEYS:
                 raise ConfigError(f"config key '{full}' was replaced: set {RENAMED_KEYS[full]}")
-            raise ConfigError(
-                f"unknown config key '{full}'. Valid keys: {', '.join(_valid_keys(root_cls))}")
+            raise ConfigError(f"unknown config key '{full}'{_closest(full, _valid_keys(root_cls))}")
         typ = hints[key]
         if dataclasses.is_dataclass(typ):
             if not isinstance(value, dict):

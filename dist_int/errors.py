@@ -29,3 +29,20 @@ class InstallError(DistIntError, RuntimeError):
 
 class PeerFailed(DistIntError, RuntimeError):
     """Another rank failed and reported the reason itself; this rank stops too."""
+
+
+def user_error(e: BaseException) -> DistIntError | None:
+    """The user-facing form of an error, or None for a bug (which keeps its traceback): a DistIntError as
+    it is; an operating-system error (permissions, a full disk, a read-only mount, a path under a file) as
+    the one line users get for everything they can cause."""
+    if isinstance(e, DistIntError):
+        return e
+    if isinstance(e, OSError):
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        return DistIntError(f"{e.strerror or e}{where}: check that the path exists, is writable and that the "
+                            f"disk has room, then run the same command again")
+    return None
+
+
+def error_line(e: BaseException) -> str:
+    return f"error: {user_error(e) or e}"

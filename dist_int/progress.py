@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from .logs import LOGGER, show_above
+
 
 def _fmt_time(s: float) -> str:
     s = int(s)
@@ -24,6 +26,7 @@ class Progress:
         self.bar = None
         self.loss: float | None = None
         self.psnr: float | None = None
+        self.psnr_step = 0  # the step the PSNR was measured at: lines between evaluations say which
         self.points_per_s = 0.0
         self._session = (start, time.monotonic())  # ETA from this session's own pace
         self._next_line = time.monotonic() + every_s
@@ -32,6 +35,7 @@ class Progress:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
+            show_above(self.bar)
 
     def begin(self, step: int) -> None:
         """Training starts (or resumes) at `step`: the ETA counts from here."""
@@ -45,10 +49,14 @@ class Progress:
         first, t0 = self._session
         return (time.monotonic() - t0) / max(step - first, 1) * (self.total - step)
 
+    def _psnr(self, step: int) -> str:
+        if self.psnr is None:
+            return "-"
+        return f"{self.psnr:.2f} dB" + ("" if self.psnr_step == step else f" (at step {self.psnr_step})")
+
     def line(self, step: int) -> str:
         loss = "-" if self.loss is None else f"{self.loss:.3e}"
-        psnr = "-" if self.psnr is None else f"{self.psnr:.2f} dB"
-        return (f"step {step}/{self.total}  loss {loss}  psnr {psnr}  {self.points_per_s / 1e6:.2f} Mpts/s  "
+        return (f"step {step}/{self.total}  loss {loss}  psnr {self._psnr(step)}  {self.points_per_s / 1e6:.2f} Mpts/s  "
                 f"eta {_fmt_time(self.eta_s(step))}")
 
     def tick(self, step: int) -> None:
@@ -65,23 +73,24 @@ class Progress:
         """At log steps: the latest loss, PSNR (None: not evaluated at this step) and throughput."""
         self.loss, self.points_per_s = loss, points_per_s
         if psnr is not None:
-            self.psnr = psnr
+            self.psnr, self.psnr_step = psnr, step
         if self.bar is not None:
-            psnr_txt = "-" if self.psnr is None else f"{self.psnr:.2f} dB"
-            self.bar.set_postfix_str(f"loss {loss:.3e} psnr {psnr_txt} {points_per_s / 1e6:.2f} Mpts/s")
+            self.bar.set_postfix_str(f"loss {loss:.3e} psnr {self._psnr(step)} {points_per_s / 1e6:.2f} Mpts/s")
         elif self.enabled and step == self.total:
             print(self.line(step), flush=True)
 
     def message(self, text: str) -> None:
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.write(text)
-        else:
-            print(text, flush=True)
+        """A line of the run's log (logs.py), from the rank that shows progress."""
+        if self.enabled:
+            LOGGER.info(text)
+
+    def warning(self, text: str) -> None:
+        if self.enabled:
+            LOGGER.warning(text)
 
     def close(self) -> None:
         if self.bar is not None:
+            show_above(None)
             self.bar.close()
 
 

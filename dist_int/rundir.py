@@ -95,6 +95,11 @@ class RunDir:
     def checkpoints(self) -> Path:
         return self.path / "checkpoints"
 
+    def guard_state(self, rank: int) -> Path:
+        """The divergence guard's last good state of `rank`, where it is kept on disk (engine/guard.py);
+        removed when the run ends."""
+        return self.path / "guard" / f"rank-{rank:05d}.pt"
+
     @property
     def latest(self) -> Path:
         return self.checkpoints / "latest"

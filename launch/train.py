@@ -11,4 +11,4 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from dist_int.cli import train_main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(train_main(sys.argv[1:]))
+    sys.exit(train_main(sys.argv[1:], prog="launch/train.py"))

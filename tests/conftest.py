@@ -139,3 +139,27 @@ class PointTable:
 
     def gids(self, rows=None):
         return self._gids if rows is None else self._gids[rows]
+
+
+# A run of a few seconds: the demo config with a tiny field, for tests of what surrounds training.
+QUICK = ["--config", "configs/demo.toml", "model.hidden=16", "model.layers=2", "train.steps=20", "signal.chunk=32",
+         "train.log_every=10", "train.eval_every=0"]
+
+
+def quick_train(*args: str) -> subprocess.CompletedProcess:
+    return run_train([*QUICK, *args])
+
+
+def failed_clearly(proc, message: str) -> bool:
+    """One clear error: exit 2, the message, no traceback."""
+    return proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def png(tmp_path_factory) -> Path:
+    """A small smooth 48x40 RGB PNG shared by a module's tests."""
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("img") / "a.png"
+    Image.fromarray(smooth_image(48, 40)).save(path)
+    return path

@@ -15,6 +15,8 @@ from conftest import ROOT, free_port, read_metrics, read_summary, run_train, smo
 from test_slurm import (job_field, local_cluster, preempt_and_finish, sbatch, start_requeued, wait_requeued,
                         wait_running_until, wait_state)
 
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]  # a real SLURM / network-namespace hosts (root)
+
 BED = ROOT / "slurm" / "local-cluster.sh"
 ARGS = ["--config", "configs/demo.toml", "signal.chunk=16", "model.hidden=32", "model.layers=4",
         "train.log_every=20", "train.eval_every=0", "checkpoint.every=100"]

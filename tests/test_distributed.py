@@ -303,7 +303,8 @@ def _prepare(rank, world, src, run_dir, out):
 
     cfg = load_config(None, [f"signal.path={src}", f"run.dir={run_dir}", "signal.chunk=16"])
     run = RunDir(run_dir)
-    store, shard, _, _ = _prepare_run(cfg, DistComm(rank, world, torch.device("cpu"), 60.0), run, torch.device("cpu"))
+    setup = _prepare_run(cfg, DistComm(rank, world, torch.device("cpu"), 60.0), run, torch.device("cpu"))
+    store, shard = setup.store, setup.shard
     if rank == 0:
         run.release_lock()  # what train() does when it ends
     torch.save({"shape": store.shape, "chunks": store.chunk_shape, "meta": store.meta,

@@ -3,7 +3,6 @@ debris, nothing a rerun trips over, and the same command works once the cause is
 real: a small tmpfs mounted for the test (root only; skipped with the reason elsewhere)."""
 
 import contextlib
-import json
 import os
 import re
 import shutil

@@ -15,7 +15,9 @@ import torch
 from dist_int.census import SyncCensus, optimizer_host_tensors
 
 CUDA = torch.cuda.is_available()
-needs_gpu = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def needs_gpu(test):
+    """GPU-only (marked `gpu`; skipped without a CUDA GPU)."""
+    return pytest.mark.gpu(pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")(test))
 
 CASES = [  # strategy, mini-batches, grad_clip, precision, compile, streamed, field
     ("int", 1, 0.0, "tf32", False, False, "siren"),

@@ -55,3 +55,78 @@ def test_the_job_memory_limit_is_the_smallest_of_ram_cgroup_and_slurm(tmp_path):
     assert cgroup_limit(str(cgroup), str(mountinfo)) == (3 << 30, str(v1 / "job" / "memory.limit_in_bytes"))
     (v2 / "job" / "memory.max").write_text(str(1 << 30))
     assert cgroup_limit(str(cgroup), str(mountinfo))[0] == 1 << 30
+
+
+def _damaged_source(tmp_path):
+    """A Zarr source whose chunk row 1 (rank 1's first slab of 16 rows) is damaged: only rank 1 reads it."""
+    import zarr
+
+    from conftest import smooth_image
+
+    src = tmp_path / "src.zarr"
+    arr = zarr.create_array(src, shape=(64, 64, 3), chunks=(16, 16, 1), dtype="uint8")  # copied, not linked
+    arr[...] = smooth_image(64, 64)
+    (src / "c" / "1" / "0" / "0").write_bytes(b"not a zstd frame")
+    return ["--config", "configs/demo.toml", "model.hidden=16", "model.layers=2", "train.steps=10",
+            f"signal.path={src}", "signal.chunk=16", f"run.dir={tmp_path / 'run'}"]
+
+
+def _one_error_line(proc, tmp_path) -> None:
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode != 0 and len(lines) == 1, proc.stderr[-3000:]
+    assert "cannot read" in lines[0] and "16..32" in lines[0], lines
+    assert not (tmp_path / "run").exists()  # the folder that start made is gone
+
+
+def test_a_start_up_error_on_rank_1_reaches_the_screen_under_torchrun(tmp_path):
+    """Rank 1 alone fails while copying its share of the signal (a damaged chunk of a Zarr source that only
+    it reads). torchrun stops the other workers as soon as one exits: the line used to die with them, and
+    the user saw only torchrun's ChildFailedError. Now the failing rank prints it before any rank leaves."""
+    _one_error_line(run_train(_damaged_source(tmp_path), nproc=2), tmp_path)
+
+
+def test_dist_int_train_starts_its_ranks_and_reports_a_failure_in_one_line(tmp_path):
+    """`dist-int train --nproc-per-node 2` runs torchrun itself: a worker's failure is that worker's one
+    line and exit code 2, with none of torchrun's traceback; a good run ends as under torchrun."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, read_summary, train_env
+
+    def dist_int(args):
+        return subprocess.run([sys.executable, "-m", "dist_int", "train", "--nproc-per-node", "2", *args],
+                              cwd=ROOT, env=train_env(), capture_output=True, text=True, timeout=600)
+
+    proc = dist_int(_damaged_source(tmp_path))
+    _one_error_line(proc, tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "ChildFailedError" not in proc.stderr, \
+        proc.stderr[-3000:]
+    proc = dist_int([*T, f"run.dir={tmp_path / 'good'}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert read_summary(tmp_path / "good")["world_size"] == 2
+
+
+def test_command_line_niceties():
+    """--help through a closed pipe ends quietly; an unknown key suggests the nearest; the progress line
+    says at which step its PSNR was measured."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from dist_int.config import load_config
+    from dist_int.errors import ConfigError
+    from dist_int.progress import Progress
+
+    proc = subprocess.Popen([sys.executable, "-m", "dist_int", "--help"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**__import__("os").environ, "PYTHONUNBUFFERED": "1"})
+    proc.stdout.close()  # the reader is gone before the first line is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1 and "BrokenPipeError" not in err and "Traceback" not in err, err
+    with pytest.raises(ConfigError, match=r"'teacher\.rato'; did you mean teacher\.ratio\?$"):
+        load_config(None, ["teacher.rato=0.3"])
+    with pytest.raises(ConfigError, match=r"the keys of \[train\] are steps, "):
+        load_config(None, ["train.zzz=1"])
+    progress = Progress(100, 0, enabled=False, tty=False)
+    progress.update(50, 0.1, 31.5, 1e6)
+    progress.update(60, 0.1, None, 1e6)
+    assert "psnr 31.50 dB (at step 50)" in progress.line(60) and "(at step" not in progress.line(50)

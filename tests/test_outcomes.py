@@ -11,7 +11,7 @@ import types
 import pytest
 import torch
 
-from conftest import ROOT, read_summary, run_train
+from conftest import ROOT, run_train
 
 
 def strict_load(text: str):
@@ -59,7 +59,7 @@ def test_a_best_psnr_of_inf_survives_a_checkpoint():
 
 # ---- the divergence guard near the data's precision ---------------------------------------------------
 
-def _guard(divergence_db=10.0, exact_db=107.1, max_rollbacks=5):
+def _guard(divergence_db=10.0, exact_db=107.1, max_rollbacks=5, place="memory", spill=None):
     from dist_int.engine.deepspeed_engine import CosineLR
     from dist_int.engine.guard import DivergenceGuard
 
@@ -69,9 +69,51 @@ def _guard(divergence_db=10.0, exact_db=107.1, max_rollbacks=5):
     engine = types.SimpleNamespace(module=module, optimizer=optimizer,
                                    lr_scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, schedule))
     teacher = types.SimpleNamespace(rollback_state=lambda: None, restore_rollback_state=lambda state: None)
-    guard = DivergenceGuard(engine, schedule, teacher, divergence_db, 0.5, max_rollbacks, exact_db)
+    guard = DivergenceGuard(engine, schedule, teacher, divergence_db, 0.5, max_rollbacks, exact_db, place, spill)
     guard.start(0)
     return guard, module
+
+
+@pytest.mark.parametrize("place", ["memory", "host", "disk"])
+def test_a_rollback_restores_the_same_state_from_each_place_the_guard_keeps_it(tmp_path, place):
+    """The guard's last good state (weights, both Adam moments) is kept beside the field, in host memory,
+    or in a file (engine/budget.py, guard_place): a rollback restores it exactly from each; later steps do
+    not change the kept state; the file goes when the run ends."""
+    guard, module = _guard(place=place, spill=tmp_path / "guard" / "rank-00000.pt")
+    optimizer = guard.engine.optimizer
+
+    def step():
+        optimizer.zero_grad()
+        module(torch.randn(8, 2)).square().mean().backward()
+        optimizer.step()
+
+    torch.manual_seed(0)
+    for _ in range(3):
+        step()
+    assert guard.check(100, 1e-3, 30.0) is None  # a good state: kept
+    good = {k: v.clone() for k, v in module.state_dict().items()}
+    moments = [t.clone() for st in optimizer.state.values() for t in (st["exp_avg"], st["exp_avg_sq"])]
+    for _ in range(3):
+        step()
+    assert guard.check(200, 1e-3, 5.0) == 100  # a collapse: back to step 100
+    assert all(torch.equal(module.state_dict()[k], v) for k, v in good.items())
+    assert all(torch.equal(a, b) for a, b in zip(
+        moments, [t for st in optimizer.state.values() for t in (st["exp_avg"], st["exp_avg_sq"])]))
+    step()  # training on from the restored state must not write into the kept one
+    assert guard.check(300, 1e-3, 4.0) == 100 and all(torch.equal(module.state_dict()[k], v) for k, v in good.items())
+    assert (tmp_path / "guard" / "rank-00000.pt").exists() == (place == "disk")
+    guard.close()
+    assert not (tmp_path / "guard").exists()
+
+
+def test_the_guard_state_leaves_memory_when_it_would_crowd_the_budget():
+    from dist_int.engine.budget import GUARD_COPIES, STATE_COPIES, guard_place, state_bytes
+
+    cpu = torch.device("cpu")
+    assert guard_place(cpu, 1000, 1 << 30) == "memory" and guard_place(cpu, 50_000_000, 1536 << 20) == "disk"
+    assert state_bytes(cpu, 1000, 1 << 30) == 1000 * 4 * (STATE_COPIES + GUARD_COPIES)
+    assert state_bytes(cpu, 50_000_000, 1536 << 20) == 50_000_000 * 4 * STATE_COPIES
+    assert guard_place(torch.device("cuda"), 1000, 1 << 30) == "host"
 
 
 def test_psnrs_beyond_the_data_precision_are_not_divergences():

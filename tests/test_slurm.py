@@ -12,6 +12,8 @@ from PIL import Image
 
 from conftest import ROOT, read_summary, smooth_image
 
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]  # a real SLURM / network-namespace hosts (root)
+
 PSNR_FLOOR_DB = 25.0  # 4x32 SIREN, 200 steps: the three images reach 27-34 dB
 TINY = ["signal.chunk=16", "model.hidden=32", "model.layers=4", "train.log_every=10", "train.eval_every=0"]
 

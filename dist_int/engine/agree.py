@@ -6,21 +6,40 @@ is never lost")."""
 
 from __future__ import annotations
 
+import sys
+
 from ..comm import Comm
-from ..errors import PeerFailed
+from ..errors import PeerFailed, error_line, user_error
 
 
 def agree_on_failure(comm: Comm, error: Exception | None, what: str, long: bool = False) -> None:
     """Every rank fails together when any rank failed, and every rank says why: the first failing rank
     raises its own error, the others PeerFailed with its message. `long`: the step just done may take one
-    rank much longer than the others (no collective timeout while they wait; comm.py)."""
+    rank much longer than the others (no collective timeout while they wait; comm.py).
+
+    With several ranks, the first failing rank prints its one `error:` line here, and every rank waits for
+    that before it raises: a launcher that stops the other workers as soon as one exits (torchrun does)
+    would otherwise stop the rank that was to print, and the user would see no reason at all. The raised
+    errors are marked `reported`, so the command line does not print them again (cli.py)."""
     messages = comm.gather_strings("" if error is None else (str(error) or type(error).__name__), long)
     failed = [r for r, m in enumerate(messages) if m]
     if not failed:
         return
-    if error is not None and comm.rank == failed[0]:
+    first = failed[0]
+    mine = error is not None and comm.rank == first
+    if comm.world_size > 1:
+        if mine:
+            line = error_line(error) if user_error(error) is not None else \
+                f"error: rank {first} failed to {what}: {messages[first]}"
+            print(line, file=sys.stderr, flush=True)
+        comm.barrier(long=True)  # the line is out before any rank goes on to exit
+    if mine:
+        if comm.world_size > 1 and user_error(error) is not None:
+            error.reported = True
         raise error
-    raise PeerFailed(f"rank {failed[0]} failed to {what}: {messages[failed[0]]}")
+    peer = PeerFailed(f"rank {first} failed to {what}: {messages[first]}")
+    peer.reported = comm.world_size > 1
+    raise peer
 
 
 def everywhere(comm: Comm, what: str, work, rank_zero_only: bool = False):

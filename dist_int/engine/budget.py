@@ -28,8 +28,14 @@ from ..hostmem import memory_limit
 from ..model import FieldSpec
 from ..teacher.record import BYTES as RECORD_BYTES, cells_per_chunk, record_shift
 
-STATE_COPIES = 9   # weights, gradients, two Adam moments, DeepSpeed's flat buffers, and the guard's copy of
-                   # the weights and both moments (engine/guard.py)
+# The field's training state in copies of its fp32 parameters. Measured (bench/state_copies.py, a 57.9 M
+# parameter hash field: bench/results/state_copies.md): weights 4.1 bytes a parameter, DeepSpeed's engine
+# 1.3, gradients and Adam's two moments after the first steps 11.7: 17.1 in all, counted as 5 copies. The
+# divergence guard's last good state (weights and both moments) adds 12.0, counted as 3 more where it is
+# kept in memory (guard_place).
+STATE_COPIES = 5
+GUARD_COPIES = 3
+GUARD_SHARE = 0.1  # of the budget, at most, for the guard's state in memory; beyond it, the state goes to disk
 SELECT_BYTES = 96  # per candidate of a selection: global id, order key, score, noise and their temporaries;
                    # measured (tests/test_trainer_parts.py) at 76 bytes for `soft`, 60 `mix`, 52 `int`, 48
                    # `uniform`; a shard computes its ids with a few temporaries more than the test's table
@@ -39,25 +45,59 @@ ROW_BYTES = 80     # per point of a batch: its row, the keyed order's temporarie
 CACHE_BYTES = 4    # per point of a cached teaching set (an int32 row; 4 more with importance weights)
 RECORD_SHARE = 0.25  # of the budget, at most, for the replay teacher's error record and its rollback copy
 SAFETY = 0.9       # of the machine's share, when train.memory_mb is 0
+# Memory the budget does not count, measured on the 2-core CPU machine (docs/training.md, "How the parts are
+# sized"): torchrun's agent holds 222 MiB; a rank of the 2-rank demo run peaks at 485-511 MiB, nearly all of
+# it Python, torch, DeepSpeed and gloo (their imports and a process group alone take 257 MiB).
+LAUNCHER_BYTES = 256 << 20   # torchrun's agent, on each host
+RANK_BASE_BYTES = 512 << 20  # a rank's constant
+
+
+BUFFERS = "for the render, metric and export buffers"
+
+
+def guard_place(device: torch.device, num_params: int, total: int) -> str:
+    """Where the divergence guard keeps its last good state (engine/guard.py): "host" memory for a field on
+    a GPU (not the GPU's), "memory" where it takes at most GUARD_SHARE of the budget, else "disk" (a file in
+    the run folder, written at each snapshot, read on a rollback)."""
+    if device.type == "cuda":
+        return "host"
+    return "memory" if num_params * 4 * GUARD_COPIES <= total * GUARD_SHARE else "disk"
+
+
+def state_bytes(device: torch.device, num_params: int, total: int) -> int:
+    """The field's training state: weights, gradients, Adam's moments, DeepSpeed's buffers, and the guard's
+    copy where it is kept in the budget's memory."""
+    guard = GUARD_COPIES if guard_place(device, num_params, total) == "memory" else 0
+    return num_params * 4 * (STATE_COPIES + guard)
+
+
+def host_share(local: int) -> tuple[int, str]:
+    """A rank's share of the job's memory on this host, and where it comes from: the smallest of physical
+    memory, the process's cgroup limit and SLURM's memory for the job (dist_int/hostmem.py), less the
+    launcher's headroom and every local rank's constant (Python, torch, DeepSpeed, which the budget does not
+    count), shared by the local ranks, with a margin. Under a cgroup the kernel kills the whole group at its
+    limit, so the constants must come off before the budget is shared out."""
+    limit, source = memory_limit()
+    free = limit - LAUNCHER_BYTES - local * RANK_BASE_BYTES
+    return max(int(free * SAFETY / local), 0), f"{source} ({_mib(limit)}) shared by {local} rank(s)"
 
 
 def available(device: torch.device, memory_mb: float) -> tuple[int, str, str | None]:
-    """(bytes, where they come from, a warning or None): train.memory_mb, or the job's memory on this host
-    (the smallest of physical memory, its cgroup limit and SLURM's; dist_int/hostmem.py), or the GPU's,
-    shared by the ranks on this host. A train.memory_mb beyond the job's share gets the warning: the
-    run may then be killed by the kernel, or swap, instead of streaming."""
+    """(bytes, where they come from, a warning or None): train.memory_mb, or the rank's share of the job's
+    memory on this host (host_share), or on a GPU the smaller of the GPU's memory and that host share (the
+    host holds the read-ahead, render and export buffers). A train.memory_mb beyond the host share gets the
+    warning: the run may then be killed by the kernel, or swap, instead of streaming."""
     local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    limit, source = memory_limit()
-    share = int(limit * SAFETY / local)
+    share, source = host_share(local)
     if memory_mb > 0:
         asked = int(memory_mb * 2**20)
-        warning = (f"train.memory_mb={memory_mb:g} is more than this host's {source} allows each of its {local} "
-                   f"rank(s) ({_mib(share)}); the run may be killed for memory or swap instead of streaming"
-                   if asked > share and device.type != "cuda" else None)
+        warning = (f"train.memory_mb={memory_mb:g} is more than a rank's share of {source}, {_mib(share)}; the "
+                   f"run may be killed for memory or swap instead of streaming" if asked > share else None)
         return asked, "train.memory_mb", warning
     if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[1] * SAFETY), "the GPU", None
-    return share, f"{source} shared by {local} rank(s) (train.memory_mb = 0)", None
+        gpu = int(torch.cuda.mem_get_info(device)[1] * SAFETY)
+        return (gpu, "the GPU", None) if gpu <= share else (share, source + " (less than the GPU's)", None)
+    return share, source + " (train.memory_mb = 0)", None
 
 
 def _mib(n: float) -> str:
@@ -86,11 +126,13 @@ class Budget:
 
 
 def plan_budget(cfg, device: torch.device, spec: FieldSpec, shard_points: int, batch_points: int,
-                windows: int, buffer_bytes: int, extents=None) -> Budget:
+                windows: int, buffer_bytes: int, extents=None, total: int | None = None) -> Budget:
     """Split this rank's budget. shard_points: the points of this rank's chunks; batch_points: the most
     points of one batch on this rank; buffer_bytes: the modality's render, metric and export buffers;
-    extents: (chunks, D) samples per axis of this rank's chunks (the replay record's layout)."""
-    total, where, warning = available(device, cfg.train.memory_mb)
+    extents: (chunks, D) samples per axis of this rank's chunks (the replay record's layout); total: the
+    budget agreed by the ranks (the smallest of theirs), else this rank's own."""
+    own, where, warning = available(device, cfg.train.memory_mb)
+    total = own if total is None else total
     train_points = min(cfg.train.max_points_per_pass or batch_points, batch_points)
     # Passes of teacher.score_chunk points run only where something scores: an error-driven teacher, or
     # teaching-set snapshots (which score for the report); evaluation and render use train.eval_chunk.
@@ -109,21 +151,22 @@ def plan_budget(cfg, device: torch.device, spec: FieldSpec, shard_points: int, b
         record = 2 * RECORD_BYTES * int(cells_per_chunk(extents, shift).sum())
     weighted = 2 if cfg.teacher.importance > 0 else 1
     parts = {
-        "for the field and its optimizer": spec.num_params * 4 * STATE_COPIES,
+        "for the field and its optimizer": state_bytes(device, spec.num_params, total),
         f"for the activations of the largest pass ({max(train_points, nograd_points):,} points)": max(
             spec.activation_bytes(train_points, True), spec.activation_bytes(nograd_points, False)),
         "for the teacher's cached sets": cached * CACHE_BYTES * weighted,
         "for the teacher's error record": record,
         "for a selection's candidates": batch_points * SELECT_BYTES if subset else 0,
         "for a batch's rows": batch_points * ROW_BYTES,
-        "for the render, metric and export buffers": buffer_bytes,
+        BUFFERS: buffer_bytes,
     }
     return Budget(total, where, parts, warning, shift)
 
 
-def rank_budget(cfg, store, rank: int, world_size: int, device: torch.device):
-    """This rank's chunks, batch plan and budget for `store` under `cfg`: (own chunk ids, plan, budget,
-    the shard's bytes, whether it streams). No signal value is read."""
+def rank_budget(cfg, store, rank: int, world_size: int, device: torch.device, total: int | None = None,
+                spec: FieldSpec | None = None):
+    """This rank's chunks, batch plan and budget for `store` under `cfg` (sized already: engine/sizing.py):
+    (own chunk ids, plan, budget). total: the budget agreed by the ranks. No signal value is read."""
 
     from ..modality import modality_for
     from ..model import field_spec
@@ -137,11 +180,11 @@ def rank_budget(cfg, store, rank: int, world_size: int, device: torch.device):
     windows = cfg.num_windows(store.num_points, store.num_chunks)
     plan = make_plan(sizes, own, chunk_start, cfg.num_batches(store.num_points), cfg.seed, device, windows,
                      cfg.train.steps)
-    spec = field_spec(cfg.model, *store.geometry)
+    spec = spec or field_spec(cfg.model, *store.geometry)
     batch = -(-plan.most_window_points() // plan.per_window) + len(plan.window_indices(0, 0))
     extents = np.array([[s.stop - s.start for s in store.chunk_slices(c)] for c in own], dtype=np.int64)
     budget = plan_budget(cfg, device, spec, int(chunk_start[-1]), batch, windows,
-                         modality_for(store).buffer_bytes(store, cfg.render.format), extents)
+                         modality_for(store).buffer_bytes(store, cfg.render.format), extents, total)
     shard_bytes = int(chunk_start[-1]) * store.channels * held_dtype(store).itemsize
     streamed = shard_bytes > budget.signal_bytes and not store.table  # as open_shard decides
     check_budget(cfg, budget, spec, 0 if streamed else shard_bytes, streamed)
@@ -150,22 +193,15 @@ def rank_budget(cfg, store, rank: int, world_size: int, device: torch.device):
 
 def check_budget(cfg, budget: Budget, spec: FieldSpec, shard_bytes: int, streamed: bool) -> None:
     """Refuse a run whose fixed parts leave nothing for the signal, or whose resident shard does not fit."""
-    if spec.num_params * 4 * STATE_COPIES > budget.total:
-        table = spec.table_rows * cfg.model.features
-        if spec.kind == "hash" and table >= spec.num_params - table:  # the tables, or the MLP: the larger
-            key, fix = f"model.log2_table={cfg.model.log2_table}", "lower model.log2_table (or model.levels / " \
-                                                                   "model.features)"
-            what = (f"the hash field ({spec.table_levels} levels, {spec.table_rows:,} table rows of "
-                    f"{cfg.model.features} features) and its optimizer")
-        elif spec.kind == "hash":
-            key, fix = f"model.hidden={spec.hidden}", "lower model.hidden (or model.layers)"
-            what = f"the hash field's {spec.layers}x{spec.hidden} MLP ({spec.num_params - table:,} parameters) " \
-                   f"and its optimizer"
-        else:
-            key, fix = f"model.hidden={spec.hidden}", "lower model.hidden"
-            what = f"the {spec.layers}x{spec.hidden} SIREN and its optimizer"
-        raise ConfigError(f"{key}: the field needs about {_mib(spec.num_params * 4 * STATE_COPIES)} for {what}, "
-                          f"more than {budget.where} offers ({_mib(budget.total)}); {fix}, or raise train.memory_mb")
+    # The parts that cannot be made smaller (engine/sizing.py sizes the rest): the field's training state
+    # (the least it needs: the guard's copy on disk) and the outputs' buffers.
+    least = spec.num_params * 4 * STATE_COPIES
+    buffers = budget.parts.get(BUFFERS, 0)
+    if least + buffers > budget.total:
+        key, fix, what = spec.field_kind.too_large(cfg.model, spec)
+        also = f" and {_mib(buffers)} {BUFFERS}" if buffers else ""
+        raise ConfigError(f"{key}: the field needs about {_mib(least)} for {what} and its optimizer{also}, more "
+                          f"than {budget.where} offers ({_mib(budget.total)}); {fix}, or raise train.memory_mb")
     need = budget.fixed + (0 if streamed else shard_bytes)
     if need > budget.total or (streamed and budget.signal_bytes == 0):
         raise ConfigError(
@@ -176,7 +212,7 @@ def check_budget(cfg, budget: Budget, spec: FieldSpec, shard_bytes: int, streame
               f"bound a pass, teacher.batch_points a batch")
 
 
-def check_field(cfg, device: torch.device, spec: FieldSpec) -> None:
-    """The field alone, before anything else is known or written."""
-    total, where, _ = available(device, cfg.train.memory_mb)
-    check_budget(cfg, Budget(total, where), spec, 0, True)
+def check_field(cfg, device: torch.device, spec: FieldSpec, total: int | None = None) -> None:
+    """The field alone, before anything else is known or written (total: the ranks' agreed budget)."""
+    own, where, _ = available(device, cfg.train.memory_mb)
+    check_budget(cfg, Budget(own if total is None else total, where), spec, 0, True)

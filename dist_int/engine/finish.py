@@ -51,10 +51,13 @@ def previous_summary(comm: Comm, run: RunDir, step: int) -> dict | None:
     return summary if summary and summary.get("steps") == step and "missing" in summary else None
 
 
-def finish(cfg, comm: Comm, store, shard, predict, run: RunDir, state: RunState, rollbacks: int, status: str,
-           spec: FieldSpec, evaluator, log, timings: dict | None = None) -> dict:
-    """Write what a finished run owes its user; returns the summary (the same on every rank). timings:
-    seconds of earlier parts of this start (the ingest), reported with the outputs' own."""
+def finish(parts, status: str, timings: dict | None = None, facts: dict | None = None) -> dict:
+    """Write what a finished run owes its user (parts: the run's, engine/parts.py); returns the summary (the
+    same on every rank). timings: seconds of earlier parts of this start (the ingest), reported with the
+    outputs' own; facts: more entries for the summary (the sizes the budget chose)."""
+    cfg, comm, store, shard, predict, run, state = (parts.cfg, parts.comm, parts.store, parts.shard, parts.predict,
+                                                    parts.run, parts.state)
+    rollbacks, spec, evaluator, log = parts.guard.rollbacks, parts.spec, parts.evaluator, parts.log
     modality = modality_for(store)
     before = previous_summary(comm, run, state.step)
     todo = set(PARTS) if before is None else set(before["missing"])
@@ -106,7 +109,7 @@ def finish(cfg, comm: Comm, store, shard, predict, run: RunDir, state: RunState,
             warnings.append(f"{problem}; move away whatever is in its place. {RETRY}")
             missing += ["render", "export"]
 
-    summary.update(_facts(cfg, comm, store, run, state, rollbacks, status, spec, modality))
+    summary.update(_facts(cfg, comm, store, run, state, rollbacks, status, spec, modality), **(facts or {}))
     # Only an output that is there is reported: none when the render or its publishing failed.
     summary["reconstruction"] = str(run.reconstruction_zarr) if "render" not in missing else None
     if "export" in todo and "export" not in missing:

@@ -1,4 +1,4 @@
-"""Divergence guard: keeps the last good training state in memory; when the PSNR on a fixed probe set
+"""Divergence guard: keeps the last good training state; when the PSNR on a fixed probe set
 collapses or the loss stops being finite, it restores that state and lowers the learning rate.
 
 The probe is a fixed random subset of the signal, not the teaching set: INT's teaching set is the worst
@@ -17,6 +17,12 @@ floor, not worse than its best. When the state to return to is itself at that ce
 (AtPrecision), complete, instead of spending rollbacks on noise. A NaN field is always a divergence, also
 with the PSNR check off (`train.divergence_db = 0`): then the run stops at once with the last good state,
 kept at every log step.
+
+Where the last good state is kept (engine/budget.py, guard_place; docs/training.md, "How the parts are
+sized"): it is three copies of the parameters (weights and both Adam moments), 12 bytes a parameter, as
+much as the rest of the field's training state. In memory where that is a small part of the budget; on a
+GPU, in host memory; else in a file in the run folder, written at each snapshot and read back only on a
+rollback. A rollback then restores the same numbers from any of the three places.
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from pathlib import Path
+
+import torch
 
 from ..jsonio import encode_float
 
@@ -42,36 +51,55 @@ class AtPrecision(RuntimeError):
 class Snapshot:
     step: int
     level: float  # its probe PSNR, capped at exact_db (-inf: not measured)
-    module: dict
-    optimizer: dict
+    module: dict | None     # None: in the guard's file (`spill`)
+    optimizer: dict | None
     scheduler: dict
     teacher_state: object  # the teacher's cached sets and error record (Teacher.rollback_state)
 
 
 class DivergenceGuard:
     def __init__(self, engine, schedule, teacher, divergence_db: float, lr_factor: float, max_rollbacks: int,
-                 exact_db: float = math.inf):
+                 exact_db: float = math.inf, place: str = "memory", spill: Path | None = None):
         """exact_db: the probe PSNR at the data's precision (modality/base.py, exact_psnr_db), the ceiling
-        of every comparison."""
+        of every comparison. place: where the last good state's weights and moments are kept, "memory"
+        (beside the field), "host" (in host memory, for a field on a GPU) or "disk" (in the file `spill`)."""
         self.engine, self.schedule, self.teacher = engine, schedule, teacher
         self.divergence_db, self.lr_factor, self.max_rollbacks = divergence_db, lr_factor, max_rollbacks
         self.exact_db = exact_db
         self.best_db = -float("inf")  # the best probe PSNR seen, capped at exact_db
         self.rollbacks = 0
         self.snapshot: Snapshot | None = None
+        self.place, self.spill = place, spill
 
     def _take(self, step: int, level: float = -math.inf) -> Snapshot:
         e = self.engine
-        return Snapshot(step, level, copy.deepcopy(e.module.state_dict()), copy.deepcopy(e.optimizer.state_dict()),
-                        copy.deepcopy(e.lr_scheduler.state_dict()), self.teacher.rollback_state())
+        module, optimizer = e.module.state_dict(), e.optimizer.state_dict()
+        if self.place == "disk":
+            from ..files import replaced_when_done
+
+            self.spill.parent.mkdir(parents=True, exist_ok=True)
+            with replaced_when_done(self.spill) as tmp:  # a failed write leaves the last good file
+                torch.save({"module": module, "optimizer": optimizer}, tmp)
+            module = optimizer = None
+        elif self.place == "host":
+            module, optimizer = _to_host(module), _to_host(optimizer)
+        else:
+            module, optimizer = copy.deepcopy(module), copy.deepcopy(optimizer)
+        return Snapshot(step, level, module, optimizer, copy.deepcopy(e.lr_scheduler.state_dict()),
+                        self.teacher.rollback_state())
 
     def start(self, step: int) -> None:
         self.snapshot = self._take(step)
 
     def restore(self) -> int:
         s, e = self.snapshot, self.engine
-        e.module.load_state_dict(s.module)
-        e.optimizer.load_state_dict(copy.deepcopy(s.optimizer))
+        if s.module is None:  # kept on disk
+            saved = torch.load(self.spill, map_location="cpu", weights_only=True)
+            module, optimizer = saved["module"], saved["optimizer"]
+        else:
+            module, optimizer = s.module, copy.deepcopy(s.optimizer)
+        e.module.load_state_dict(module)  # copies into the field's own tensors, on its device
+        e.optimizer.load_state_dict(optimizer)  # casts to the parameters' device
         e.lr_scheduler.load_state_dict(s.scheduler)
         # The optimizer state carries the old, unscaled lr: set this step's lr from the lowered curve.
         for group, base in zip(e.optimizer.param_groups, e.lr_scheduler.base_lrs):
@@ -79,7 +107,18 @@ class DivergenceGuard:
         self.teacher.restore_rollback_state(s.teacher_state)
         return s.step
 
-    # The in-memory snapshot is not saved: a resumed run starts from the checkpoint, its first good state.
+    def close(self) -> None:
+        """The run is over: the file of a state kept on disk goes."""
+        if self.spill is not None:
+            from ..files import discard
+
+            discard(self.spill)
+            try:
+                self.spill.parent.rmdir()  # the last rank's file gone: the folder goes too
+            except OSError:
+                pass
+
+    # The snapshot is not saved: a resumed run starts from the checkpoint, its first good state.
     def state_dict(self) -> dict:
         # "-inf" for "none yet" (strict JSON has no infinities; meta.json must open in any JSON reader).
         return {"rollbacks": self.rollbacks, "best_db": encode_float(self.best_db)}
@@ -114,3 +153,14 @@ class DivergenceGuard:
         if not checking or level >= self.best_db - self.divergence_db / 2:
             self.snapshot = self._take(step, level)
         return None
+
+
+def _to_host(state):
+    """A copy of a state dict with every tensor in host memory (a GPU field's rollback state)."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().to("cpu", copy=True)
+    if isinstance(state, dict):
+        return {k: _to_host(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(_to_host(v) for v in state)
+    return copy.deepcopy(state)

@@ -87,18 +87,21 @@ class Loop:
     """Runs steps from state.step to train.steps. Holds the parts; the logging, evaluation and rollback of
     a log step are `_report`, the rest is `run`."""
 
-    def __init__(self, cfg, comm: Comm, run, shard, plan, teacher, train_step, evaluator, guard, ckpt, state,
-                 score, engine, schedule, log, metrics, scalars, snapshots, stop: StopFlag, reuse_scores: bool,
-                 watchdog):
-        self.cfg, self.comm, self.run_dir, self.shard, self.plan = cfg, comm, run, shard, plan
-        self.teacher, self.train_step, self.evaluator, self.guard, self.ckpt = teacher, train_step, evaluator, guard, ckpt
-        self.state, self.score, self.engine, self.schedule, self.log = state, score, engine, schedule, log
+    def __init__(self, parts, metrics, scalars, snapshots, stop: StopFlag, reuse_scores: bool):
+        """parts: the run's named parts (engine/parts.py); metrics, scalars, snapshots, stop: what this
+        loop writes to and listens to (opened and closed by the trainer)."""
+        p = parts
+        cfg, comm, run, shard = p.cfg, p.comm, p.run, p.shard
+        self.cfg, self.comm, self.run_dir, self.shard, self.plan = cfg, comm, run, shard, p.plan
+        self.teacher, self.train_step, self.evaluator, self.guard, self.ckpt = (p.teacher, p.train_step, p.evaluator,
+                                                                              p.guard, p.ckpt)
+        self.state, self.score, self.engine, self.schedule, self.log = p.state, p.score, p.engine, p.schedule, p.log
         self.metrics, self.scalars, self.snapshots, self.stop = metrics, scalars, snapshots, stop
         # An evaluation may hand its per-point errors to the selection of the next step: valid when it
         # scores the same rows with the same model at the same precision (docs/method.md, "Cheaper
         # selection"). Its time is then training (and selection) time.
         self.reuse_scores = reuse_scores
-        self.watchdog = watchdog  # a lost peer ends the process (engine/watchdog.py); told the step for its message
+        self.watchdog = p.watchdog  # a lost peer ends the process (engine/watchdog.py); told the step for its message
         self.census = None
         if cfg.train.sync_census:  # closed with the process
             path = run.path / "census" / f"rank-{comm.rank}.jsonl"

@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -22,7 +23,8 @@ from ..comm import Comm
 from ..config import Config
 from ..errors import ConfigError
 from ..modality import copy_part, modality_for, plan_signal
-from ..model import build_field, field_spec, native_note
+from ..model import FIELDS, FieldSpec, build_field, field_spec, native_note
+from ..logs import LOGGER, set_rank
 from ..progress import Progress, Scalars
 from ..rundir import RunDir
 from ..signal import SignalStore, TargetRange, open_shard, signal_geometry, signal_store_path
@@ -31,7 +33,7 @@ from ..teacher import Teacher
 from ..teacher.record import ErrorRecord
 from ..teacher.snapshot import Snapshots
 from .agree import agree_on_failure, everywhere
-from .budget import check_field, rank_budget
+from .budget import available, check_field, guard_place, rank_budget
 from .checkpoint import Checkpointer
 from .deepspeed_engine import build_engine
 from .evaluate import Evaluator
@@ -40,7 +42,9 @@ from .guard import DivergenceGuard
 from .launch import detect_launch, die_with_launcher, init_distributed, pick_device, shutdown
 from .loop import Interrupted, Loop, StopFlag
 from .metrics import MetricsLog
+from .parts import Parts
 from .precision import Precision
+from .sizing import size_parts
 from .state import RunState
 from .step import TrainStep
 from .watchdog import Watchdog, peer_lost
@@ -49,13 +53,28 @@ EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: stopped by a signal after a checkpoint; re
 EXIT_DIVERGED = 3     # divergence persisted through train.max_rollbacks rollbacks
 
 
+@dataclass
+class Setup:
+    """What a start prepares before the field exists (_prepare_run)."""
+    store: SignalStore
+    shard: object         # signal.Shard, resident or streamed
+    plan: object          # teacher.BatchPlan
+    budget: object        # engine.budget.Budget
+    cfg: Config           # with the parts sized to the budget (engine/sizing.py)
+    sized_notes: list[str]
+    spec: FieldSpec
+
+
 def _prepare_run(cfg: Config, comm: Comm, run: RunDir, device: torch.device):
     """Rank 0 creates the run folder and plans the ingest of the signal; every rank copies its share of
     a TIFF or Zarr source; rank 0 finishes the store; then every rank plans its mini-batches, splits its
     memory budget and loads its shard onto `device`: resident when it fits the signal's share, else
     streamed a window at a time. Every wait here is long (one rank may decode a large PNG meanwhile;
-    comm.py). Returns (store, shard, batch plan, budget)."""
+    comm.py). The parts (passes, batches, windows) are sized to the budget first (engine/sizing.py).
+    Returns the Setup."""
     work = functools.partial(everywhere, comm)
+    # One budget for every rank: the smallest any rank has (hosts may differ), so that all size alike.
+    total = int(-comm.agree_max([-available(device, cfg.train.memory_mb)[0]])[0])
 
     def begin():
         try:
@@ -76,7 +95,8 @@ def _prepare_run(cfg: Config, comm: Comm, run: RunDir, device: torch.device):
         # before the signal is copied (docs/fields.md). Every rank decides alike.
         geometry = signal_geometry(plan["shape"], plan["kind"]) if plan is not None else SignalStore(
             signal_store_path(cfg.signal.path, run.signal_store)).geometry
-        check_field(cfg, device, field_spec(cfg.model, *geometry))
+        spec = field_spec(cfg.model, *geometry)  # the one spec of the run: the signal does not change it
+        check_field(cfg, device, spec, total)
         if plan is not None:
             lo, hi = plan.get("range") or work(
                 "copy its share of the signal", lambda: copy_part(plan, comm.rank, comm.world_size))
@@ -89,11 +109,12 @@ def _prepare_run(cfg: Config, comm: Comm, run: RunDir, device: torch.device):
                 raise ConfigError(f"render.format = \"{cfg.render.format}\" chooses an image's picture (png, tiff "
                                   f"or zarr); a {store.kind} signal exports its own format: leave render.format = "
                                   f"\"auto\"")
-            own, plan, budget = rank_budget(cfg, store, comm.rank, comm.world_size, device)
+            sized, notes = size_parts(cfg, store, comm.world_size, device, total, spec)
+            own, plan, budget = rank_budget(sized, store, comm.rank, comm.world_size, device, total, spec)
             shard = open_shard(store, own, device, TargetRange.named(cfg.signal.target_range), budget.signal_bytes)
             if shard.streamed:
-                shard.check_plan(plan, cfg.window_limit(store.num_points, store.num_chunks))
-            return store, shard, plan, budget
+                shard.check_plan(plan, sized.window_limit(store.num_points, store.num_chunks))
+            return Setup(store, shard, plan, budget, sized, notes, spec)
 
         return work("load its shard of the signal", load)
     except Exception:
@@ -109,9 +130,10 @@ def train(cfg: Config) -> int:
     device = pick_device(launch)
     run = RunDir(cfg.run.dir)
     resuming = run.check(cfg, judge_lock=launch.rank == 0)  # read-only, every rank, before any write
-    if cfg.model.kind == "siren":  # the model alone, before anything is written (a hash table's size
-        check_field(cfg, device, field_spec(cfg.model, 3, 4, None))  # needs the signal: below)
+    if not FIELDS[cfg.model.kind].follows_signal:  # the field alone, before anything is written (a field
+        check_field(cfg, device, field_spec(cfg.model, 3, 4, None))  # that follows the signal: below)
     comm = init_distributed(launch, device, cfg.train.timeout_s)
+    set_rank(comm.rank, comm.world_size)
     # Every rank's host, for the message when a peer is lost; from here on a lost peer ends the job within
     # train.timeout_s + a grace, in every phase (engine/watchdog.py).
     def undo_start() -> None:
@@ -144,16 +166,20 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
 
     # Signal: this rank's chunks on the device, in the source dtype (targets are made per row as needed).
     started = time.perf_counter()
-    store, shard, plan, budget = _prepare_run(cfg, comm, run, device)
+    setup = _prepare_run(cfg, comm, run, device)
+    store, shard, plan, budget, sized, notes, spec = (setup.store, setup.shard, setup.plan, setup.budget,
+                                                      setup.cfg, setup.sized_notes, setup.spec)
     timings = {"setup": round(time.perf_counter() - started, 3)}  # ingest (when this start ingested), shard
     for note in (run.lock_note, budget.warning):
         if note:
-            log.message("warning: " + note)
-    spec = field_spec(cfg.model, *store.geometry)
+            log.warning(note)
+    if notes:
+        log.message("parts sized to the budget: " + "; ".join(notes) + " (engine/sizing.py; set them to pin them)")
+    saved_cfg, cfg = cfg, sized  # the folder keeps the config as given; the parts use the sizes that fit
 
     # Field and engine.
     torch.manual_seed(cfg.seed)
-    model = build_field(cfg.model, *store.geometry)
+    model = build_field(cfg.model, *store.geometry, spec=spec)
     engine, schedule = build_engine(model.to(device), cfg, precision)
 
     def score(x: torch.Tensor) -> torch.Tensor:  # the teacher's forward: the training precision
@@ -170,14 +196,15 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
     evaluator = Evaluator(predict, shard, comm, store.num_points, store.out_channels, cfg.train.eval_chunk,
                           cfg.train.probe_points, cfg.seed, modality.psnr_offset_db(store))
     guard = DivergenceGuard(engine, schedule, teacher, cfg.train.divergence_db, cfg.train.rollback_lr_factor,
-                            cfg.train.max_rollbacks, modality.exact_psnr_db(store))
+                            cfg.train.max_rollbacks, modality.exact_psnr_db(store),
+                            guard_place(device, spec.num_params, budget.total), run.guard_state(comm.rank))
     train_step = TrainStep(engine, comm.world_size, store.out_channels, device, cfg.train.max_points_per_pass,
                            modality.error if teacher.observes else None)
     state = RunState()
     ckpt = Checkpointer(engine, run, comm, cfg.checkpoint.every, cfg.checkpoint.keep,
                         shared={"run": state, "guard": guard, "schedule": schedule},
                         chunked={"teacher": teacher})
-    _resume(cfg, comm, run, ckpt, state, log, resuming)
+    _resume(saved_cfg, comm, run, ckpt, state, log, resuming)
     log.message(f"{store.shape} signal, {store.num_chunks} chunks over {comm.world_size} rank(s)"
                 f"{' (streamed from disk, a window at a time)' if shard.streamed else ''}; budget per rank "
                 f"{budget.total / 2**20:,.0f} MiB ({budget.signal_bytes / 2**20:,.0f} MiB for the signal); "
@@ -195,11 +222,13 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
         stack.callback(scalars.close)
         stop = stack.enter_context(StopFlag(comm))
         stack.callback(shard.close)
+        stack.callback(guard.close)
         stack.callback(log.close)
         snapshots = Snapshots(store, shard, cfg.teacher.score_chunk) if cfg.train.snapshot_every else None
-        outcome = Loop(cfg, comm, run, shard, plan, teacher, train_step, evaluator, guard, ckpt, state, score,
-                       engine, schedule, log, metrics, scalars, snapshots, stop,
-                       reuse_scores=not shard.streamed and not precision.bf16, watchdog=watchdog).run()
+        parts = Parts(cfg, comm, run, store, shard, plan, spec, engine, schedule, score, predict, teacher, evaluator,
+                      guard, train_step, state, ckpt, log, watchdog)
+        outcome = Loop(parts, metrics, scalars, snapshots, stop,
+                       reuse_scores=not shard.streamed and not precision.bf16).run()
         if outcome.stopped_by:
             ckpt.save(state.step, "interrupted")
             log.message(f"stopped by {signal.Signals(outcome.stopped_by).name} at step {state.step}; checkpoint "
@@ -212,8 +241,7 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
         watchdog.phase = "while writing the outputs"
         try:
             with stop.interrupting():
-                summary = finish(cfg, comm, store, shard, predict, run, state, guard.rollbacks, outcome.status,
-                                 spec, evaluator, log, timings)
+                summary = finish(parts, outcome.status, timings, {"sized_parts": notes})
         except Interrupted as e:
             log.message(f"stopped by {signal.Signals(e.signum).name} while writing the outputs; the training is "
                         f"saved in {run.checkpoints}. Run the same command again to finish them.")
@@ -221,7 +249,7 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
     if comm.is_rank_zero:
         print(final_line(summary), flush=True)
         for note in summary.get("warnings", []):
-            print("warning: " + note, flush=True)
+            LOGGER.warning(note)
     return EXIT_DIVERGED if outcome.status == "diverged" else 0
 
 
@@ -246,7 +274,7 @@ def _resume(cfg: Config, comm: Comm, run: RunDir, ckpt: Checkpointer, state: Run
     (e.g. a checkpoint that does not fit a changed config) leaves the folder's config.toml as it was."""
     tag = ckpt.latest_tag() if resuming else None
     if resuming and ckpt.fallback_note:
-        log.message("warning: " + ckpt.fallback_note)
+        log.warning(ckpt.fallback_note)
     if tag is not None:
         meta, error = None, None
         try:

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import native
+from .spec import FieldKind, FieldSpec, mlp_activation_bytes, mlp_params
 
 # The paper's hashing primes (pi_1 = 1 keeps the first axis coherent in memory), one per axis.
 PRIMES = (1, 2654435761, 805459861, 3674653429)
@@ -257,3 +258,72 @@ class HashField(nn.Module):
         """The tables with the paper's Adam settings (TABLE_ADAM, no weight decay), the MLP with the run's."""
         return [{"params": [self.encoding.table], **TABLE_ADAM},
                 {"params": [p for lin in self.linears for p in lin.parameters()]}]
+
+
+# A point table (shapes) has no sample spacing to follow: its finest hash level then has this many cells
+# per axis (the fine half of the samples lies within ~0.002 of the surface on [-1, 1]).
+TABLE_FINEST = 1024
+
+
+class HashKind(FieldKind):
+    """model.kind = "hash": the multiresolution hash grid and a small MLP (docs/fields.md)."""
+    name = "hash"
+    default_size = (64, 3)  # instant-ngp's image MLP: 2 hidden layers of 64 + output
+    follows_signal = True   # its levels follow the signal's axes (a table's size needs the signal)
+
+    @staticmethod
+    def finest(model, axis_lengths) -> float:
+        finest = model.finest_resolution or (max(axis_lengths) - 1 if axis_lengths else TABLE_FINEST)
+        return max(finest, model.base_resolution)
+
+    def spec(self, model, in_dims, out_channels, axis_lengths, hidden, layers) -> FieldSpec:
+        if in_dims > MAX_DIMS:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"model.kind = \"hash\" takes signals of 1 to {MAX_DIMS} coordinate axes; this one "
+                              f"has {in_dims}; use model.kind = \"siren\"")
+        grids = [level_grid(r, axis_lengths, in_dims) for r in level_resolutions(
+            model.levels, model.base_resolution, self.finest(model, axis_lengths), model.growth)]
+        rows = [table_rows(g, model.log2_table) for g in grids]
+        num_rows = sum(r for r, _ in rows)
+        mlp = mlp_params(model.levels * model.features, hidden, layers, out_channels)
+        return FieldSpec("hash", in_dims, out_channels, hidden, layers, num_rows * model.features + mlp, {
+            "table_rows": num_rows,                          # rows of all levels' tables
+            "table_params": num_rows * model.features,
+            "finest": float(max(max(g) for g in grids)),     # the finest level's cells per axis
+            "levels_dense": sum(d for _, d in rows),         # levels stored one row per vertex
+            "table_levels": model.levels})
+
+    def build(self, model, spec, axis_lengths) -> HashField:
+        return HashField(spec.in_dims, spec.out_channels, spec.hidden, spec.layers, model.activation, model.w0,
+                         model.levels, model.features, model.log2_table, model.base_resolution,
+                         self.finest(model, axis_lengths), model.growth, axis_lengths)
+
+    def describe(self, spec) -> str:
+        return (f"hash grid ({spec.table_levels} levels, {spec.levels_dense} dense, finest {spec.finest:g} cells, "
+                f"{spec.table_rows:,} rows) + MLP {spec.layers}x{spec.hidden}")
+
+    def activation_bytes(self, spec, points, train) -> int:
+        # Per point and level, 2^D corner rows (int32, or int64: 8 bytes charged) and weights (fp32), the
+        # per-axis terms and the interpolated features; in training, also the weighted gradient of every
+        # corner row (32 bytes charged, which also covers the backward's int64 copy of the rows).
+        corners = 2 ** spec.in_dims
+        per_level = corners * 12 + spec.in_dims * 40 + 8 * 4 + (corners * 4 * 8 if train else 0)
+        return points * (mlp_activation_bytes(spec, train) + spec.table_levels * per_level)
+
+    def log_note(self, spec, device) -> str:
+        # Which path the no-grad encoding takes on a CPU (model/native.py).
+        return f"; no-grad encoding: {native.status()}" if device.type == "cpu" else ""
+
+    def too_large(self, model, spec):
+        table = spec.table_params
+        if table >= spec.num_params - table:  # the tables, or the MLP: the larger
+            return (f"model.log2_table={model.log2_table}",
+                    "lower model.log2_table (or model.levels / model.features)",
+                    f"the hash field ({spec.table_levels} levels, {spec.table_rows:,} table rows of "
+                    f"{model.features} features)")
+        return (f"model.hidden={spec.hidden}", "lower model.hidden (or model.layers)",
+                f"the hash field's {spec.layers}x{spec.hidden} MLP ({spec.num_params - table:,} parameters)")
+
+
+HASH = HashKind()

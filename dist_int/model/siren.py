@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .spec import FieldKind, FieldSpec, mlp_params
+
 
 class SineLayer(nn.Module):
     def __init__(self, d_in: int, d_out: int, w0: float, is_first: bool):
@@ -66,3 +68,25 @@ class Siren(nn.Module):
     def optimizer_groups(self) -> list[dict]:
         """One group: every weight takes the run's Adam settings."""
         return [{"params": list(self.parameters())}]
+
+
+class SirenKind(FieldKind):
+    """model.kind = "siren": the INT paper's field."""
+    name = "siren"
+    default_size = (256, 6)  # the INT paper's image SIREN
+
+    def spec(self, model, in_dims, out_channels, axis_lengths, hidden, layers) -> FieldSpec:
+        return FieldSpec("siren", in_dims, out_channels, hidden, layers,
+                         mlp_params(in_dims, hidden, layers, out_channels))
+
+    def build(self, model, spec, axis_lengths) -> Siren:
+        return Siren(spec.in_dims, spec.out_channels, spec.hidden, spec.layers, model.w0, model.w0_first)
+
+    def describe(self, spec) -> str:
+        return f"SIREN {spec.layers}x{spec.hidden}"
+
+    def too_large(self, model, spec):
+        return f"model.hidden={spec.hidden}", "lower model.hidden", f"the {spec.layers}x{spec.hidden} SIREN"
+
+
+SIREN = SirenKind()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import html
 import json
+import os
 import re
 import sys
 import tomllib
@@ -141,12 +142,13 @@ def report_main(argv: list[str]) -> int:
                                                  "teaching-set snapshots.")
     parser.add_argument("runs", nargs="+", help="run folders (run.dir of launch/train.py)")
     parser.add_argument("--out", default=None,
-                        help="folder for report.html and its PNGs (default: RUN/report for one run, ./report "
-                             "for several)")
+                        help="folder for report.html and its PNGs (default: RUN/report for one run, report/ in the "
+                             "folder that holds them all for several)")
     args = parser.parse_args(argv)
     try:
         runs = [Run(Path(p), i) for i, p in enumerate(args.runs)]
-        out = Path(args.out) if args.out else (runs[0].path / "report" if len(runs) == 1 else Path("report"))
+        out = Path(args.out) if args.out else (runs[0].path / "report" if len(runs) == 1 else
+                                               Path(os.path.commonpath([r.path.resolve() for r in runs])) / "report")
         page = write_report(runs, out, progress=lambda text: print(text, file=sys.stderr, flush=True))
     except DistIntError as e:
         print(f"error: {e}", file=sys.stderr)
