@@ -22,17 +22,17 @@ sys.path.insert(0, str(ROOT))
 from dist_int.model import Siren  # noqa: E402
 from dist_int.modality import open_source  # noqa: E402
 from dist_int.modality.shape import SHAPE_SUFFIXES  # noqa: E402
-from dist_int.signal.ingest import natural_range  # noqa: E402
+from dist_int.modality import MODALITIES  # noqa: E402
 
 
 def load_image(signal: str) -> np.ndarray:
     """Any grid signal (image, audio, volume, video) as (*spatial, C) float32 in [0, 1], normalized as
-    dist_int does: by the data's own min and max (audio: its full scale; signal/ingest.py, natural_range)."""
+    dist_int does: by the data's own min and max (audio: its full scale; Modality.natural_range)."""
     source = open_source(signal)
     data = np.asarray(source.data[0:source.shape[0]]).reshape(source.shape)
     if source.close:
         source.close()
-    lo, hi = natural_range(source.kind, data.dtype, float(data.min()), float(data.max()))
+    lo, hi = MODALITIES[source.kind].natural_range(data.dtype, float(data.min()), float(data.max()))
     return ((data.astype(np.float64) - lo) / (hi - lo)).astype(np.float32)
 
 

@@ -37,6 +37,8 @@ def train_main(argv: list[str], prog: str = "python -m dist_int train") -> int:
                         help="start N ranks on this machine (torchrun, run by this command)")
     parser.add_argument("overrides", nargs="*", help="section.key=value")
     args = parser.parse_args(argv)
+    if args.nproc_per_node < 0:
+        parser.error("--nproc-per-node must be 1 or more (0: one process, no torchrun)")
     if args.nproc_per_node > 0 and "RANK" not in os.environ:
         from .torchrun import launch
 

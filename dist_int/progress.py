@@ -56,7 +56,8 @@ class Progress:
 
     def line(self, step: int) -> str:
         loss = "-" if self.loss is None else f"{self.loss:.3e}"
-        return (f"step {step}/{self.total}  loss {loss}  psnr {self._psnr(step)}  {self.points_per_s / 1e6:.2f} Mpts/s  "
+        return (f"step {step}/{self.total}  loss {loss}  psnr {self._psnr(step)}  "
+                f"{self.points_per_s / 1e6:.2f} Mpts/s  "
                 f"eta {_fmt_time(self.eta_s(step))}")
 
     def tick(self, step: int) -> None:

@@ -95,6 +95,11 @@ class RunDir:
     def checkpoints(self) -> Path:
         return self.path / "checkpoints"
 
+    @property
+    def plan(self) -> Path:
+        """The batch plan the run was sized to (engine/sizing.py): a resume keeps it."""
+        return self.path / "plan.json"
+
     def guard_state(self, rank: int) -> Path:
         """The divergence guard's last good state of `rank`, where it is kept on disk (engine/guard.py);
         removed when the run ends."""

@@ -22,7 +22,7 @@ import numpy as np
 import zarr
 
 from .errors import SignalError
-from .signal.ingest import natural_range
+from .signal.ingest import data_range
 from .signal.source import ATTR
 
 WAVES_PER_OCTAVE = 3
@@ -88,7 +88,7 @@ def synth_gigapixel(dest: str | Path, size: int, chunk: int = 512, seed: int = 0
             "source_dtype": "uint8",
             "data_range": [float(lo), float(hi)],
             "dtype_range": [0.0, 255.0],
-            "value_range": natural_range("image", np.dtype(np.uint8), lo, hi),
+            "value_range": data_range(np.dtype(np.uint8), lo, hi),
             "normalization": "(raw - value_range[0]) / (value_range[1] - value_range[0])",
         }
         os.replace(tmp, dest)

@@ -69,6 +69,7 @@ SMALL = ["signal.chunk=16", "model.hidden=16", "model.layers=2", "train.steps=40
          "train.eval_every=20", "train.sync_census=true"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("nproc, strategy", [(0, "int"), (2, "soft"), (2, "mix")])
 def test_selecting_steps_read_once_and_reusing_steps_never(tmp_path, image, nproc, strategy):
     run = tmp_path / "run"
@@ -88,6 +89,7 @@ def test_selecting_steps_read_once_and_reusing_steps_never(tmp_path, image, npro
         assert all(s[2] == expect for s in selecting), [s for s in selecting if s[2] != expect]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["full", "mix"])
 def test_streamed_shards_copy_nothing_from_pageable_memory(tmp_path, image, strategy):
     """2 ranks streaming windows of 512 points in mini-batches: the window swaps are queued copies from

@@ -91,6 +91,7 @@ def _update(rank, world, out, max_points_per_pass=0):
         torch.save({"params": [p.detach().clone() for p in engine.module.parameters()]}, out)
 
 
+@pytest.mark.slow
 def test_update_in_pieces_equals_the_one_pass_update(tmp_path):
     """train.max_points_per_pass: the teaching set in pieces with gradient accumulation gives the update of
     one pass (to float tolerance), with the same number of pieces on every rank."""
@@ -234,6 +235,7 @@ def _clipped(rank, world, out):
         torch.save(seen[0], out)
 
 
+@pytest.mark.slow
 def test_gradient_clipping_clips_the_global_gradient(tmp_path):
     """optim.grad_clip clips the all-reduced gradient (2 ranks, 70/30 points) exactly as
     torch.nn.utils.clip_grad_norm_ clips the single-process gradient, before the update."""
@@ -285,6 +287,7 @@ def _long_work(rank, world, out):
     torch.save(results, f"{out}.{rank}")
 
 
+@pytest.mark.slow
 def test_long_work_waits_without_the_collective_timeout_and_errors_reach_every_rank(tmp_path):
     run_distributed(_long_work, 2, (tmp_path / "r",))
     r0, r1 = torch.load(f"{tmp_path / 'r'}.0"), torch.load(f"{tmp_path / 'r'}.1")

@@ -48,6 +48,7 @@ def _popen(args, nproc, env=None):
 TIMEOUT_S = 20
 
 
+@pytest.mark.slow
 def test_killed_rank_under_torchrun_ends_the_job_and_the_checkpoint_survives(image, tmp_path):
     run_dir = tmp_path / "run"
     args = [f"run.dir={run_dir}", f"signal.path={image}", *TINY, "train.steps=1500", "checkpoint.every=50",
@@ -68,6 +69,7 @@ def test_killed_rank_under_torchrun_ends_the_job_and_the_checkpoint_survives(ima
     assert f"from step {stopped}" in done.stdout
 
 
+@pytest.mark.slow
 def test_killed_rank_without_torchrun_times_out_the_others(image, tmp_path):
     """Plain srun-style launch (one process per rank, no agent to clean up): the survivor must still exit
     non-zero within the collective timeout instead of hanging."""
@@ -94,6 +96,7 @@ def test_killed_rank_without_torchrun_times_out_the_others(image, tmp_path):
     assert stopped >= 50 and (run_dir / "checkpoints" / f"step-{stopped:08d}" / "meta.json").is_file()
 
 
+@pytest.mark.slow
 def test_sigkill_during_checkpoint_writes_never_lose_the_previous_one(image, tmp_path):
     """Checkpoint every step so that most of the time goes to writing one, SIGKILL at random moments,
     and check that each time the latest checkpoint loads and the run completes."""
@@ -115,6 +118,7 @@ def test_sigkill_during_checkpoint_writes_never_lose_the_previous_one(image, tmp
     assert "resuming" in done.stdout and read_summary(run_dir)["steps"] == 400
 
 
+@pytest.mark.slow
 def test_partial_checkpoint_folder_is_ignored(image, tmp_path):
     """A save cut short leaves step-N/ without meta.json, and `latest` still names the previous one."""
     from dist_int.comm import Comm
@@ -136,6 +140,7 @@ def test_partial_checkpoint_folder_is_ignored(image, tmp_path):
     assert ckpt.latest_tag() == "step-00000040" and "missing or damaged" in ckpt.fallback_note
 
 
+@pytest.mark.slow
 def test_divergence_rolls_back_and_lowers_the_learning_rate(image, tmp_path):
     """Full-batch Adam at a constant 3e-3 on this image spikes from ~46 dB to ~36 dB around step 380;
     unguarded it keeps spiking. Guarded, it rolls back, halves the LR and ends near its best."""
@@ -166,6 +171,7 @@ def _workers_of(run_dir: Path) -> list:
     return out
 
 
+@pytest.mark.slow
 def test_a_killed_launcher_takes_its_workers_along_and_the_folder_resumes(image, tmp_path):
     """SIGKILL to torchrun (the launcher SLURM or a user kills): its workers end within seconds (the kernel
     kills them with their parent) and never write the folder again; the same command resumes it."""
@@ -184,6 +190,7 @@ def test_a_killed_launcher_takes_its_workers_along_and_the_folder_resumes(image,
     assert again.returncode == 0 and "resuming" in again.stdout, again.stdout[-2000:] + again.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_a_stop_signal_while_writing_the_outputs_exits_75_and_the_rerun_finishes_them(tmp_path):
     """SIGTERM once training is over (the final checkpoint written) and the outputs are being rendered: exit
     75 within seconds; the same command then writes the outputs without training again."""

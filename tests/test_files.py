@@ -76,6 +76,7 @@ def test_atomic_write_on_a_full_disk_leaves_no_temporary_file(tmp_path):
         assert [p.name for p in disk.iterdir()] == ["filler"]
 
 
+@pytest.mark.slow
 def test_a_full_disk_at_start_leaves_no_lock_and_the_rerun_starts(tmp_path):
     """The lock's write failed on a full disk and left an empty .lock: every rerun was refused, "in use by
     process ? on host ? (since ?)"."""
@@ -92,6 +93,7 @@ def test_a_full_disk_at_start_leaves_no_lock_and_the_rerun_starts(tmp_path):
         assert not (run / ".lock").exists()
 
 
+@pytest.mark.slow
 def test_an_unreadable_lock_is_taken_over_with_a_warning(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
@@ -101,6 +103,7 @@ def test_an_unreadable_lock_is_taken_over_with_a_warning(tmp_path):
     assert "warning:" in proc.stdout and "could not be read" in proc.stdout and "taken over as stale" in proc.stdout
 
 
+@pytest.mark.slow
 def test_a_disk_that_fills_during_training_fails_every_rank_with_one_line_and_resumes(tmp_path):
     """2 ranks; the disk fills after the first checkpoint: the next save is refused on every rank before a
     byte is written (one error line, exit 2, no partial folder), and once there is room again the same
@@ -134,6 +137,7 @@ def test_a_disk_that_fills_during_training_fails_every_rank_with_one_line_and_re
         assert read_summary(run)["steps"] == 300
 
 
+@pytest.mark.slow
 def test_a_failed_summary_write_is_one_error_on_every_rank(tmp_path):
     """Rank 0 cannot write summary.json (a folder is in its place): rank 1 printed a traceback while
     waiting; now the failure is agreed, one error line, and its temporary file is gone."""
@@ -150,6 +154,7 @@ def test_a_failed_summary_write_is_one_error_on_every_rank(tmp_path):
     assert (run / "summary.json" / "keep.txt").read_text() == "a user's file" and debris(run) == []
 
 
+@pytest.mark.slow
 def test_a_blocked_output_is_not_reported_and_the_warning_says_how_to_finish(tmp_path):
     run = tmp_path / "run"
     first = run_train([*T, f"run.dir={run}", "train.steps=10"])
@@ -171,6 +176,7 @@ def test_a_blocked_output_is_not_reported_and_the_warning_says_how_to_finish(tmp
     assert (run / "reconstruction.zarr").is_dir() and read_summary(run)["reconstruction"].endswith(".png")
 
 
+@pytest.mark.slow
 def test_collect_on_a_read_only_folder_prints_the_table_and_takes_out(tmp_path):
     runs = tmp_path / "runs"
     assert run_train([*T, f"run.dir={runs / 'a'}", "train.steps=10"]).returncode == 0
@@ -196,6 +202,7 @@ def test_collect_on_a_read_only_folder_prints_the_table_and_takes_out(tmp_path):
         os.chmod(runs, 0o755)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_write_that_fails_on_one_rank_fails_every_rank_at_once(tmp_path):
     """Rank 1 alone cannot write its part of a checkpoint (a folder stands where one of its teacher files
     goes): the ranks met in different collectives and waited out a timeout of days. Now the failure is

@@ -162,6 +162,7 @@ class _sync_forbidden:
         return False
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
 def test_a_step_that_reuses_its_set_makes_no_host_wait(process_group, store, case):
     """Reusing (or `full`) steps: no host wait at all. Selecting steps on one rank: none either (the

@@ -133,6 +133,7 @@ def test_inputs_the_kernel_does_not_take_go_to_the_torch_ops():
     assert enc(torch.zeros(0, 3)).shape == (0, enc.out_features)
 
 
+@pytest.mark.slow
 def test_a_damaged_cached_kernel_is_rebuilt_and_an_unusable_cache_falls_back(monkeypatch, tmp_path):
     import subprocess
     import sys
@@ -157,6 +158,7 @@ def test_a_damaged_cached_kernel_is_rebuilt_and_an_unusable_cache_falls_back(mon
         native.reset()
 
 
+@pytest.mark.slow
 def test_a_run_scores_alike_with_the_kernel_and_with_the_torch_ops(signals, tmp_path):
     """One run with each path: every logged loss and the final PSNR are the same numbers, so the teaching
     sets were the same (soft teacher, a selection at every step of the first phase)."""
@@ -336,6 +338,7 @@ KIND_ARGS = {"image": ["signal.chunk=16"], "audio": ["signal.chunk=512"], "volum
              "video": ["signal.chunk=[4,16,16]"], "shape": ["signal.points=4000", "signal.chunk=500"]}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(KIND_ARGS))
 def test_one_rank_equals_two_ranks_with_the_hash_field(signals, tmp_path, kind):
     args = [f"signal.path={signals[kind]}", *HASH, *KIND_ARGS[kind]]
@@ -374,6 +377,7 @@ def test_dist_int_native_takes_the_usual_spellings(monkeypatch, value, on):
         native.reset()
 
 
+@pytest.mark.slow
 def test_a_cached_library_without_the_kernel_is_rebuilt(tmp_path):
     import subprocess
 
@@ -390,6 +394,7 @@ def test_a_cached_library_without_the_kernel_is_rebuilt(tmp_path):
     assert _fresh_status({"DIST_INT_CACHE": str(cache)}) == "native kernel"
 
 
+@pytest.mark.slow
 def test_a_cache_on_a_noexec_mount_is_not_rebuilt_at_every_start(tmp_path):
     """A library built on a noexec mount never loads: the first start builds it there once, remembers
     that, and builds in a private temporary folder; later starts build nothing."""

@@ -1,11 +1,13 @@
 """Inputs users really feed it: tiny images, 16-bit colour, TIFF layouts, EXIF orientation and 12-bit
 data, each on real files and processes."""
 
+import pytest
 import numpy as np
 from PIL import Image
 
 from conftest import quick_train as train, read_summary, smooth_image
 
+@pytest.mark.slow
 def test_images_under_7_pixels_finish(tmp_path):
     Image.fromarray((np.arange(9).reshape(3, 3) * 20).astype(np.uint8)).save(tmp_path / "t3.png")
     proc = train(f"signal.path={tmp_path / 't3.png'}", f"run.dir={tmp_path / 'r'}", "signal.chunk=8")

@@ -3,6 +3,7 @@ job, long local work on one rank and a long wait for it go on; a peer that stops
 within train.timeout_s + the grace. Real processes over gloo on loopback, stopped and resumed with real
 signals. (A host lost during the outputs, on the two-host bed: tests/test_cluster.py.)"""
 
+import pytest
 import signal
 import subprocess
 import sys
@@ -57,11 +58,13 @@ def _finish(procs, timeout=60) -> list[tuple[int, str, str]]:
     return out
 
 
+@pytest.mark.slow
 def test_long_local_work_and_a_long_wait_for_it_are_not_a_lost_peer():
     results = _finish(_start("work"))
     assert [r[0] for r in results] == [0, 0] and all("done" in r[1] for r in results), results
 
 
+@pytest.mark.slow
 def test_a_paused_job_goes_on_when_it_is_resumed():
     """SIGSTOP to every process of the job (a SLURM suspend) for 4 s, twice the bound: no rank mistakes
     the pause for a lost peer."""
@@ -76,6 +79,7 @@ def test_a_paused_job_goes_on_when_it_is_resumed():
     assert [r[0] for r in results] == [0, 0], results
 
 
+@pytest.mark.slow
 def test_a_peer_that_stops_answering_ends_the_job_within_the_bound():
     procs = _start("wait")
     procs[1].send_signal(signal.SIGSTOP)  # stopped alone: for rank 0, as silent as a lost host
@@ -101,6 +105,7 @@ def test_an_error_that_quotes_a_timeout_is_no_lost_peer():
     assert not peer_lost(PeerFailed("rank 1 failed to read: [Errno 110] Connection timed out"))
 
 
+@pytest.mark.slow
 def test_a_single_rank_run_paused_past_its_timeout_finishes(tmp_path):
     """A single rank stopped for 35 s with train.timeout_s = 1 was killed as if a peer were lost ("another
     rank on this host stopped answering"). A single process has no peer to lose."""

@@ -9,6 +9,7 @@ T = ["--config", "configs/demo.toml", "train.steps=10", "signal.chunk=32", "trai
      "train.eval_every=0", "signal.path=builtin:camera@48"]
 
 
+@pytest.mark.slow
 def test_a_wide_hash_mlp_is_blamed_on_its_width_and_a_large_table_on_its_rows(tmp_path):
     proc = run_train([*T, "model.kind=hash", "model.hidden=60000", "train.memory_mb=2048",
                       f"run.dir={tmp_path / 'wide'}"])
@@ -21,6 +22,7 @@ def test_a_wide_hash_mlp_is_blamed_on_its_width_and_a_large_table_on_its_rows(tm
         proc.stderr, proc.stderr
 
 
+@pytest.mark.slow
 def test_a_budget_beyond_the_memory_of_the_host_is_a_warning(tmp_path):
     from dist_int.hostmem import memory_limit
 
@@ -78,6 +80,7 @@ def _one_error_line(proc, tmp_path) -> None:
     assert not (tmp_path / "run").exists()  # the folder that start made is gone
 
 
+@pytest.mark.slow
 def test_a_start_up_error_on_rank_1_reaches_the_screen_under_torchrun(tmp_path):
     """Rank 1 alone fails while copying its share of the signal (a damaged chunk of a Zarr source that only
     it reads). torchrun stops the other workers as soon as one exits: the line used to die with them, and
@@ -85,6 +88,7 @@ def test_a_start_up_error_on_rank_1_reaches_the_screen_under_torchrun(tmp_path):
     _one_error_line(run_train(_damaged_source(tmp_path), nproc=2), tmp_path)
 
 
+@pytest.mark.slow
 def test_dist_int_train_starts_its_ranks_and_reports_a_failure_in_one_line(tmp_path):
     """`dist-int train --nproc-per-node 2` runs torchrun itself: a worker's failure is that worker's one
     line and exit code 2, with none of torchrun's traceback; a good run ends as under torchrun."""
@@ -104,6 +108,33 @@ def test_dist_int_train_starts_its_ranks_and_reports_a_failure_in_one_line(tmp_p
     proc = dist_int([*T, f"run.dir={tmp_path / 'good'}"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert read_summary(tmp_path / "good")["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_dist_int_train_passes_a_stop_signal_on_and_exits_75(tmp_path):
+    """SIGTERM to `dist-int train --nproc-per-node 2`: the ranks checkpoint and the command exits 75, as under
+    torchrun (docs/usage.md, "Faults"); the same command resumes."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT, train_env
+
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "dist_int", "train", "--nproc-per-node", "2", *T, "train.steps=100000",
+           "checkpoint.every=0", f"run.dir={run_dir}"]
+    with open(tmp_path / "out.log", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=train_env(), stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        deadline = time.time() + 300
+        while not (run_dir / "metrics.jsonl").exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=300)
+    out = (tmp_path / "out.log").read_text()
+    assert code == 75 and "stopped by SIGTERM" in out and "Traceback" not in out, out[-3000:]
+    assert (run_dir / "checkpoints" / "latest").is_file()
 
 
 def test_command_line_niceties():

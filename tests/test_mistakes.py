@@ -9,6 +9,7 @@ import pytest
 
 from conftest import ROOT, failed_clearly, quick_train as train, smooth_image
 
+@pytest.mark.slow
 def test_sizes_are_checked_up_front(png, tmp_path):
     # A mistyped width: refused before the folder is made (the budget is fixed here, not the machine's).
     # Passes too large for the budget are cut to fit (engine/sizing.py); a field too large is refused.
@@ -24,6 +25,7 @@ def test_sizes_are_checked_up_front(png, tmp_path):
 
     assert zarr.open_array(tmp_path / "chunk" / "signal.zarr").chunks == (48, 40, 3)  # cut to the image
 
+@pytest.mark.slow
 def test_os_and_io_errors_are_error_lines(png, tmp_path):
     (tmp_path / "file.txt").write_text("x")
     proc = train(f"signal.path={png}", f"run.dir={tmp_path / 'file.txt' / 'run'}")
@@ -54,6 +56,7 @@ def test_config_values_are_validated(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(str(ROOT / "configs" / "demo.toml"), [override])
 
+@pytest.mark.slow
 def test_messages_and_exit_codes(png, tmp_path):
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
     proc = train(f"signal.path={tmp_path / 'loop'}", f"run.dir={tmp_path / 'r1'}")

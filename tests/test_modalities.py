@@ -30,6 +30,7 @@ ARGS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["audio", "volume", "video"])
 def test_one_rank_equals_two_ranks_and_exports_the_source_format(files, tmp_path, kind):
     args = [f"signal.path={files[kind]}", *COMMON, *ARGS[kind]]
@@ -73,6 +74,7 @@ def test_one_rank_equals_two_ranks_and_exports_the_source_format(files, tmp_path
         assert (tmp_path / "two" / "reconstruction-frames.png").is_file()
 
 
+@pytest.mark.slow
 def test_stereo_float_audio_keeps_its_rate_channels_and_subtype(tmp_path):
     import soundfile as sf
 
@@ -120,6 +122,7 @@ def _bad(tmp_path):
     }
 
 
+@pytest.mark.slow
 def test_bad_media_fail_clearly_and_leave_nothing_behind(tmp_path):
     for name, (args, message) in _bad(tmp_path).items():
         run = tmp_path / f"run-{name.replace(' ', '-')}"
@@ -129,6 +132,7 @@ def test_bad_media_fail_clearly_and_leave_nothing_behind(tmp_path):
         assert not run.exists(), name
 
 
+@pytest.mark.slow
 def test_synth_commands_write_media_and_refuse_to_overwrite(tmp_path):
     for kind, name in (("speech", "a.wav"), ("video", "a.mp4"), ("volume", "a.tif")):
         cmd = [sys.executable, "-m", "dist_int", "synth", kind, str(tmp_path / name)]
@@ -137,6 +141,7 @@ def test_synth_commands_write_media_and_refuse_to_overwrite(tmp_path):
         assert again.returncode == 2 and "already exists" in again.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["audio", "volume", "video", "shape"])
 def test_stopped_and_resumed_ends_where_an_uninterrupted_run_ends(files, tmp_path, kind):
     """SIGTERM at a checkpoint-bearing step, then the same command: the same metrics as one whole run."""
@@ -171,6 +176,7 @@ SHAPE = ["signal.points=20000", "signal.chunk=2000", "model.hidden=64", "model.l
          "teacher.strategy=int", "teacher.interval_schedule=incremental"]
 
 
+@pytest.mark.slow
 def test_shape_reaches_the_iou_floor_on_two_ranks_as_on_one(tmp_path):
     """A watertight CAD-like part (the washer `synth shape` writes): IoU at 128^3 above 0.90 in 300 steps,
     1 rank and 2 ranks alike; reconstruction.ply in the source's units and position."""
@@ -192,6 +198,7 @@ def test_shape_reaches_the_iou_floor_on_two_ranks_as_on_one(tmp_path):
     assert np.allclose(out.bounds, src.bounds, atol=0.06)  # the source's units and position
 
 
+@pytest.mark.slow
 def test_bad_meshes_fail_clearly(tmp_path):
     import trimesh
 

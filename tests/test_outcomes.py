@@ -168,6 +168,7 @@ DEMO = ["--config", "configs/demo.toml", "model.hidden=16", "model.layers=2", "t
         "train.log_every=10", "signal.path=builtin:camera@48"]
 
 
+@pytest.mark.slow
 def test_a_field_that_turns_nan_keeps_a_summary_and_its_last_good_state(tmp_path):
     run = tmp_path / "nan"
     args = [*DEMO, "optim.lr=1e30", "train.divergence_db=0", f"run.dir={run}"]
@@ -184,6 +185,7 @@ def test_a_field_that_turns_nan_keeps_a_summary_and_its_last_good_state(tmp_path
     assert [m for m in strict_lines(run / "metrics.jsonl") if m.get("event")] == events  # its record stays
 
 
+@pytest.mark.slow
 def test_an_exact_fit_finishes_with_strict_json(tmp_path):
     """A hash field that holds a short 16-bit recording renders it exactly: its SNR is infinite. The
     summary was refused by the JSON writer, so no summary, no WAV, and every rerun crashed the same way."""

@@ -24,6 +24,7 @@ def _train_ok(args, nproc=0):
 
 
 # ---- a finished training is never lost -------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("channels", [2, 4])
 def test_volumes_of_any_channel_count_export_in_the_source_layout(tmp_path, channels):
     """(z, y, x, 2) and RGBA stacks used to train and then crash at export: now the TIFF is written in the
@@ -62,6 +63,7 @@ def finished(tmp_path_factory):
     return d / "run", args
 
 
+@pytest.mark.slow
 def test_a_failed_export_is_a_warning_and_the_rerun_does_only_what_is_missing(finished, tmp_path):
     run, args = finished
     work = tmp_path / "run"
@@ -100,6 +102,7 @@ def _collect(root):
     return {row["run"]: row for row in csv.DictReader((root / "runs.csv").open())}
 
 
+@pytest.mark.slow
 def test_collect_and_report_tell_unfinished_runs(finished, tmp_path):
     run, _ = finished
     shutil.copytree(run, tmp_path / "done")
@@ -115,6 +118,7 @@ def test_collect_and_report_tell_unfinished_runs(finished, tmp_path):
     assert "not finished (no summary.json)" in html and "field size (bytes)" in html
 
 
+@pytest.mark.slow
 def test_a_shape_without_a_surface_keeps_its_summary(tmp_path):
     """A field with no zero level set on the grid: the summary is written (IoU, no Chamfer, a warning),
     there is no PLY, and the same command does not train again."""
@@ -134,6 +138,7 @@ def test_a_shape_without_a_surface_keeps_its_summary(tmp_path):
 
 
 # ---- values as the data has them -------------------------------------------------------------------------
+@pytest.mark.slow
 def test_values_are_normalized_by_the_datas_range(tmp_path):
     """A signed volume (values 0..1162 in int16, as a CT or MRI crop comes) and an unsigned image using a
     small part of uint16: the data's range maps to [0, 1], the summary names it, and the PSNR is on it;
@@ -165,6 +170,7 @@ def test_values_are_normalized_by_the_datas_range(tmp_path):
     assert s["psnr_db"] > read_summary(tmp_path / "ct")["psnr_db"] + 20
 
 
+@pytest.mark.slow
 def test_loud_float_audio_keeps_psnr_on_the_waveforms_range_2(tmp_path):
     """A float WAV peaking at 1.5: normalized by its peak (so nothing clips), PSNR still the INT paper's,
     data range 2 on the waveform (checked from the exported WAV, read by scipy, not soundfile)."""
@@ -184,6 +190,7 @@ def test_loud_float_audio_keeps_psnr_on_the_waveforms_range_2(tmp_path):
 
 
 # ---- outputs that open in the tools users have -----------------------------------------------------------
+@pytest.mark.slow
 def test_image_outputs_are_valid_ome_zarr_and_a_pyramidal_ome_tiff(tmp_path):
     import tifffile
     import zarr
@@ -212,6 +219,7 @@ def test_image_outputs_are_valid_ome_zarr_and_a_pyramidal_ome_tiff(tmp_path):
                               np.asarray(zarr.open_array(store / "1")).transpose(1, 2, 0))
 
 
+@pytest.mark.slow
 def test_video_keeps_an_odd_size_and_reads_back_in_ffmpeg(tmp_path):
     """A 17x33 clip comes back as 17x33 (4:4:4 H.264 where 4:2:0 cannot hold odd sides), at the source's
     rate, frame for frame as a second decoder (FFmpeg through imageio-ffmpeg) reads it."""
@@ -238,6 +246,7 @@ def test_video_keeps_an_odd_size_and_reads_back_in_ffmpeg(tmp_path):
     Image.from_zarr(zarr.open_group(tmp_path / "r" / "reconstruction.zarr", mode="r"))
 
 
+@pytest.mark.slow
 def test_a_mesh_reads_back_in_a_second_library(tmp_path):
     """reconstruction.ply (written by trimesh) read by plyfile: triangles in the source's units."""
     import plyfile
@@ -285,6 +294,7 @@ def test_synth_refuses_what_it_cannot_write(tmp_path, capsys):
     assert sf.info(str(tmp_path / "a.flac")).format == "FLAC"
 
 
+@pytest.mark.slow
 def test_a_stale_deepspeed_build_lock_does_not_hang_a_start(tmp_path):
     """A start killed while DeepSpeed JIT-built its CPU communication op left a lock that made every later
     start wait forever: no JIT build runs now (engine/launch.py)."""
@@ -298,6 +308,7 @@ def test_a_stale_deepspeed_build_lock_does_not_hang_a_start(tmp_path):
     assert (cache / "deepspeed_shm_comm" / "lock").exists() and "built successfully" not in proc.stdout
 
 
+@pytest.mark.slow
 def test_smaller_defects_are_one_error_line(tmp_path):
     """Each of the review's smaller findings: an error line before training, nothing left behind."""
     from PIL import Image

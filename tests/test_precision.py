@@ -105,6 +105,7 @@ def _compiled(rank, world, out):
                 "frames": sum(torch._dynamo.utils.counters["frames"].values())}, out)
 
 
+@pytest.mark.slow
 def test_compile_really_compiles_through_deepspeed_without_graphs_for_tiny_pieces(tmp_path):
     out = tmp_path / "compiled.pt"
     run_distributed(_compiled, 1, (out,))

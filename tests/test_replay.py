@@ -87,6 +87,7 @@ REPLAY = ["teacher.strategy=replay", "teacher.ratio=0.5", "teacher.ratio_schedul
           "teacher.interval_schedule=dense"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("importance", [0.0, 1.0])
 def test_replay_on_two_streamed_ranks_resumed_equals_one_resident_rank(tmp_path, importance):
     """2 ranks stream their shards, are stopped by SIGTERM and resumed (the record and the cached weights

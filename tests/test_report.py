@@ -13,6 +13,7 @@ from conftest import ROOT, read_metrics, read_summary, run_train
 SMALL = ["signal.chunk=16", "model.hidden=32", "model.layers=3", "train.log_every=10", "train.eval_every=0", "checkpoint.every=0"]
 
 
+@pytest.mark.slow
 def test_snapshots_add_up_to_the_one_rank_snapshot_and_a_resume_rewrites_them(png_image, tmp_path):
     from dist_int.teacher.snapshot import read_snapshot
 
@@ -33,6 +34,7 @@ def test_snapshots_add_up_to_the_one_rank_snapshot_and_a_resume_rewrites_them(pn
         [f"step-{s:08d}" for s in (0, 10, 20)]
 
 
+@pytest.mark.slow
 def test_evaluations_hand_their_scores_to_the_next_selection_without_changing_the_run(png_image, tmp_path):
     """Scoring reused from an evaluation is the teacher's own scoring pass, bit for bit: a run that
     evaluates every step (and so reuses at every selection after one) trains exactly like one that never
@@ -61,6 +63,7 @@ def _media(tmp_path):
     }
 
 
+@pytest.mark.slow
 def test_report_draws_every_kind_with_its_snapshots(png_image, tmp_path):
     runs = []
     for kind, (path, extra) in {"image": (png_image, []), **_media(tmp_path)}.items():
@@ -85,6 +88,7 @@ def test_report_draws_every_kind_with_its_snapshots(png_image, tmp_path):
         assert str(run) in page and str(read_summary(run)["psnr_db"]) in page
 
 
+@pytest.mark.slow
 def test_report_explains_what_it_cannot_draw(png_image, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "dist_int", "report", str(tmp_path)], cwd=ROOT,
                           capture_output=True, text=True)
@@ -115,6 +119,7 @@ def test_report_explains_what_it_cannot_draw(png_image, tmp_path):
     assert proc.returncode == 2 and "damaged" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_progress_lines_without_a_terminal_come_at_the_set_interval(png_image, tmp_path):
     args = [f"signal.path={png_image}", *SMALL, "train.steps=40"]
     often = run_train([f"run.dir={tmp_path / 'often'}", *args, "train.progress_every_s=1e-6"])
@@ -125,6 +130,7 @@ def test_progress_lines_without_a_terminal_come_at_the_set_interval(png_image, t
     assert not (tmp_path / "often" / "tensorboard").exists()  # TensorBoard is off by default
 
 
+@pytest.mark.slow
 def test_tensorboard_scalars_when_asked(png_image, tmp_path):
     pytest.importorskip("tensorboard")  # the test extra installs it
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

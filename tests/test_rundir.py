@@ -12,6 +12,7 @@ import pytest
 
 from conftest import QUICK, ROOT, failed_clearly, quick_train as train, read_metrics
 
+@pytest.mark.slow
 def test_a_refused_config_change_keeps_config_toml(png, tmp_path):
     run = tmp_path / "cc"
     assert train(f"signal.path={png}", f"run.dir={run}").returncode == 0
@@ -21,6 +22,7 @@ def test_a_refused_config_change_keeps_config_toml(png, tmp_path):
     assert (run / "config.toml").read_bytes() == before
     assert train(f"signal.path={png}", f"run.dir={run}").returncode == 0  # the original command still works
 
+@pytest.mark.slow
 def test_a_missing_latest_checkpoint_resumes_from_the_newest_intact_one(png, tmp_path):
     run = tmp_path / "r"
     args = [f"signal.path={png}", f"run.dir={run}", "train.steps=40", "checkpoint.every=10", "checkpoint.keep=3"]
@@ -33,6 +35,7 @@ def test_a_missing_latest_checkpoint_resumes_from_the_newest_intact_one(png, tmp
     steps = [m["step"] for m in read_metrics(run)]
     assert steps == sorted(set(steps)) and steps[-1] == 40
 
+@pytest.mark.slow
 def test_a_run_folder_in_use_is_refused_and_a_stale_lock_taken_over(png, tmp_path):
     run = tmp_path / "r"
     args = [f"signal.path={png}", f"run.dir={run}", "train.steps=400"]
@@ -71,18 +74,21 @@ def test_a_lock_from_another_host_is_refused_unless_it_is_this_slurm_job_requeue
     run.release_lock()
     assert not run.lock.exists()
 
+@pytest.mark.slow
 def test_a_failure_after_setup_leaves_no_folder_and_the_fix_runs(png, tmp_path):
     proc = train(f"signal.path={png}", f"run.dir={tmp_path / 'nb'}", "teacher.num_batches=5000")
     assert failed_clearly(proc, "teacher.num_batches=5000"), proc.stderr
     assert not (tmp_path / "nb").exists()
     assert train(f"signal.path={png}", f"run.dir={tmp_path / 'nb'}", "teacher.num_batches=4").returncode == 0
 
+@pytest.mark.slow
 def test_a_moved_run_folder_resumes(png, tmp_path):
     assert train(f"signal.path={png}", f"run.dir={tmp_path / 'a'}", "train.steps=10").returncode == 0
     shutil.move(tmp_path / "a", tmp_path / "b")
     proc = train(f"signal.path={png}", f"run.dir={tmp_path / 'b'}/", "train.steps=10")
     assert proc.returncode == 0, proc.stderr
 
+@pytest.mark.slow
 def test_a_run_keeps_its_signal_and_its_step_count(png, tmp_path):
     run = tmp_path / "r"
     assert train("signal.path=builtin:camera@64", f"run.dir={run}").returncode == 0

@@ -28,11 +28,18 @@ def virtual_store(path, shape, chunks, dtype="uint8", kind="image", meta=None):
 
 
 def fits(cfg, store, world_size, total):
-    """Whether every rank's budget check passes with these sizes (as the trainer decides, rank by rank)."""
+    """Whether every rank's budget check passes with these sizes, and where a rank's shard streams, two of
+    its windows fit the training share of the signal's budget (as the trainer, then each streamed shard,
+    decide: engine/budget.py, rank_budget; signal/stream.py, check_plan)."""
     from dist_int.engine.budget import rank_budget
+    from dist_int.signal.store import held_dtype
+    from dist_int.signal.stream import TRAIN_SHARE
 
+    point_bytes = store.channels * held_dtype(store).itemsize
     for rank in range(world_size):
-        rank_budget(cfg, store, rank, world_size, torch.device("cpu"), total)  # raises when it does not fit
+        own, plan, budget = rank_budget(cfg, store, rank, world_size, torch.device("cpu"), total)  # raises
+        if sum(store.chunk_size(c) for c in own) * point_bytes > budget.signal_bytes:  # streamed
+            assert 2 * plan.most_window_points() * point_bytes <= budget.signal_bytes * TRAIN_SHARE, rank
     return True
 
 
@@ -68,6 +75,36 @@ def test_a_4s_720p_clip_fits_1_5_gb_per_rank_with_no_flag(tmp_path):
     sized, notes = size_parts(cfg, store, 2, torch.device("cpu"), total)
     assert notes and any("batch_points" in n for n in notes), notes
     assert fits(sized, store, 2, total)
+
+
+@pytest.mark.parametrize("mib, ranks", [(550, 2), (600, 2), (650, 4), (700, 4)])
+def test_streamed_windows_fit_every_rank_at_tight_budgets(tmp_path, mib, ranks):
+    """Windows are uneven (a rank's share of one varies from epoch to epoch), and every rank checks its own:
+    the sizes must fit every rank's check, not only an average or the largest shard's."""
+    from dist_int.config import load_config
+    from dist_int.engine.sizing import size_parts
+
+    store = virtual_store(tmp_path / "v.zarr", (2000, 720, 1280, 3), (8, 128, 128, 3), kind="video",
+                          meta={"fps_fraction": "30/1"})
+    cfg = load_config(ROOT / "configs" / "video.toml")
+    sized, notes = size_parts(cfg, store, ranks, torch.device("cpu"), mib << 20)
+    assert any("window_points" in n for n in notes) and fits(sized, store, ranks, mib << 20), notes
+
+
+def test_a_resumed_run_keeps_its_batch_plan_on_other_ranks_and_budgets(tmp_path):
+    """Batches and windows lowered to fit depend on the ranks and their memory; a resume keeps those of the
+    first start (they decide the teacher's cached sets and schedules), and sizes only the passes anew."""
+    from dist_int.config import load_config
+    from dist_int.engine.sizing import plan_of, size_parts
+
+    store = virtual_store(tmp_path / "v.zarr", (2000, 720, 1280, 3), (8, 128, 128, 3), kind="video",
+                          meta={"fps_fraction": "30/1"})
+    cfg = load_config(ROOT / "configs" / "video.toml")
+    first, _ = size_parts(cfg, store, 2, torch.device("cpu"), 1536 << 20)
+    fresh, _ = size_parts(cfg, store, 3, torch.device("cpu"), 1024 << 20)
+    assert plan_of(fresh) != plan_of(first)  # sized anew, the plan would change
+    kept, notes = size_parts(cfg, store, 3, torch.device("cpu"), 1024 << 20, keep_plan=plan_of(first))
+    assert plan_of(kept) == plan_of(first) and not any("batch_points" in n or "window_points" in n for n in notes)
 
 
 @pytest.mark.parametrize("config, shape, chunks, kind", [

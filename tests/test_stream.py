@@ -183,6 +183,7 @@ def _streaming_budget_mb(args: list[str], image, world_size: int) -> float:
     return total / 2**20
 
 
+@pytest.mark.slow
 def test_streamed_two_rank_run_equals_resident_one_rank_run_and_resumes(tmp_path):
     """8 windows of 2 stratified batches each: 1 rank holds its shard; 2 ranks stream theirs (4 KiB for the
     signal), are stopped by SIGTERM at step 30 and resumed. Both end at the same PSNR."""
@@ -213,6 +214,7 @@ def test_streamed_two_rank_run_equals_resident_one_rank_run_and_resumes(tmp_path
         assert int(a["points"].sum()) == 64 * 64 and 0 < int(a["selected"].sum()) < 64 * 64 // 2
 
 
+@pytest.mark.slow
 def test_peak_memory_does_not_grow_with_the_signal_at_a_fixed_budget(tmp_path):
     """The same train.memory_mb on a 1040^2 and a 2080^2 image (4x the points), both streamed: the peak
     RSS during training and at the end (render, SSIM, export included) stays the same within a margin.

@@ -33,6 +33,7 @@ def two_rank_run(image, tmp_path_factory) -> Path:
     return run_dir
 
 
+@pytest.mark.slow
 def test_two_ranks_reach_psnr_floor(two_rank_run):
     summary = read_summary(two_rank_run)
     assert summary["psnr_db"] > PSNR_FLOOR_DB and summary["ssim"] > 0.9
@@ -63,6 +64,7 @@ def test_two_ranks_reach_psnr_floor(two_rank_run):
     assert (two_rank_run / "config.toml").is_file()
 
 
+@pytest.mark.slow
 def test_one_rank_equals_two_ranks(image, two_rank_run, tmp_path):
     proc = run_train([f"run.dir={tmp_path / 'one'}", f"signal.path={image}", *TINY], nproc=0)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -85,6 +87,7 @@ def _interrupt(args, nproc, sig, run_dir, at_step=30):
     return proc.returncode, out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("nproc, resume_nproc, sig", [(2, 2, signal.SIGTERM), (0, 0, signal.SIGINT),
                                                       (2, 0, signal.SIGTERM)])
 def test_interrupt_and_resume_ends_where_an_uninterrupted_run_ends(image, two_rank_run, tmp_path, nproc,
@@ -174,6 +177,7 @@ BAD_CASES = ["missing file", "empty file", "truncated file", "corrupt image", "c
              "integer overflow", "unknown key", "bad value", "bad schedule"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", BAD_CASES)
 def test_bad_input_fails_clearly_and_leaves_nothing_behind(image, tmp_path, case):
     args, words, nproc = _bad_cases(tmp_path, image)[case]
@@ -187,6 +191,7 @@ def test_bad_input_fails_clearly_and_leaves_nothing_behind(image, tmp_path, case
     assert not (run_dir / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_existing_run_folder_is_never_touched(image, two_rank_run, tmp_path):
     before = _snapshot(two_rank_run)
     cases = [args for args, _, _ in _bad_cases(tmp_path, image).values()]
@@ -207,6 +212,7 @@ def test_folder_that_is_not_a_run_is_refused(image, tmp_path):
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
 
 
+@pytest.mark.slow
 def test_minibatch_int_on_two_ranks_equals_one_rank(image, tmp_path):
     """Mini-batch INT (4 stratified batches per epoch, one cached selection per batch) on 1 and 2 ranks;
     the 2-rank run also sends its teaching sets through in pieces of at most 64 points."""
@@ -221,6 +227,7 @@ def test_minibatch_int_on_two_ranks_equals_one_rank(image, tmp_path):
     assert read_metrics(tmp_path / "two")[0]["selected"] == round(0.2 * 64 * 64 / 4)
 
 
+@pytest.mark.slow
 def test_bf16_autocast_keeps_quality(image, tmp_path):
     """bf16 autocast with the first layer in fp32: bf16 coordinates would blur neighbouring pixels
     together, as they did with DeepSpeed's bf16 mode, which casts the inputs too."""
@@ -231,6 +238,7 @@ def test_bf16_autocast_keeps_quality(image, tmp_path):
     assert read_summary(tmp_path / "bf16")["psnr_db"] > read_summary(tmp_path / "fp32")["psnr_db"] - 1.0
 
 
+@pytest.mark.slow
 def test_full_batch_run_matches_the_plain_pytorch_loop(image, tmp_path):
     """Fidelity: the trainer with `full` on 1 rank is the plain loop (same model, init, Adam, cosine LR,
     [-1, 1] targets), so at equal settings, steps and seed it ends at the same PSNR."""
@@ -249,6 +257,7 @@ def test_full_batch_run_matches_the_plain_pytorch_loop(image, tmp_path):
     assert ours > 25 and abs(ours - plain) < 0.05, (ours, plain)
 
 
+@pytest.mark.slow
 def test_unit_target_range_trains_and_exports_on_the_source_scale(image, tmp_path):
     """signal.target_range=unit (the INT authors' [0, 1]): the exported PNG is the field mapped back to the
     source's range, and its PSNR against the source matches summary.json."""
@@ -262,6 +271,7 @@ def test_unit_target_range_trains_and_exports_on_the_source_scale(image, tmp_pat
     assert abs(10 * np.log10((hi - lo) ** 2 / mse) - summary["psnr_db"]) < 0.3
 
 
+@pytest.mark.slow
 def test_damaged_checkpoint_is_one_error_line_and_touches_nothing(image, two_rank_run, tmp_path):
     import shutil
 
@@ -277,6 +287,7 @@ def test_damaged_checkpoint_is_one_error_line_and_touches_nothing(image, two_ran
     assert _snapshot(run_dir) == before
 
 
+@pytest.mark.slow
 def test_compiled_model_trains_like_the_eager_one(image, tmp_path):
     """train.compile=true: DeepSpeed's engine.compile with dynamic shapes (the teaching set's size changes
     at every selection). Compiled on 2 ranks in pieces of at most 300 points (uneven shares: a rank may

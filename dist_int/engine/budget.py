@@ -35,7 +35,7 @@ from ..teacher.record import BYTES as RECORD_BYTES, cells_per_chunk, record_shif
 # kept in memory (guard_place).
 STATE_COPIES = 5
 GUARD_COPIES = 3
-GUARD_SHARE = 0.1  # of the budget, at most, for the guard's state in memory; beyond it, the state goes to disk
+GUARD_SHARE = 0.25  # of the budget, at most, for the guard's state in memory; beyond it, the state goes to disk
 SELECT_BYTES = 96  # per candidate of a selection: global id, order key, score, noise and their temporaries;
                    # measured (tests/test_trainer_parts.py) at 76 bytes for `soft`, 60 `mix`, 52 `int`, 48
                    # `uniform`; a shard computes its ids with a few temporaries more than the test's table
@@ -92,7 +92,8 @@ def available(device: torch.device, memory_mb: float) -> tuple[int, str, str | N
     if memory_mb > 0:
         asked = int(memory_mb * 2**20)
         warning = (f"train.memory_mb={memory_mb:g} is more than a rank's share of {source}, {_mib(share)}; the "
-                   f"run may be killed for memory or swap instead of streaming" if asked > share else None)
+                   f"run may be killed for memory or swap instead of streaming"
+                   if asked > share and device.type != "cuda" else None)  # on a GPU it bounds the GPU's
         return asked, "train.memory_mb", warning
     if device.type == "cuda":
         gpu = int(torch.cuda.mem_get_info(device)[1] * SAFETY)
@@ -197,6 +198,11 @@ def check_budget(cfg, budget: Budget, spec: FieldSpec, shard_bytes: int, streame
     # (the least it needs: the guard's copy on disk) and the outputs' buffers.
     least = spec.num_params * 4 * STATE_COPIES
     buffers = budget.parts.get(BUFFERS, 0)
+    if least + buffers > budget.total and buffers > least:  # the outputs' buffers are the larger part
+        raise ConfigError(f"train.memory_mb: rendering, metrics and export of this signal hold about "
+                          f"{_mib(buffers)} at once ({BUFFERS[4:]}), besides {_mib(least)} for the field and its "
+                          f"optimizer: more than {budget.where} offers ({_mib(budget.total)}); raise "
+                          f"train.memory_mb")
     if least + buffers > budget.total:
         key, fix, what = spec.field_kind.too_large(cfg.model, spec)
         also = f" and {_mib(buffers)} {BUFFERS}" if buffers else ""

@@ -59,17 +59,19 @@ class Snapshot:
 
 class DivergenceGuard:
     def __init__(self, engine, schedule, teacher, divergence_db: float, lr_factor: float, max_rollbacks: int,
-                 exact_db: float = math.inf, place: str = "memory", spill: Path | None = None):
+                 exact_db: float = math.inf, place: str = "memory", spill: Path | None = None,
+                 disk_every: int = 0):
         """exact_db: the probe PSNR at the data's precision (modality/base.py, exact_psnr_db), the ceiling
         of every comparison. place: where the last good state's weights and moments are kept, "memory"
-        (beside the field), "host" (in host memory, for a field on a GPU) or "disk" (in the file `spill`)."""
+        (beside the field), "host" (in host memory, for a field on a GPU) or "disk" (in the file `spill`,
+        written at most every `disk_every` steps: a large field's state is hundreds of MB a rank)."""
         self.engine, self.schedule, self.teacher = engine, schedule, teacher
         self.divergence_db, self.lr_factor, self.max_rollbacks = divergence_db, lr_factor, max_rollbacks
         self.exact_db = exact_db
         self.best_db = -float("inf")  # the best probe PSNR seen, capped at exact_db
         self.rollbacks = 0
         self.snapshot: Snapshot | None = None
-        self.place, self.spill = place, spill
+        self.place, self.spill, self.disk_every = place, spill, disk_every
 
     def _take(self, step: int, level: float = -math.inf) -> Snapshot:
         e = self.engine
@@ -113,6 +115,7 @@ class DivergenceGuard:
             from ..files import discard
 
             discard(self.spill)
+            discard(self.spill.with_name(f".{self.spill.name}.tmp"))  # a write cut short (files.replaced_when_done)
             try:
                 self.spill.parent.rmdir()  # the last rank's file gone: the folder goes too
             except OSError:
@@ -150,7 +153,9 @@ class DivergenceGuard:
         self.best_db = max(self.best_db, level)
         # Only states near the best are "good": a slow collapse must not become the rollback target. With
         # the PSNR check off, every finite state is good (the target if the field turns NaN).
-        if not checking or level >= self.best_db - self.divergence_db / 2:
+        recent = self.place == "disk" and self.snapshot is not None and \
+            step - self.snapshot.step < self.disk_every  # a state on disk is rewritten less often
+        if (not checking or level >= self.best_db - self.divergence_db / 2) and not recent:
             self.snapshot = self._take(step, level)
         return None
 

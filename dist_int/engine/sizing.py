@@ -42,32 +42,50 @@ def _largest_fitting(start: int, fits) -> int:
     return n
 
 
-def size_parts(cfg, store, world_size: int, device, total: int, spec=None) -> tuple[object, list[str]]:
+PLAN_KEYS = ("batch_points", "num_batches", "window_points")  # teacher.*: what decides the batch plan
+
+
+def plan_of(cfg) -> dict:
+    """The settings that decide the batch plan (teacher.batch_points, num_batches, window_points)."""
+    return {k: getattr(cfg.teacher, k) for k in PLAN_KEYS}
+
+
+def size_parts(cfg, store, world_size: int, device, total: int, spec=None,
+               keep_plan: dict | None = None) -> tuple[object, list[str]]:
     """(cfg with the sizes that fit `total` bytes per rank, one note per size changed). spec: the field's
-    (model.field_spec for the store), where computed already."""
+    (model.field_spec for the store), where computed already. keep_plan: the batch plan a previous start of
+    this run chose (plan_of); a resume keeps it, so that its batches and windows, and the teacher's
+    cached sets and schedules, stay those it was trained with, whatever the ranks and their memory now
+    (only the passes are sized again: they change no result)."""
+    from ..config import SCORING_STRATEGIES
     from ..modality import modality_for
     from ..model import field_spec
     from ..signal import assign_chunks
     from ..signal.store import held_dtype
-    from ..teacher import make_plan
-    from .budget import ROW_BYTES, SELECT_BYTES, plan_budget, state_bytes
+    from .budget import ROW_BYTES, SELECT_BYTES, state_bytes
 
     spec = spec or field_spec(cfg.model, *store.geometry)
     buffers = modality_for(store).buffer_bytes(store, cfg.render.format)
     left = total - state_bytes(device, spec.num_params, total) - buffers
-    if left <= 0:
-        return cfg, []  # the field alone does not fit: check_budget refuses it with the field's settings
     sized, notes = copy.deepcopy(cfg), []
     t, tr = sized.teacher, sized.train
+    if keep_plan is not None:
+        for key, value in keep_plan.items():
+            setattr(t, key, value)
+    if left <= 0:
+        return sized, notes  # the field alone does not fit: check_budget refuses it with the field's settings
     sizes = np.array([store.chunk_size(c) for c in range(store.num_chunks)], dtype=np.int64)
     owners = assign_chunks(store.num_chunks, world_size, cfg.seed)
-    shard = max(int(sizes[own].sum()) for own in owners)  # the largest shard of any rank
+    worst = max(owners, key=lambda own: int(sizes[own].sum()))  # the rank with the largest shard
+    shard, slack = int(sizes[worst].sum()), len(worst)  # a rank's part of a batch: its share + a point a chunk
     points = store.num_points
     subset = t.strategy != "full"
+    scores = t.strategy in SCORING_STRATEGIES or tr.snapshot_every > 0
 
-    # 1. Passes: the no-grad ones (scoring, evaluation, render) and the training one.
-    for name, key, train in (("teacher.score_chunk", "score_chunk", False), ("train.eval_chunk", "eval_chunk", False)):
-        owner = t if key == "score_chunk" else tr
+    # 1. Passes: the no-grad ones (scoring, where something scores; evaluation and render).
+    for name, owner, key in (("teacher.score_chunk", t, "score_chunk"), ("train.eval_chunk", tr, "eval_chunk")):
+        if key == "score_chunk" and not scores:
+            continue
         asked = getattr(owner, key)
         got = _largest_fitting(min(asked, max(shard, MIN_PASS)),
                                lambda n: spec.activation_bytes(n, False) <= left * PASS_SHARE)
@@ -77,61 +95,77 @@ def size_parts(cfg, store, world_size: int, device, total: int, spec=None) -> tu
 
     # 2. Batches: a rank's part of a batch (rows, and a selection's candidates) within BATCH_SHARE.
     per_point = ROW_BYTES + (SELECT_BYTES if subset else 0)
-    batches = cfg.num_batches(points)
-    per_rank = math.ceil(shard / batches) + len(owners[0])
-    if per_rank * per_point > left * BATCH_SHARE:
-        need = math.ceil(shard * per_point / max(left * BATCH_SHARE - len(owners[0]) * per_point, 1))
+    batches = sized.num_batches(points)
+    if keep_plan is None and (math.ceil(shard / batches) + slack) * per_point > left * BATCH_SHARE:
+        need = math.ceil(shard * per_point / max(left * BATCH_SHARE - slack * per_point, 1))
         need = min(max(need, batches), int(sizes.max()))  # a chunk must hold a point of every batch
         if need > batches:
-            asked = t.batch_points or f"{points:,} (teacher.num_batches = {t.num_batches})"
+            before = math.ceil(points / batches)
             t.batch_points, t.num_batches = math.ceil(points / need), 1
-            notes.append(f"teacher.batch_points {asked if isinstance(asked, str) else f'{asked:,}'} -> "
-                         f"{t.batch_points:,}")
             batches = sized.num_batches(points)
-    train_points = min(tr.max_points_per_pass or per_rank, math.ceil(shard / batches) + len(owners[0]))
-    got = _largest_fitting(train_points, lambda n: spec.activation_bytes(n, True) <= left * PASS_SHARE)
-    if got < train_points:
+            notes.append(f"teacher.batch_points {before:,} -> {t.batch_points:,} ({batches:,} batches an epoch; "
+                         f"every point is still visited once an epoch)")
+    # The training pass: a rank's part of the largest batch (sized again below if windows change it).
+    _size_train_pass(sized, spec, left, math.ceil(shard / batches) + slack, notes)
+
+    # 3. Windows: when the largest shard does not fit what is left, it streams, and two windows must fit
+    # on every rank, as each rank's streamed shard checks it (signal/stream.py, check_plan). Candidates
+    # are checked exactly as the ranks will check them (engine/budget.py, rank_budget).
+    point_bytes = store.channels * held_dtype(store).itemsize
+    if keep_plan is None and store.num_chunks >= 2 and not store.table:
+        windows = sized.num_windows(points, store.num_chunks)
+        if not _windows_fit(sized, store, world_size, device, total, spec, windows, point_bytes):
+            want = max(windows + 1, 2)
+            while want < store.num_chunks and not _windows_fit(sized, store, world_size, device, total, spec,
+                                                                 want, point_bytes):
+                want = min(store.num_chunks, max(want + 1, math.ceil(want * 1.25)))
+            # No number of windows helps where the fixed parts alone do not fit: the start-up check then
+            # refuses with the numbers (engine/budget.py).
+            if _windows_fit(sized, store, world_size, device, total, spec, want, point_bytes):
+                asked = f"{t.window_points:,}" if t.window_points else "one window"
+                _set_windows(sized, points, want)
+                got = sized.num_windows(points, store.num_chunks)
+                notes.append(f"teacher.window_points {asked} -> {t.window_points:,} ({got:,} windows an epoch)")
+                if sized.num_batches(points) > batches:
+                    notes.append(f"teacher.batch_points -> {t.batch_points:,} (a window holds a batch at least)")
+    return sized, notes
+
+
+def _size_train_pass(sized, spec, left: int, train_points: int, notes: list[str]) -> None:
+    tr = sized.train
+    want = min(tr.max_points_per_pass or train_points, train_points)
+    got = _largest_fitting(want, lambda n: spec.activation_bytes(n, True) <= left * PASS_SHARE)
+    if got < want:
         notes.append(f"train.max_points_per_pass {tr.max_points_per_pass or 'one pass'} -> {got:,}")
         tr.max_points_per_pass = got
 
-    # 3. Windows: when the largest shard does not fit what is left, two windows must. What is left is the
-    # budget's own split (engine/budget.py) for the rank with the largest shard, with the sizes so far.
-    point_bytes = store.channels * held_dtype(store).itemsize
-    worst = max(owners, key=lambda own: int(sizes[own].sum()))
-    extents = np.array([[sl.stop - sl.start for sl in store.chunk_slices(c)] for c in worst], dtype=np.int64)
-    batch = math.ceil(shard / batches) + len(worst)
-    windows = cfg.num_windows(points, store.num_chunks)
 
-    def signal_left(n: int) -> int:
-        return plan_budget(sized, device, spec, shard, batch, n, buffers, extents, total).signal_bytes
+def _set_windows(cfg, points: int, windows: int) -> None:
+    """teacher.window_points for `windows` windows an epoch; batches made smaller where fewer (a window
+    holds one batch at least)."""
+    t = cfg.teacher
+    t.window_points = -(-points // windows)
+    if cfg.num_batches(points) < windows:
+        t.batch_points, t.num_batches = -(-points // windows), 1
 
-    left_now, want = signal_left(windows), windows
-    if subset and windows == 1 and shard * point_bytes > left_now:
-        # In one window a subset teacher caches a teaching set per batch (4 bytes a point of the shard);
-        # with more windows it caches only the set in use, which leaves the signal that much more.
-        left_now, want = signal_left(2), 2
-    if shard * point_bytes > left_now and not store.table and left_now > 0:
-        from ..signal.stream import TRAIN_SHARE
 
-        fits = left_now * TRAIN_SHARE / 2  # bytes of one window on the rank that holds the most of it
-        # Windows are dealt anew every epoch, so a rank's share of one varies: checked on the rank with the
-        # largest shard, as the streamed shard will check it (signal/stream.py, check_plan).
-        start = np.concatenate([[0], np.cumsum(sizes[worst])]).astype(np.int64)
+def _windows_fit(sized, store, world_size: int, device, total: int, spec, windows: int, point_bytes: int) -> bool:
+    """Whether every rank passes its budget check, and two of its windows fit where its shard streams,
+    with `windows` windows an epoch."""
+    from ..errors import ConfigError
+    from ..signal.stream import TRAIN_SHARE
+    from .budget import rank_budget
 
-        def window_fits(n: int) -> bool:
-            plan = make_plan(sizes.tolist(), worst, start, max(batches, n), cfg.seed, "cpu", n, cfg.train.steps)
-            return plan.most_window_points() * point_bytes <= fits
-
-        if not window_fits(want):  # the config's windows are kept where two of them fit
-            want = min(store.num_chunks, max(want, 2, math.ceil(shard * point_bytes / fits * 1.25)))
-            while want < store.num_chunks and not window_fits(want):
-                want = min(store.num_chunks, math.ceil(want * 1.25))
-    if want > windows:
-        asked = t.window_points or "one window"
-        t.window_points = math.ceil(points / want)
-        if batches < want:  # a window holds at least one batch
-            t.batch_points, t.num_batches = math.ceil(points / want), 1
-            notes.append(f"teacher.batch_points -> {t.batch_points:,} (one batch a window at least)")
-        notes.append(f"teacher.window_points {asked if isinstance(asked, str) else f'{asked:,}'} -> "
-                     f"{t.window_points:,}")
-    return sized, notes
+    trial = copy.deepcopy(sized)
+    if windows > 1:
+        _set_windows(trial, store.num_points, windows)
+    for rank in range(world_size):
+        try:
+            own, plan, budget = rank_budget(trial, store, rank, world_size, device, total, spec)
+        except ConfigError:
+            return False
+        shard_bytes = sum(store.chunk_size(c) for c in own) * point_bytes
+        if shard_bytes > budget.signal_bytes and 2 * plan.most_window_points() * point_bytes > \
+                budget.signal_bytes * TRAIN_SHARE:
+            return False
+    return True

@@ -22,13 +22,13 @@ import torch
 from ..comm import Comm
 from ..config import Config
 from ..errors import ConfigError
-from ..modality import copy_part, modality_for, plan_signal
+from ..files import atomic_write
+from ..modality import MODALITIES, copy_part, finish_signal, modality_for, plan_signal
 from ..model import FIELDS, FieldSpec, build_field, field_spec, native_note
 from ..logs import LOGGER, set_rank
 from ..progress import Progress, Scalars
 from ..rundir import RunDir
 from ..signal import SignalStore, TargetRange, open_shard, signal_geometry, signal_store_path
-from ..signal.ingest import finish_ingest
 from ..teacher import Teacher
 from ..teacher.record import ErrorRecord
 from ..teacher.snapshot import Snapshots
@@ -44,7 +44,7 @@ from .loop import Interrupted, Loop, StopFlag
 from .metrics import MetricsLog
 from .parts import Parts
 from .precision import Precision
-from .sizing import size_parts
+from .sizing import plan_of, size_parts
 from .state import RunState
 from .step import TrainStep
 from .watchdog import Watchdog, peer_lost
@@ -75,6 +75,10 @@ def _prepare_run(cfg: Config, comm: Comm, run: RunDir, device: torch.device):
     work = functools.partial(everywhere, comm)
     # One budget for every rank: the smallest any rank has (hosts may differ), so that all size alike.
     total = int(-comm.agree_max([-available(device, cfg.train.memory_mb)[0]])[0])
+    # The batch plan an earlier start chose for the same settings: kept (engine/sizing.py, keep_plan). Read
+    # by every rank before rank 0 writes it below (collectives lie between).
+    kept = json.loads(run.plan.read_text()) if run.plan.is_file() else None
+    keep = kept["sized"] if kept and kept.get("asked") == plan_of(cfg) else None
 
     def begin():
         try:
@@ -93,7 +97,7 @@ def _prepare_run(cfg: Config, comm: Comm, run: RunDir, device: torch.device):
         plan = json.loads(comm.gather_strings(json.dumps(plan), long=True)[0])  # rank 0's plan, everywhere
         # The field's size follows the signal's geometry, known now: a hash table that cannot fit is refused
         # before the signal is copied (docs/fields.md). Every rank decides alike.
-        geometry = signal_geometry(plan["shape"], plan["kind"]) if plan is not None else SignalStore(
+        geometry = signal_geometry(plan["shape"], MODALITIES[plan["kind"]].table) if plan is not None else SignalStore(
             signal_store_path(cfg.signal.path, run.signal_store)).geometry
         spec = field_spec(cfg.model, *geometry)  # the one spec of the run: the signal does not change it
         check_field(cfg, device, spec, total)
@@ -101,7 +105,7 @@ def _prepare_run(cfg: Config, comm: Comm, run: RunDir, device: torch.device):
             lo, hi = plan.get("range") or work(
                 "copy its share of the signal", lambda: copy_part(plan, comm.rank, comm.world_size))
             lo, hi = -comm.agree_max([-lo])[0], comm.agree_max([hi])[0]
-            work("finish the signal store", lambda: finish_ingest(plan, lo, hi), rank_zero_only=True)
+            work("finish the signal store", lambda: finish_signal(plan, lo, hi), rank_zero_only=True)
 
         def load():
             store = SignalStore(signal_store_path(cfg.signal.path, run.signal_store), cfg.signal.value_range)
@@ -109,7 +113,9 @@ def _prepare_run(cfg: Config, comm: Comm, run: RunDir, device: torch.device):
                 raise ConfigError(f"render.format = \"{cfg.render.format}\" chooses an image's picture (png, tiff "
                                   f"or zarr); a {store.kind} signal exports its own format: leave render.format = "
                                   f"\"auto\"")
-            sized, notes = size_parts(cfg, store, comm.world_size, device, total, spec)
+            sized, notes = size_parts(cfg, store, comm.world_size, device, total, spec, keep)
+            if comm.is_rank_zero and keep is None:
+                atomic_write(run.plan, json.dumps({"asked": plan_of(cfg), "sized": plan_of(sized)}) + "\n")
             own, plan, budget = rank_budget(sized, store, comm.rank, comm.world_size, device, total, spec)
             shard = open_shard(store, own, device, TargetRange.named(cfg.signal.target_range), budget.signal_bytes)
             if shard.streamed:
@@ -197,7 +203,8 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
                           cfg.train.probe_points, cfg.seed, modality.psnr_offset_db(store))
     guard = DivergenceGuard(engine, schedule, teacher, cfg.train.divergence_db, cfg.train.rollback_lr_factor,
                             cfg.train.max_rollbacks, modality.exact_psnr_db(store),
-                            guard_place(device, spec.num_params, budget.total), run.guard_state(comm.rank))
+                            guard_place(device, spec.num_params, budget.total), run.guard_state(comm.rank),
+                            disk_every=10 * cfg.train.log_every)
     train_step = TrainStep(engine, comm.world_size, store.out_channels, device, cfg.train.max_points_per_pass,
                            modality.error if teacher.observes else None)
     state = RunState()

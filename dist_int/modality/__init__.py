@@ -4,7 +4,7 @@ module here and a config; nothing in the trainer (docs/design.md, "Modalities").
 
 from .base import Modality
 from .kinds import MODALITIES, modality_for
-from .sources import copy_part, ingest, open_source, plan_signal, resolve_chunk
+from .sources import copy_part, finish_signal, ingest, open_source, plan_signal, resolve_chunk
 
-__all__ = ["MODALITIES", "Modality", "copy_part", "ingest", "modality_for", "open_source", "plan_signal",
-           "resolve_chunk"]
+__all__ = ["MODALITIES", "Modality", "copy_part", "finish_signal", "ingest", "modality_for", "open_source",
+           "plan_signal", "resolve_chunk"]

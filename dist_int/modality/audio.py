@@ -15,6 +15,7 @@ import zarr
 
 from ..errors import SignalError
 from ..files import replaced_when_done
+from ..signal.ingest import dtype_range
 from ..signal.source import Source, file_sha256
 from .base import Modality, unit
 
@@ -55,6 +56,14 @@ class Audio(Modality):
     spatial_dims = 1
     default_chunk = (65536,)
     suffixes = (".wav", ".flac", ".ogg", ".oga", ".aif", ".aiff")
+
+    def natural_range(self, dtype, data_min, data_max):
+        """Audio keeps its full scale: the dtype's range for PCM, [-1, 1] for float data, widened to the
+        peak when louder."""
+        if dtype_range(dtype) is not None:
+            return dtype_range(dtype)
+        peak = max(1.0, abs(data_min), abs(data_max))
+        return [-peak, peak]
 
     def open(self, path: Path, options: dict) -> Source:
         return open_audio(path)

@@ -15,6 +15,7 @@ import numpy as np
 import zarr
 
 from ..render import to_source
+from ..signal.ingest import data_range
 from ..teacher.teacher import point_l1
 
 
@@ -57,6 +58,7 @@ class Modality:
     kind = ""
     error = staticmethod(point_l1)  # what the teacher scores (grid kinds: the INT paper's L1)
     spatial_dims = 2           # axes of samples (a point table: 1, its rows)
+    table = False              # a point table (coordinates stored with the values) rather than a grid
     default_chunk = (128, 128)  # chunk edges when signal.chunk = 0
     suffixes: tuple = ()        # file names its own reader takes (images and volumes: see modality/sources.py)
     # The output's OME-Zarr axes, in OME order (time, channel, space): (name, type, source axis index).
@@ -115,6 +117,11 @@ class Modality:
 
     def build_level(self, path: Path, level: int, rank: int, world_size: int) -> None:
         """Output level `level` >= 1 (only kinds whose num_levels is above 1 have any; images)."""
+
+    # ---- values: what reads normalize by unless signal.value_range says otherwise --------------------
+    def natural_range(self, dtype: np.dtype, data_min: float, data_max: float) -> list[float]:
+        """The data's own min and max (signal/ingest.py, data_range); kinds with a physical scale override."""
+        return data_range(dtype, data_min, data_max)
 
     # ---- PSNR: on the values' range (signal.value_range), data range its span -----------------------
     def psnr_range(self, store) -> tuple[float, float]:

@@ -178,9 +178,14 @@ def open_shape(path: Path, points: int = 100000, require_watertight: bool = Fals
 
 class Shape(Modality):
     kind = "shape"
+    table = True
     spatial_dims = 1
     default_chunk = (16384,)
     suffixes = SHAPE_SUFFIXES
+
+    def natural_range(self, dtype, data_min, data_max):
+        """Signed distances keep their scale on the [-1, 1] domain: [-2, 2]."""
+        return [-SDF_RANGE, SDF_RANGE]
 
     def open(self, path: Path, options: dict) -> Source:
         return open_shape(path, options.get("points", 100000), options.get("sdf") == "watertight")

@@ -6,6 +6,8 @@ trainer's ranks share). Readers live with their kinds (modality/*.py); the inges
 from __future__ import annotations
 
 import shutil
+
+import numpy as np
 from pathlib import Path
 
 from ..errors import SignalError
@@ -102,7 +104,16 @@ def ingest(src: str, dest: str | Path, chunk=0, progress=None, allow_large: bool
     except BaseException:
         shutil.rmtree(plan["tmp"], ignore_errors=True)
         raise
-    return finish_ingest(plan, lo, hi)
+    return finish_signal(plan, lo, hi)
+
+
+def finish_signal(plan: dict, lo: float, hi: float) -> Path:
+    """signal/ingest.py's finish_ingest with the range the signal's kind normalizes by (Modality.natural_range:
+    the data's own, or a physical scale)."""
+    modality = MODALITIES[plan["kind"]]
+    value_range = modality.natural_range(np.dtype(plan["dtype"]), lo, hi)
+    plan = {**plan, "meta": {**plan.get("meta", {}), "table": modality.table}}
+    return finish_ingest(plan, lo, hi, value_range)
 
 
 def plan_signal(path: str, ingested: Path, chunk, allow_large: bool = False, kind: str = "auto",

@@ -117,26 +117,19 @@ def dtype_range(dtype: np.dtype) -> list[float] | None:
     return None
 
 
-def natural_range(kind: str, dtype: np.dtype, data_min: float, data_max: float) -> list[float]:
-    """The range a signal is normalized by unless the config says otherwise: the data's own min and max
-    (a 12-bit CT scan in int16 or a dim photo is not squeezed into a sliver of [0, 1]). Two kinds keep a
-    physical scale: audio its full scale ([-1, 1] for float data, the dtype's range for PCM, widened to
-    the peak when louder), shapes the signed distances' [-2, 2] on their [-1, 1] domain."""
-    if kind == "shape":
-        return [-2.0, 2.0]  # modality/shape.py, SDF_RANGE
-    if kind == "audio":
-        if dtype_range(dtype) is not None:  # PCM: its full scale
-            return dtype_range(dtype)
-        peak = max(1.0, abs(data_min), abs(data_max))  # float: [-1, 1], or the peak of a louder file
-        return [-peak, peak]
+def data_range(dtype: np.dtype, data_min: float, data_max: float) -> list[float]:
+    """The range a signal is normalized by unless its kind keeps a physical scale (Modality.natural_range)
+    or the config says otherwise: the data's own min and max (a 12-bit CT scan in int16 or a dim photo is
+    not squeezed into a sliver of [0, 1])."""
     if not data_max > data_min:  # a constant signal: any unit span keeps it representable
         return [data_min, data_min + 1.0]
     return [data_min, data_max]
 
 
-def finish_ingest(plan: dict, data_min: float, data_max: float) -> Path:
+def finish_ingest(plan: dict, data_min: float, data_max: float, value_range: list[float] | None = None) -> Path:
     """The last part (one rank, after every rank's ingest_part): the data's range (min and max over all
-    ranks), the attributes, and the store moved into place."""
+    ranks), the attributes, and the store moved into place. value_range: what reads normalize by (the
+    kind's, modality/sources.py, finish_signal); None: the data's own range."""
     dtype = np.dtype(plan["dtype"])
     tmp, dest = Path(plan["tmp"]), Path(plan["dest"])
     try:
@@ -151,7 +144,7 @@ def finish_ingest(plan: dict, data_min: float, data_max: float) -> Path:
             # and the one reads normalize by unless signal.value_range asks for another.
             "data_range": [float(data_min), float(data_max)],
             "dtype_range": dtype_range(dtype),
-            "value_range": natural_range(plan["kind"], dtype, data_min, data_max),
+            "value_range": value_range or data_range(dtype, data_min, data_max),
             "normalization": "(raw - value_range[0]) / (value_range[1] - value_range[0])",
             "linked": plan["src"] if plan["mode"] == "link" else None,
         }

@@ -22,11 +22,12 @@ from .source import ATTR
 from .targets import TargetRange
 
 
-def signal_geometry(shape, kind: str) -> tuple[int, int, tuple[int, ...] | None]:
+def signal_geometry(shape, table: bool) -> tuple[int, int, tuple[int, ...] | None]:
     """(coordinate axes, output channels, samples per axis) of a signal of `shape` (*spatial, C): what a
-    field maps. A grid maps its positions to every channel; a shape's point table maps its stored x, y, z
-    columns to the last column (the signed distance) and has no axes of samples (None)."""
-    if kind == "shape":
+    field maps. A grid maps its positions to every channel; a point table (table: its kind's
+    Modality.table, e.g. a shape's signed-distance samples) maps its stored coordinate columns to the last
+    column and has no axes of samples (None)."""
+    if table:
         return int(shape[-1]) - 1, 1, None
     return len(shape) - 1, int(shape[-1]), tuple(int(n) for n in shape[:-1])
 
@@ -61,8 +62,10 @@ class SignalStore:
         self.spatial = self.shape[:-1]
         self.channels = self.shape[-1]
         self.kind = meta.get("kind", "image")
-        self.table = self.kind == "shape"
-        self.geometry = signal_geometry(self.shape, self.kind)  # what the field maps (model/field.py)
+        # A point table (written by ingest from its kind's Modality.table; stores of shapes written before
+        # the attribute existed are tables too).
+        self.table = bool(self.meta.get("table", self.kind == "shape"))
+        self.geometry = signal_geometry(self.shape, self.table)  # what the field maps (model/field.py)
         self.in_dims, self.out_channels, _ = self.geometry
         self.chunk_shape = tuple(self.array.chunks[:-1])  # spatial chunk edges
         self.grid = tuple(math.ceil(n / c) for n, c in zip(self.spatial, self.chunk_shape))
