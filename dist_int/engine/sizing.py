@@ -11,15 +11,16 @@ least, and says which it changed:
 2. the batches (`teacher.batch_points`): a batch's bookkeeping (its rows and a selection's candidates) may
    take BATCH_SHARE; beyond that the epoch is cut into more batches (mini-batch INT);
 3. the windows (`teacher.window_points`): a shard that does not fit what is left streams, and its windows
-   are made small enough that two of them (the one training and the next, read ahead) fit.
-Only the field and its optimizer cannot be made smaller here: a field that does not fit is refused, naming
-the field's own settings (engine/budget.py, check_budget).
+   are made small enough that two of them (the one training and the next, read ahead) fit on every rank,
+   checked as each rank will check its own (engine/budget.py, rank_budget; signal/stream.py, check_plan).
+Only the field and its optimizer, and the outputs' buffers, cannot be made smaller here: a run they do not
+fit is refused, naming the setting (engine/budget.py, check_budget).
 
-Every rank sizes from the same numbers: the smallest budget of any rank (agreed at start-up) and the
-largest shard of any rank (computed from the chunk assignment, no communication), so that all ranks use
-one batch plan. Sizes kept from the config do not depend on the number of ranks; sizes lowered to fit do
-(a rank's share of a batch or window shrinks with more ranks), which the log line says: pin them by setting
-the logged values.
+Every rank sizes from the same numbers: the smallest budget of any rank (agreed at start-up) and the chunk
+assignment of every rank (computed, no communication), so that all ranks choose one batch plan. Sizes kept
+from the config do not depend on the number of ranks; sizes lowered to fit do (a rank's share of a batch
+or window shrinks with more ranks), which the log line says: pin them by setting the logged values. A
+resumed run keeps the batch plan of its first start (keep_plan; the run folder's plan.json).
 """
 
 from __future__ import annotations
