@@ -8,6 +8,7 @@ itself, how to describe it and what to lower when it does not fit. model/field.p
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 
@@ -57,22 +58,25 @@ def mlp_activation_bytes(spec: FieldSpec, train: bool) -> int:
     return spec.hidden * 4 * (spec.layers - 1) * (5 if train else 2)
 
 
-class FieldKind:
-    """One kind of field. Subclasses set `name` and `default_size` and implement the methods."""
+class FieldKind(ABC):
+    """One kind of field. Subclasses set `name` and `default_size` and implement the abstract methods."""
     name = ""
     default_size = (0, 0)  # (hidden, layers) where model.hidden / model.layers are 0
     # Whether the field's size depends on the signal's geometry: when it does not, it is checked before the
     # signal is read (engine/trainer.py).
     follows_signal = False
 
+    @abstractmethod
     def spec(self, model, in_dims: int, out_channels: int, axis_lengths, hidden: int, layers: int) -> FieldSpec:
-        raise NotImplementedError
+        """The FieldSpec of this field for the signal, computed without allocating the field."""
 
+    @abstractmethod
     def build(self, model, spec: FieldSpec, axis_lengths):
-        raise NotImplementedError
+        """The module, initialized from torch's current seed."""
 
+    @abstractmethod
     def describe(self, spec: FieldSpec) -> str:
-        raise NotImplementedError
+        """The few words the run's log gives the field."""
 
     def activation_bytes(self, spec: FieldSpec, points: int, train: bool) -> int:
         return points * mlp_activation_bytes(spec, train)
@@ -81,6 +85,6 @@ class FieldKind:
         """More words for the run's log line about how it runs on `device` ("; ..."), or ""."""
         return ""
 
+    @abstractmethod
     def too_large(self, model, spec: FieldSpec) -> tuple[str, str, str]:
         """For the refusal of a field that does not fit: (the setting as set, what to lower, what it is)."""
-        raise NotImplementedError
