@@ -118,12 +118,16 @@ def _main(argv: list[str]) -> int:
     commands = {"train": train_main, "ingest": ingest_main, "collect": collect_main, "synth": synth_main,
                 "report": report_main}
     if not argv or argv[0] not in commands:
+        from .modality import MODALITIES
+
         asked = bool(argv) and argv[0] in ("-h", "--help", "help")
+        kinds = ", ".join(k for k, m in MODALITIES.items() if not m.table)  # a shape is sampled when training
+        made = ", ".join(m.synth.name for m in MODALITIES.values() if m.synth)
         print("usage: python -m dist_int {train,ingest,collect,synth,report} ...\n"
               "  train    fit a neural field to a signal (--nproc-per-node N for N ranks on this machine)\n"
-              "  ingest   turn a signal file (image, audio, volume, video) into a Zarr store\n"
+              f"  ingest   turn a signal file ({kinds}) into a Zarr store\n"
               "  collect  one table of the runs under a folder (e.g. an array job's)\n"
-              "  synth    write a procedural test signal (gigapixel, speech, video, volume, shape)\n"
+              f"  synth    write a procedural test signal ({made})\n"
               "  report   report.html with curves, reconstructions and teaching-set snapshots of runs\n"
               "Each command takes --help.", file=sys.stdout if asked else sys.stderr)
         return 0 if asked else 2

@@ -294,6 +294,41 @@ def test_synth_refuses_what_it_cannot_write(tmp_path, capsys):
     assert sf.info(str(tmp_path / "a.flac")).format == "FLAC"
 
 
+def test_a_new_signal_kind_is_one_module(tmp_path, monkeypatch, capsys):
+    """A kind registered in MODALITIES, and nowhere else, gets its procedural signal in `synth` (command,
+    help, option checks) and its picture in the report (docs/extending.md, "A kind of signal")."""
+    from dist_int.modality import MODALITIES, base
+    from dist_int.report import figures
+    from dist_int.synth import synth_main
+
+    written = []
+
+    class Tone(base.Modality):
+        kind = "tone"
+        synth = base.Synth("tone", (".tone",), lambda dest, seconds, seed, **_: written.append((dest, seconds)) or dest,
+                           seconds=3.0, about="a test tone")
+
+        def figure(self, plt, run):
+            fig, ax = plt.subplots()
+            ax.plot([0, 1], [0, 1])
+            return fig
+
+    monkeypatch.setitem(MODALITIES, "tone", Tone())
+    with pytest.raises(SystemExit):
+        synth_main(["--help"])
+    assert "tone (a test tone, .tone)" in " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert synth_main(["tone", str(tmp_path / "a.tone")]) == 0 and written == [(str(tmp_path / "a.tone"), 3.0)]
+    assert synth_main(["tone", str(tmp_path / "b.tone"), "--size", "8"]) == 2
+    assert "synth tone takes no --size" in capsys.readouterr().err and len(written) == 1
+
+    class Run:  # what signal_figure reads of a run folder: its store's kind
+        store = type("Store", (), {"meta": {"kind": "tone"}})()
+
+    assert figures.signal_figure(Run(), tmp_path / "tone.png") and (tmp_path / "tone.png").stat().st_size > 0
+    monkeypatch.setattr(Tone, "figure", base.Modality.figure)
+    assert not figures.signal_figure(Run(), tmp_path / "none.png") and not (tmp_path / "none.png").exists()
+
+
 @pytest.mark.slow
 def test_a_stale_deepspeed_build_lock_does_not_hang_a_start(tmp_path):
     """A start killed while DeepSpeed JIT-built its CPU communication op left a lock that made every later
@@ -367,10 +402,13 @@ def test_the_layers_import_one_way():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.level >= 1:
                 depth = len(parts) - 1 - (node.level - 1)  # the package the relative import starts from
-                target = (list(parts[:depth]) + (node.module.split(".") if node.module else []))
-                other = target[0] if target else "__init__"
-                if other != area:
-                    uses.setdefault(area, set()).add(other)
+                base = list(parts[:depth])
+                # `from .. import synth` names modules as its names: each is a target of its own.
+                targets = [base + node.module.split(".")] if node.module else [base + [a.name] for a in node.names]
+                for target in targets:
+                    other = target[0]
+                    if other != area:
+                        uses.setdefault(area, set()).add(other)
     assert "modality" not in uses.get("signal", set())
     circles = sorted((a, b) for a in uses for b in uses[a] if a < b and a in uses.get(b, set()))
     assert circles == [], circles

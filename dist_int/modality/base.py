@@ -9,17 +9,37 @@ the per-point L1 error and the loss is the squared error, as in the INT paper fo
 from __future__ import annotations
 
 import math
+import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import zarr
 
+from ..errors import SignalError
 from ..render import to_source
 from ..signal.ingest import data_range
 from ..teacher.teacher import point_l1
 
 
 OME_VERSION = "0.5"  # OME-NGFF on Zarr v3
+
+
+@dataclass(frozen=True)
+class Synth:
+    """How `python -m dist_int synth NAME DEST` writes a procedural signal of a kind (dist_int/synth.py
+    builds its command line and checks from these): `write(dest, size, seconds, frames, chunk, seed,
+    progress)` returns the path written; each option it does not take arrives as None."""
+
+    name: str                       # the command's word for it (e.g. "speech" for audio)
+    suffixes: tuple[str, ...]       # names it writes; the first is the one suggested
+    write: Callable
+    size: tuple[str, int | None] | None = None  # takes --size: (what the size is, its default; None: required)
+    seconds: float | None = None    # takes --seconds, with this default
+    frames: int | None = None       # takes --frames, with this default
+    chunk: bool = False             # takes --chunk
+    about: str = ""                 # one line for the command's help
 
 
 class OutputView:
@@ -63,6 +83,12 @@ class Modality:
     suffixes: tuple = ()        # file names its own reader takes (images and volumes: see modality/sources.py)
     # The output's OME-Zarr axes, in OME order (time, channel, space): (name, type, source axis index).
     ome_axes: tuple | None = None
+    synth: Synth | None = None  # its procedural test signal, if it has one (dist_int/synth.py)
+
+    def figure(self, plt, run):
+        """The report's picture of target against reconstruction (report/figures.py): a matplotlib figure,
+        or None where the kind draws none."""
+        return None
 
     # ---- output: created by one rank, written chunk by chunk by every rank -------------------------
     def create_output(self, path: Path, store) -> None:
@@ -155,6 +181,13 @@ class Modality:
     def export(self, path: Path, stem: Path, fmt: str, store) -> Path | None:
         """The file users open, from the rendered output at `path`; None: there is none to write."""
         return Path(path)
+
+
+def fresh_temp(dest: Path) -> Path:
+    """Where a procedural signal is written before it is moved to `dest` (which must not exist yet)."""
+    if dest.exists():
+        raise SignalError(f"{dest} already exists; choose another destination or delete it first")
+    return dest.with_name(f".{dest.name}.tmp-{os.getpid()}{dest.suffix}")
 
 
 def unit(values: np.ndarray, store) -> np.ndarray:

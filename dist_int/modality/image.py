@@ -6,6 +6,10 @@ every rank; SSIM shared by the ranks; PNG or pyramidal BigTIFF export (render/re
 from __future__ import annotations
 
 import hashlib
+import json
+import math
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -15,8 +19,9 @@ import zarr
 from ..errors import SignalError
 from ..render import build_level, create_output, export, num_levels, open_level, ssim_mean, ssim_sums, to_source
 from ..render.render import PNG_MAX_PIXELS
-from ..signal.source import AxesView, Source, axes_of, file_sha256, is_zarr_dir, zarr_fingerprint
-from .base import Modality
+from ..signal.ingest import data_range
+from ..signal.source import ATTR, AxesView, Source, axes_of, file_sha256, is_zarr_dir, zarr_fingerprint
+from .base import Modality, Synth, unit
 
 # scikit-image sample images that ship with the package (nothing is downloaded).
 BUILTINS = ("camera", "astronaut", "coffee", "chelsea", "rocket", "brick", "grass", "gravel", "text", "page", "moon",
@@ -210,8 +215,91 @@ def open_array(src: str, allow_large: bool = False) -> Source:
     return source
 
 
+# ---- `synth gigapixel`: a test signal for clusters -------------------------------------------------
+# A deterministic procedural RGB image with detail at every scale, written chunk by chunk so that
+# memory holds one chunk whatever its size. Each channel is a sum of plane waves: octave o has 3 waves
+# of frequency 2^o cycles per image edge (from 1 up to a quarter of the pixel rate), directions and
+# phases from a generator seeded with (seed, channel, octave), amplitude falling as 2^(-o/2) so that
+# fine detail stays visible; the sum is squashed into uint8 through tanh. The store is what
+# `dist_int ingest` writes, so the trainer takes it as signal.path directly.
+WAVES_PER_OCTAVE = 3
+
+
+def _waves(size: int, seed: int) -> list[list[tuple[float, float, float, float]]]:
+    """Per channel: (fy, fx, phase, amplitude) of every wave, frequencies in cycles per pixel."""
+    octaves = max(1, int(math.log2(max(size // 4, 1))) + 1)
+    channels = []
+    for c in range(3):
+        waves = []
+        for o in range(octaves):
+            rng = np.random.default_rng([seed, c, o])
+            for _ in range(WAVES_PER_OCTAVE):
+                angle, phase = rng.uniform(0, 2 * math.pi, 2)
+                f = (2.0 ** o) * rng.uniform(0.8, 1.25) / size
+                waves.append((f * math.sin(angle), f * math.cos(angle), phase, 2.0 ** (-o / 2)))
+        channels.append(waves)
+    return channels
+
+
+def render_block(y0: int, x0: int, h: int, w: int, size: int, seed: int) -> np.ndarray:
+    """Pixels [y0, y0+h) x [x0, x0+w) of the image, (h, w, 3) uint8: a pure function of the position."""
+    ys = np.arange(y0, y0 + h, dtype=np.float64)[:, None]
+    xs = np.arange(x0, x0 + w, dtype=np.float64)[None, :]
+    out = np.empty((h, w, 3), np.uint8)
+    for c, waves in enumerate(_waves(size, seed)):
+        acc = np.zeros((h, w), np.float64)
+        total = 0.0
+        for fy, fx, phase, amp in waves:
+            acc += amp * np.sin(2 * math.pi * (fy * ys + fx * xs) + phase)
+            total += amp
+        out[..., c] = np.round(127.5 + 127.5 * np.tanh(1.5 * acc / math.sqrt(total))).astype(np.uint8)
+    return out
+
+
+def synth_gigapixel(dest: str | Path, size: int, chunk: int = 512, seed: int = 0, progress=None) -> Path:
+    dest = Path(dest)
+    if dest.exists():
+        raise SignalError(f"{dest} already exists; choose another destination or delete it first")
+    if size < 2 or chunk < 8:
+        raise SignalError(f"--size must be >= 2 and --chunk >= 8 (got {size}, {chunk})")
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        arr = zarr.create_array(tmp, shape=(size, size, 3), chunks=(chunk, chunk, 3), dtype="uint8",
+                                fill_value=0)
+        blocks = [(y, x) for y in range(0, size, chunk) for x in range(0, size, chunk)]
+        lo, hi = 255, 0  # the data's range, as an ingest records it
+        for i, (y, x) in enumerate(blocks):
+            h, w = min(chunk, size - y), min(chunk, size - x)
+            block = render_block(y, x, h, w, size, seed)
+            arr[y:y + h, x:x + w] = block
+            lo, hi = min(lo, int(block.min())), max(hi, int(block.max()))
+            if progress:
+                progress(i + 1, len(blocks))
+        params = {"generator": "gigapixel", "size": size, "seed": seed, "version": 1}
+        arr.attrs[ATTR] = {
+            "kind": "image",
+            "source": f"synth:gigapixel size={size} seed={seed}",
+            # A digest of the parameters: the same command always writes the same pixels.
+            "source_sha256": hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest(),
+            "source_dtype": "uint8",
+            "data_range": [float(lo), float(hi)],
+            "dtype_range": [0.0, 255.0],
+            "value_range": data_range(np.dtype(np.uint8), lo, hi),
+            "normalization": "(raw - value_range[0]) / (value_range[1] - value_range[0])",
+        }
+        os.replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
 class Image(Modality):
     kind = "image"
+    synth = Synth("gigapixel", (".zarr",),
+                  lambda dest, size, chunk, seed, progress, **_: synth_gigapixel(dest, size, chunk, seed, progress),
+                  size=("the image edge in pixels", None), chunk=True,
+                  about="an RGB image of any size, written as a store chunk by chunk")
     spatial_dims = 2
     default_chunk = (128, 128)
 
@@ -253,3 +341,16 @@ class Image(Modality):
 
     def export(self, path: Path, stem: Path, fmt: str, store) -> Path:
         return export(path, stem, fmt)
+
+    def figure(self, plt, run):
+        """Target, reconstruction and error (report/figures.py)."""
+        from .draw import PREVIEW, triptych
+
+        store = run.store
+        h, w = store.spatial
+        s = max(1, math.ceil(max(h, w) / PREVIEW))
+        target = unit(np.asarray(store.array[::s, ::s, :]), store)
+        recon = np.moveaxis(np.asarray(zarr.open_array(run.reconstruction / "0", mode="r")[:, ::s, ::s]), 0, -1)
+        fig, axes = plt.subplots(1, 3, figsize=(12, 4.4))
+        triptych(axes, target, unit(recon, store), "" if s == 1 else f"(every {s}th pixel)")
+        return fig

@@ -15,6 +15,7 @@ marching cubes in the source mesh's units and position.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ import zarr
 from ..errors import SignalError
 from ..files import replaced_when_done
 from ..signal.source import Source, file_sha256
-from .base import Modality
+from .base import Modality, Synth, fresh_temp
 
 SHAPE_SUFFIXES = (".ply", ".obj", ".stl", ".off", ".glb", ".gltf")
 BOX = 0.9                   # the shape fills [-BOX, BOX]^3 along its longest side
@@ -176,8 +177,25 @@ def open_shape(path: Path, points: int = 100000, require_watertight: bool = Fals
                   None, meta)
 
 
+def synth_shape(dest: str | Path) -> Path:
+    """A watertight CAD-like part: a washer (a ring of outer radius 0.4, inner 0.2, height 0.3) from trimesh."""
+    import trimesh
+
+    dest = Path(dest)
+    tmp = fresh_temp(dest)
+    try:
+        trimesh.creation.annulus(0.2, 0.4, 0.3).export(str(tmp))
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
+
+
 class Shape(Modality):
     kind = "shape"
+    synth = Synth("shape", (".ply", ".obj", ".stl", ".off", ".glb"),
+                  lambda dest, **_: synth_shape(dest),
+                  about="a washer mesh, of fixed shape: scale it in a mesh editor")
     table = True
     spatial_dims = 1
     default_chunk = (16384,)
@@ -281,3 +299,33 @@ class Shape(Modality):
         with replaced_when_done(dest, ".tmp.ply") as tmp:
             trimesh.Trimesh(verts, faces[:, ::-1], process=False).export(str(tmp))
         return dest
+
+    def figure(self, plt, run):
+        """Target, reconstruction and error (report/figures.py)."""
+
+        store = run.store
+        field = np.asarray(zarr.open_array(run.reconstruction, mode="r")[...])
+        grid = field.shape[0]
+        g = np.linspace(-1, 1, grid)
+        vertices, faces = np.asarray(store.meta["vertices"]), np.asarray(store.meta["faces"])
+        fig, axes = plt.subplots(3, 3, figsize=(11, 11))
+        for axis, row in enumerate(axes):  # the middle slice across z, y and x
+            a, b = np.meshgrid(g, g, indexing="ij")
+            mid = np.full_like(a, g[grid // 2])  # where the fitted field's middle slice lies
+            xyz = {0: (b, a, mid), 1: (b, mid, a), 2: (mid, b, a)}[axis]  # the field is stored [z, y, x]
+            pts = np.stack([c.ravel() for c in xyz], 1)
+            truth = signed_distance(vertices, faces, pts, bool(store.meta["watertight"])).reshape(grid, grid)
+            idx = [slice(None)] * 3
+            idx[axis] = grid // 2
+            pred = field[tuple(idx)]
+            lim = float(np.abs(truth).max())
+            for ax, img, title in ((row[0], truth, "target signed distance"), (row[1], pred, "fitted field")):
+                ax.imshow(img, cmap="RdBu", vmin=-lim, vmax=lim, origin="lower")
+                ax.contour(img, levels=[0], colors="k", linewidths=1)
+                ax.set_title(f"{title}, {'zyx'[axis]} = {g[grid // 2]:.3f}", fontsize=9)
+                ax.axis("off")
+            err = np.abs(pred - truth)
+            row[2].imshow(err, cmap="inferno", origin="lower")
+            row[2].set_title(f"|error| (max {err.max():.3f})", fontsize=9)
+            row[2].axis("off")
+        return fig

@@ -7,6 +7,8 @@ and reconstruction below."""
 from __future__ import annotations
 
 from fractions import Fraction
+import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,7 @@ import numpy as np
 from ..errors import SignalError
 from ..files import replaced_when_done
 from ..signal.source import Source, file_sha256
-from .base import Modality, unit
+from .base import Modality, Synth, fresh_temp, unit
 
 STRIP_FRAMES = 6
 
@@ -77,8 +79,45 @@ def open_video(path: Path) -> Source:
                   frames.close, None, meta)
 
 
+def synth_video(dest: str | Path, frames: int = 16, size: int = 64, fps: int = 12, seed: int = 0,
+                height: int | None = None) -> Path:
+    """An H.264 clip of size x height (height: size when not given): coloured discs drifting over a moving
+    colour gradient, written frame by frame."""
+    import av
+
+    dest = Path(dest)
+    tmp = fresh_temp(dest)
+    rng = np.random.default_rng([seed, 0x71DE0])
+    height = height or size
+    yy, xx = np.mgrid[0:height, 0:size] / size
+    discs = rng.uniform(0, 1, (4, 6))  # y, x, vy, vx, radius, hue
+    try:
+        with av.open(str(tmp), "w") as container:
+            stream = container.add_stream("libx264", rate=fps)
+            stream.width, stream.height = size, height
+            stream.pix_fmt = video_pix_fmt(height, size)  # odd sizes too
+            stream.options = {"crf": "10"}
+            for f in range(frames):
+                s = f / max(frames - 1, 1)
+                img = np.stack([0.5 + 0.4 * np.sin(2 * np.pi * (xx + s) + c) * np.cos(np.pi * yy) for c in (0, 2, 4)], -1)
+                for y, x, vy, vx, r, hue in discs:
+                    cy, cx = (y + (vy - 0.5) * s) % 1, (x + (vx - 0.5) * s) % 1
+                    mask = (yy - cy) ** 2 + (xx - cx) ** 2 < (0.08 + 0.12 * r) ** 2
+                    img[mask] = [0.5 + 0.5 * np.cos(2 * np.pi * (hue + c / 3)) for c in range(3)]
+                frame = av.VideoFrame.from_ndarray((img * 255).clip(0, 255).astype(np.uint8), format="rgb24")
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode())
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
+
+
 class Video(Modality):
     kind = "video"
+    synth = Synth("video", (".mp4", ".mkv", ".mov", ".avi"),
+                  lambda dest, size, frames, seed, **_: synth_video(dest, frames, size, seed=seed),
+                  size=("the frame edge", 64), frames=16, about="a clip of moving shapes")
     ome_axes = (("t", "time", 0), ("c", "channel", 3), ("y", "space", 1), ("x", "space", 2))
     spatial_dims = 3
     default_chunk = (8, 128, 128)
@@ -121,7 +160,7 @@ class Video(Modality):
         rate = Fraction(store.meta.get("fps_fraction", "25/1"))
         with replaced_when_done(dest, ".tmp.mp4") as tmp, av.open(str(tmp), "w") as container:
             stream = container.add_stream("libx264", rate=rate)
-            stream.width, stream.height = w, h  # the source's size, odd sides too (synth.video_pix_fmt)
+            stream.width, stream.height = w, h  # the source's size, odd sides too (video_pix_fmt)
             stream.pix_fmt = video_pix_fmt(h, w)
             stream.options = {"crf": "12"}
             for i in range(t):
@@ -134,3 +173,19 @@ class Video(Modality):
         with replaced_when_done(stem.with_name(stem.name + "-frames.png"), ".tmp.png") as tmp:
             Image.fromarray(np.concatenate([top, bottom], axis=0)).save(tmp)
         return dest
+
+    def figure(self, plt, run):
+        """Target, reconstruction and error (report/figures.py)."""
+        from .draw import triptych
+
+        store = run.store
+        field = self.open_output(run.reconstruction)  # indexed (t, y, x, c) as the store
+        frames = np.unique(np.linspace(0, store.spatial[0] - 1, 4).round().astype(int))
+        h, w = store.spatial[1:]
+        s = max(1, math.ceil(max(h, w) / 384))
+        fig, axes = plt.subplots(len(frames), 3, figsize=(11, 3.4 * len(frames)), squeeze=False)
+        for row, t in zip(axes, frames):
+            target = unit(np.asarray(store.array[t, ::s, ::s]), store)
+            recon = unit(np.asarray(field[t, ::s, ::s]), store)
+            triptych(row, target, recon, f"frame {t}")
+        return fig

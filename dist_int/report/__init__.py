@@ -115,8 +115,8 @@ def write_report(runs: list[Run], out: Path, progress=print) -> Path:
         else:
             progress(f"drawing {run.label}: reconstruction ...")
             name = f"{run.slug}-signal.png"
-            figures.signal_figure(run, out / name)
-            parts.append(f"<img src='{name}' alt='target, reconstruction and error'>")
+            if figures.signal_figure(run, out / name):
+                parts.append(f"<img src='{name}' alt='target, reconstruction and error'>")
         snaps, incomplete = run.snapshots(figures.SNAPSHOT_PANELS)
         if incomplete:
             parts.append(f"<p class='note'>Snapshots at steps {', '.join(map(str, incomplete))} lack some ranks' "
