@@ -12,7 +12,9 @@
 # GPU_QUICK=1 runs the CPU-sized versions (--quick, a 512^2 synth image): a check of this script anywhere.
 # GPU_PARTS chooses the parts, run in this order (default "1 3 2"): 1, 3, 2 (what is left), "profile"
 # (bench/profile_step.py at the paper's setting, 6x256 on 512^2 with 2^18-point steps: host against device
-# time per step kind; 120 s kept for it). A session that ran part 3 before can spend its minutes elsewhere.
+# time per step kind; 120 s kept for it), "triton" (the hash encoding's Triton kernels: tests/test_triton.py's
+# quick tests on the GPU, then bench/encoding.py; 360 s at most). A session that ran part 3 before can
+# spend its minutes elsewhere.
 set -u -o pipefail
 out=${1:?usage: bash bench/gpu_session.sh OUT_DIR [PART2_STEPS] [TOTAL_SECONDS]}
 steps=${2:-5000}
@@ -20,7 +22,7 @@ deadline=$((SECONDS + ${3:-560}))
 quick=${GPU_QUICK:+--quick}
 parts=" ${GPU_PARTS:-1 3 2} "
 for word in $parts; do
-    case $word in 1|2|3|profile) ;; *) echo "GPU_PARTS: unknown part '$word' (1, 2, 3 or profile)"; exit 2;; esac
+    case $word in 1|2|3|profile|triton) ;; *) echo "GPU_PARTS: unknown part '$word' (1, 2, 3, profile or triton)"; exit 2;; esac
 done
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
@@ -51,6 +53,14 @@ from pathlib import Path; tiled_image(Path('$src'), Path('$giga'), $tile)" >>"$o
     synth=$!
 fi
 failed=""
+if [[ $parts == *" triton "* ]]; then
+    if [ -n "$quick" ]; then enc=(--tables 10 --batch 10 --steps 2 --warmup 1 --paths torch,triton); export TRITON_INTERPRET=1
+    else enc=(--tables 15,19,22,24 --batch 18 --steps 20); fi
+    timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_triton.py -m "not slow" 2>&1 \
+        | tee "$out/log_triton_tests.txt" | tail -3 || failed+=" triton-tests"
+    timeout 240 python3 bench/encoding.py "${enc[@]}" --out "$out/encoding.md" 2>&1 | tee "$out/log_encoding.txt" \
+        || failed+=" encoding"
+fi
 if [[ $parts == *" 1 "* ]]; then
     timeout 150 python3 bench/gpu_check.py --part 1 $quick --out "$out/part1.md" 2>&1 | tee "$out/log1.txt" \
         || failed+=" part1"

@@ -25,6 +25,7 @@ INTERVAL_SCHEDULES = ("dense", "incremental", "step-incremental", "decremental")
 STRATEGIES = ("full", "uniform", "int", "mix", "soft", "replay")
 SCORING_STRATEGIES = ("int", "mix", "soft")  # the teachers that score every candidate by its error
 ACTIVATIONS = ("relu", "sine")
+ENCODINGS = ("auto", "torch", "triton")  # model.encoding (model/hash.py)
 PRECISIONS = ("fp32", "tf32", "bf16")
 TARGET_RANGES = ("symmetric", "unit")
 # The largest value each number may take. Counts and sizes decide loops and allocations before any memory
@@ -131,6 +132,10 @@ class ModelConfig:
     axis (point tables: 1024). Every level is capped per axis at the signal's sample spacing."""
     growth: float = 0.0
     """hash: resolution factor between levels; 0 = from base and finest (the paper's b)."""
+    encoding: str = "auto"
+    """hash: how the encoding runs: auto (fused Triton kernels on CUDA devices, the torch ops on CPUs),
+    torch (the ops everywhere) or triton (the kernels; on a CPU only under TRITON_INTERPRET=1, for tests;
+    model/hash_triton.py)."""
 
 
 @dataclass
@@ -325,6 +330,7 @@ class Config:
             (self.model.w0 > 0 and self.model.w0_first > 0, "model.w0 and model.w0_first must be > 0"),
             (self.model.activation in ACTIVATIONS, f"model.activation must be one of {ACTIVATIONS}"),
             (self.model.levels >= 1, "model.levels must be >= 1"),
+            (self.model.encoding in ENCODINGS, f"model.encoding must be one of {ENCODINGS}"),
             (self.model.features >= 1, "model.features must be >= 1"),
             (1 <= self.model.log2_table <= 30, "model.log2_table must be in 1..30"),
             (self.model.base_resolution >= 1, "model.base_resolution must be >= 1"),

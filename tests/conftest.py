@@ -12,7 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import torch.multiprocessing as mp
+
+# Without a GPU, Triton kernels run under Triton's interpreter on CPU tensors (tests/test_triton.py). Triton
+# reads the variable when it is imported and when it decorates a kernel, so it is set before anything
+# imports it (DeepSpeed may); training subprocesses inherit it.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

@@ -134,6 +134,7 @@ def train(cfg: Config) -> int:
     launch = detect_launch()
     die_with_launcher(launch)
     device = pick_device(launch)
+    FIELDS[cfg.model.kind].check_device(cfg.model, device)
     run = RunDir(cfg.run.dir)
     resuming = run.check(cfg, judge_lock=launch.rank == 0)  # read-only, every rank, before any write
     if not FIELDS[cfg.model.kind].follows_signal:  # the field alone, before anything is written (a field

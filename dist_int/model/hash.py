@@ -21,6 +21,9 @@ Why it is written this way (docs/fields.md):
 - With no gradient wanted on a CPU (the teacher's scoring, evaluation, rendering), one fused C kernel
   computes the same bits as these ops; the field's forward runs 1.35-2.5x faster with it (model/native.py;
   docs/fields.md, "A native kernel for scoring"; bench/results/hash_kernel.md).
+- On CUDA devices two fused Triton kernels (forward, backward) replace the ops (`model.encoding`,
+  model/hash_triton.py; docs/fields.md, "Triton kernels"); the ops stay the reference they are tested
+  against.
 The model knows nothing of distribution (docs/design.md).
 """
 
@@ -38,6 +41,7 @@ from .spec import FieldKind, FieldSpec, mlp_activation_bytes, mlp_params
 
 # The paper's hashing primes (pi_1 = 1 keeps the first axis coherent in memory), one per axis.
 PRIMES = (1, 2654435761, 805459861, 3674653429)
+ENCODINGS = ("auto", "torch", "triton")  # model.encoding
 MAX_DIMS = len(PRIMES)
 INIT_SCALE = 1e-4  # table entries start at U(-1e-4, 1e-4) (the paper, sec. 4)
 # The paper's Adam for the tables: beta2 = 0.99 and eps = 1e-15, since a table row sees a gradient only
@@ -108,11 +112,16 @@ class HashEncoding(nn.Module):
 
     def __init__(self, in_dims: int, levels: int = 16, features: int = 2, log2_table: int = 18,
                  base_resolution: int = 16, finest_resolution: float = 2048, growth: float = 0.0,
-                 axis_lengths: tuple[int, ...] | None = None):
+                 axis_lengths: tuple[int, ...] | None = None, encoding: str = "auto"):
         super().__init__()
         if not 1 <= in_dims <= MAX_DIMS:
             raise ValueError(f"a hash grid takes 1 to {MAX_DIMS} coordinate axes, not {in_dims}")
+        if encoding not in ENCODINGS:
+            raise ValueError(f"encoding must be one of {ENCODINGS}, not {encoding!r}")
         self.in_dims, self.levels, self.features = in_dims, levels, features
+        # auto: the Triton kernels on CUDA devices once they pass a check against the ops there, the ops
+        # elsewhere; torch / triton: always that path.
+        self.encoding, self._triton_checked = encoding, {}
         grids = [level_grid(r, axis_lengths, in_dims)
                  for r in level_resolutions(levels, base_resolution, finest_resolution, growth)]
         rows, dense = zip(*(table_rows(g, log2_table) for g in grids))
@@ -205,7 +214,36 @@ class HashEncoding(nn.Module):
                 and self.index_dtype == torch.int32 and self.table.dtype == torch.float32
                 and self.features <= native.MAX_FEATURES and not torch.compiler.is_compiling())
 
+    def uses_triton(self, coords: torch.Tensor) -> bool:
+        """Whether this forward takes the Triton kernels (model/hash_triton.py): always with encoding =
+        "triton" (where they cannot run, the error says why), and with "auto" on a CUDA device where they
+        passed their check against the ops (the first call on each device makes it)."""
+        if self.encoding == "torch" or (self.encoding == "auto" and coords.device.type != "cuda"):
+            return False
+        from . import hash_triton
+
+        why = hash_triton.available(coords.device)
+        if self.encoding == "triton":
+            if why:
+                raise RuntimeError(f"model.encoding = \"triton\": {why}")
+            return True
+        if why or self.table.dtype != torch.float32:
+            return False
+        key = str(coords.device)
+        if key not in self._triton_checked:
+            self._triton_checked[key] = hash_triton.check(self, coords.device)
+            if self._triton_checked[key]:
+                import warnings
+
+                warnings.warn(f"model.encoding = \"auto\": the Triton kernels failed their check on {key} "
+                              f"({self._triton_checked[key]}); the torch ops encode instead")
+        return not self._triton_checked[key]
+
     def forward(self, coords: torch.Tensor) -> torch.Tensor:
+        if self.uses_triton(coords):
+            from . import hash_triton
+
+            return hash_triton.encode(self, coords)
         if self.uses_native(coords):
             out = native.hash_encode(coords, self.cells.squeeze(-1).double(), self.mult.squeeze(-1),
                                      self.mask.view(-1), self.offset.view(-1), self.num_dense, self.table.detach())
@@ -213,9 +251,12 @@ class HashEncoding(nn.Module):
                 return out
         with torch.no_grad():
             idx, w = self.corners(coords)
-        out = _Interpolate.apply(self.table, idx, w)                                   # (F, L * N)
-        # (N, L * F): every level's features side by side (sizes spelled out: N may be 0).
-        n = coords.shape[0]
+        return self.interpolate(self.table, idx, w, coords.shape[0])
+
+    def interpolate(self, table: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, n: int) -> torch.Tensor:
+        """The torch ops' features from `corners`: (N, L * F), every level's features side by side (sizes
+        spelled out: N may be 0)."""
+        out = _Interpolate.apply(table, idx, w)                                        # (F, L * N)
         return out.view(self.features, self.levels, n).permute(2, 1, 0).reshape(n, self.out_features)
 
 
@@ -227,10 +268,10 @@ class HashField(nn.Module):
     def __init__(self, in_features: int, out_features: int, hidden: int = 64, layers: int = 3,
                  activation: str = "relu", w0: float = 30.0, levels: int = 16, features: int = 2,
                  log2_table: int = 18, base_resolution: int = 16, finest_resolution: float = 2048,
-                 growth: float = 0.0, axis_lengths: tuple[int, ...] | None = None):
+                 growth: float = 0.0, axis_lengths: tuple[int, ...] | None = None, encoding: str = "auto"):
         super().__init__()
         self.encoding = HashEncoding(in_features, levels, features, log2_table, base_resolution,
-                                     finest_resolution, growth, axis_lengths)
+                                     finest_resolution, growth, axis_lengths, encoding)
         dims = [self.encoding.out_features] + [hidden] * (layers - 1) + [out_features]
         self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.activation, self.w0 = activation, w0
@@ -292,12 +333,13 @@ class HashKind(FieldKind):
             "table_params": num_rows * model.features,
             "finest": float(max(max(g) for g in grids)),     # the finest level's cells per axis
             "levels_dense": sum(d for _, d in rows),         # levels stored one row per vertex
-            "table_levels": model.levels})
+            "table_levels": model.levels,
+            "encoding": model.encoding})
 
     def build(self, model, spec, axis_lengths) -> HashField:
         return HashField(spec.in_dims, spec.out_channels, spec.hidden, spec.layers, model.activation, model.w0,
                          model.levels, model.features, model.log2_table, model.base_resolution,
-                         self.finest(model, axis_lengths), model.growth, axis_lengths)
+                         self.finest(model, axis_lengths), model.growth, axis_lengths, model.encoding)
 
     def describe(self, spec) -> str:
         return (f"hash grid ({spec.table_levels} levels, {spec.levels_dense} dense, finest {spec.finest:g} cells, "
@@ -312,8 +354,30 @@ class HashKind(FieldKind):
         return points * (mlp_activation_bytes(spec, train) + spec.table_levels * per_level)
 
     def log_note(self, spec, device) -> str:
-        # Which path the no-grad encoding takes on a CPU (model/native.py).
-        return f"; no-grad encoding: {native.status()}" if device.type == "cpu" else ""
+        # Which path the encoding takes: the Triton kernels (model/hash_triton.py), or the ops and, on a
+        # CPU, the native kernel for no-grad passes (model/native.py).
+        mode = spec.extra.get("encoding", "auto")
+        if mode == "triton" or (mode == "auto" and device.type == "cuda"):
+            from . import hash_triton
+
+            why = hash_triton.available(device)
+            if not why:
+                how = "interpreted (TRITON_INTERPRET=1)" if device.type == "cpu" else "compiled"
+                return f"; encoding: Triton kernels, {how}" + (", once they pass their check" if mode == "auto" else "")
+            return f"; encoding: torch ops ({why})"
+        return f"; encoding: torch ops, no-grad passes: {native.status()}" if device.type == "cpu" else \
+            "; encoding: torch ops"
+
+    def check_device(self, model, device) -> None:
+        if model.kind == self.name and model.encoding == "triton":
+            from . import hash_triton
+
+            why = hash_triton.available(device)
+            if why:
+                from ..errors import ConfigError
+
+                raise ConfigError(f"model.encoding = \"triton\": {why}; or set model.encoding = \"auto\" "
+                                  f"(the Triton kernels on CUDA devices, the torch ops elsewhere)")
 
     def too_large(self, model, spec):
         table = spec.table_params

@@ -85,6 +85,9 @@ class FieldKind(ABC):
         """More words for the run's log line about how it runs on `device` ("; ..."), or ""."""
         return ""
 
+    def check_device(self, model, device) -> None:
+        """Raise ConfigError, before anything is written, when the config asks for what `device` cannot run."""
+
     @abstractmethod
     def too_large(self, model, spec: FieldSpec) -> tuple[str, str, str]:
         """For the refusal of a field that does not fit: (the setting as set, what to lower, what it is)."""
