@@ -27,7 +27,8 @@ from .files import atomic_write, create_exclusive
 # them, since the store keeps what they made.
 INGEST_KEYS = ("signal.chunk", "signal.points", "signal.sdf")
 RESUME_FREE_KEYS = ("run.dir", "run.resume", "run.allow_config_change", "train.progress_every_s",
-                    "train.tensorboard", "train.snapshot_every")
+                    "train.tensorboard", "train.snapshot_every",
+                    "model.encoding")  # the same field and numbers, up to fp32 rounding (docs/fields.md)
 
 
 def status_of(summary: dict | None) -> str:

@@ -51,7 +51,7 @@ def check_request(kind: str, dest: str, size: float | None, seconds: float | Non
     for flag, value, takes in (("--size", size, spec.size), ("--seconds", seconds, spec.seconds),
                                ("--frames", frames, spec.frames), ("--chunk", chunk, spec.chunk or None)):
         if value is not None and takes is None:
-            users = [k for k, o in _kinds().items() if getattr(o, flag[2:])]
+            users = [k for k, o in _kinds().items() if getattr(o, flag[2:])] or ["no kind"]
             names = ", ".join(users[:-1]) + " and " + users[-1] if len(users) > 1 else users[0]
             raise SignalError(f"synth {kind} takes no {flag} (only {names} "
                               f"{'does' if len(users) == 1 else 'do'})" + (f"; it writes {spec.about}" if spec.about else ""))

@@ -59,6 +59,48 @@ def test_the_job_memory_limit_is_the_smallest_of_ram_cgroup_and_slurm(tmp_path):
     assert cgroup_limit(str(cgroup), str(mountinfo))[0] == 1 << 30
 
 
+@pytest.mark.cluster
+def test_a_job_in_a_memory_cgroup_takes_its_budget_from_the_group_and_lives_within_it(tmp_path):
+    """Two ranks started in a real cgroup v1 memory group (as SLURM's --mem makes one), with no memory flag:
+    the budget is the group's limit less the launcher's headroom, shared by the ranks, the log says so, and
+    the job ends without the kernel killing anything (docs/training.md, "How the parts are sized")."""
+    import os
+    import re
+    import subprocess
+    import time
+    import uuid
+    from pathlib import Path
+
+    from conftest import ROOT, train_cmd, train_env
+    from dist_int.engine.budget import LAUNCHER_BYTES, RANK_BASE_BYTES, SAFETY
+
+    root = Path("/sys/fs/cgroup/memory")
+    if not os.access(root, os.W_OK):
+        pytest.skip("needs root and the cgroup v1 memory controller mounted writable (../NOTES.md)")
+    limit = 2600 << 20
+    group = root / f"dist_int_test_{uuid.uuid4().hex[:8]}"
+    group.mkdir()
+    try:
+        (group / "memory.limit_in_bytes").write_text(str(limit))
+        cmd = ["sh", "-c", f'echo $$ > {group}/cgroup.procs && exec "$@"', "sh",
+               *train_cmd([*T, "model.hidden=16", "model.layers=2", f"run.dir={tmp_path / 'r'}"], 2)]
+        proc = subprocess.run(cmd, env=train_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
+        kills = re.search(r"oom_kill (\d+)", (group / "memory.oom_control").read_text())
+    finally:
+        for _ in range(100):  # removable once the group's last process is gone
+            try:
+                group.rmdir()
+                break
+            except OSError:
+                time.sleep(0.2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    share = int((limit - LAUNCHER_BYTES - 2 * RANK_BASE_BYTES) * SAFETY / 2)
+    found = re.search(r"budget per rank ([\d,]+) MiB \((.*?);", proc.stdout + proc.stderr)
+    assert found and int(found.group(1).replace(",", "")) == round(share / 2**20), (found and found.groups())
+    assert "memory.limit_in_bytes (2,600 MiB) shared by 2 rank(s)" in found.group(2)
+    assert kills is not None and kills.group(1) == "0"  # the kernel killed nothing in the group
+
+
 def _damaged_source(tmp_path):
     """A Zarr source whose chunk row 1 (rank 1's first slab of 16 rows) is damaged: only rank 1 reads it."""
     import zarr

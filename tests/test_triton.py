@@ -1,9 +1,11 @@
 """The hash encoding's Triton kernels (model/hash_triton.py) against the torch ops they replace, run by
 Triton's interpreter on CPU tensors (TRITON_INTERPRET=1): forward features and table gradients on every
-layout the field has, and whole trainings that end at the torch path's PSNR."""
+layout the field has, a build of every kind of variant for a GPU target, and whole trainings that end at
+the torch path's PSNR."""
 
 from __future__ import annotations
 
+import os
 
 import pytest
 import torch
@@ -31,7 +33,7 @@ def _compare(module, enc: HashEncoding, coords: torch.Tensor) -> None:
     the bits agree; a GPU's fused multiply-adds and atomics would differ by rounding only)."""
     with torch.no_grad():
         enc.table.uniform_(-1, 1)  # large entries, so that a wrong row or weight shows
-    grad = torch.randn(coords.shape[0], enc.out_features, generator=torch.Generator().manual_seed(1))
+    grad = torch.randn(coords.shape[0], enc.out_features, generator=torch.Generator().manual_seed(1)).to(coords.device)
     ref = enc.interpolate(enc.table, *enc.corners(coords), coords.shape[0])
     ours = module.encode(enc, coords)
     (ref_grad,) = torch.autograd.grad(ref, enc.table, grad)
@@ -78,6 +80,53 @@ def test_the_kernels_compute_the_torch_ops_features_and_gradients(kernels, name)
     _compare(module, enc, coords)
     assert enc(coords).shape == (5000, enc.out_features)  # the module's own forward takes the kernels
     assert module.encode(enc, coords[:0]).shape == (0, enc.out_features)
+
+
+def test_the_int64_table_offsets_compute_the_same(kernels, monkeypatch):
+    """A table of F x rows >= 2^31 entries addresses features in int64 (WIDE); forced on for a small table,
+    that path gives the same features and gradients."""
+    module, device = kernels
+    monkeypatch.setattr(module, "WIDE_FROM", 0)
+    enc = HashEncoding(3, levels=5, features=3, log2_table=10, finest_resolution=60, axis_lengths=(61, 50, 40),
+                       encoding="triton").to(device)
+    _compare(module, enc, (torch.rand(3000, 3) * 2 - 1).to(device))
+
+
+# A GPU build of every kind of kernel variant, made here without a GPU: Triton compiles for a CUDA target
+# down to the device binary (its wheel brings the assembler). The interpreter runs Python semantics; this
+# catches what the compiler refuses (types, constexpr branches, tuple returns) before a GPU sees it.
+COMPILE = """
+import sys, triton
+from triton.compiler import ASTSource
+from triton.backends.compiler import GPUTarget
+from dist_int.model import hash_triton as ht
+assert not ht.INTERPRET
+for kernel in (ht._forward, ht._backward):
+    names = list(kernel.arg_names)
+    for d, f, f64, idx64, wide in [(1, 2, 0, 0, 0), (2, 2, 0, 0, 0), (3, 2, 0, 0, 0), (4, 2, 0, 0, 0),
+                                   (1, 2, 1, 1, 1), (2, 3, 1, 0, 0), (3, 1, 0, 0, 1), (4, 8, 0, 1, 0)]:
+        fp, ix = ("fp64" if f64 else "fp32"), ("i64" if idx64 else "i32")
+        sig = dict(zip(names[:10], [f"*{fp}", "*fp32", "*fp32", "*fp64", f"*{ix}", f"*{ix}", f"*{ix}", "i32", "i32",
+                                    "i32"]))
+        const = dict(D=d, L=16, F=f, FP=triton.next_power_of_2(f), F64=bool(f64), IDX64=bool(idx64), WIDE=bool(wide),
+                     BLOCK=ht.BLOCK_GPU)
+        sig.update({k: "constexpr" for k in const})
+        built = triton.compile(ASTSource(kernel, sig, constexprs={(names.index(k),): v for k, v in const.items()}),
+                               target=GPUTarget("cuda", 90, 32))
+        assert built.asm.get("cubin"), (kernel, d, f)
+print("built")
+"""
+
+
+def test_the_kernels_build_for_a_gpu(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", COMPILE], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "built" in proc.stdout, proc.stderr[-3000:]
 
 
 def test_auto_checks_the_kernels_before_it_trusts_them(kernels, monkeypatch):

@@ -215,7 +215,8 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
     _resume(saved_cfg, comm, run, ckpt, state, log, resuming)
     log.message(f"{store.shape} signal, {store.num_chunks} chunks over {comm.world_size} rank(s)"
                 f"{' (streamed from disk, a window at a time)' if shard.streamed else ''}; budget per rank "
-                f"{budget.total / 2**20:,.0f} MiB ({budget.signal_bytes / 2**20:,.0f} MiB for the signal); "
+                f"{budget.total / 2**20:,.0f} MiB ({budget.where}; {budget.signal_bytes / 2**20:,.0f} MiB for the "
+                f"signal); "
                 f"{spec.describe()} ({model.num_params:,} params, {spec.num_bytes / 2**20:.1f} MiB"
                 f"{native_note(spec, device)}); teacher "
                 f"{cfg.teacher.strategy}; {cfg.train.precision}{' compiled' if cfg.train.compile else ''}; "

@@ -227,16 +227,17 @@ class HashEncoding(nn.Module):
             if why:
                 raise RuntimeError(f"model.encoding = \"triton\": {why}")
             return True
-        if why or self.table.dtype != torch.float32:
+        if why or self.table.dtype != torch.float32 or coords.dtype not in (torch.float32, torch.float64):
             return False
-        key = str(coords.device)
+        key = (str(coords.device), coords.dtype)  # fp32 and float64 coordinates are kernels of their own
         if key not in self._triton_checked:
-            self._triton_checked[key] = hash_triton.check(self, coords.device)
+            self._triton_checked[key] = hash_triton.check(self, coords.device, coords.dtype)
             if self._triton_checked[key]:
                 import warnings
 
-                warnings.warn(f"model.encoding = \"auto\": the Triton kernels failed their check on {key} "
-                              f"({self._triton_checked[key]}); the torch ops encode instead")
+                warnings.warn(f"model.encoding = \"auto\": the Triton kernels failed their check on {key[0]} "
+                              f"with {key[1]} coordinates ({self._triton_checked[key]}); the torch ops encode "
+                              f"instead")
         return not self._triton_checked[key]
 
     def forward(self, coords: torch.Tensor) -> torch.Tensor:

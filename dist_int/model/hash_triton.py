@@ -33,6 +33,7 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 # Points per program: on a GPU a block a few warps wide; under the interpreter, where each program is a
 # round of numpy calls, large blocks (few programs) are what keeps it usable.
 BLOCK_GPU, BLOCK_INTERPRET = 128, 4096
+WIDE_FROM = 1 << 31  # F x rows from which table offsets are computed in int64
 
 
 def available(device: torch.device) -> str:
@@ -124,15 +125,19 @@ if triton is not None:
         inside = offs < n
         feats = tl.arange(0, FP)
         both = inside[:, None] & (feats < F)[None, :]
+        if WIDE:
+            feat_rows = feats.to(tl.int64) * rows  # where each feature's rows start in the (F, rows) table
+        else:
+            feat_rows = feats * rows
         lo0, hi0, f0, lo1, hi1, f1, lo2, hi2, f2, lo3, hi3, f3 = _terms(
             coords, cells, mult, lmasks, offsets, offs, inside, level, L, D, F64, IDX64)
         dense = level < num_dense
         acc = tl.zeros((BLOCK, FP), dtype=tl.float32)
         for c in tl.static_range(1 << D):
             idx, w = _corner(c, D, dense, lo0, hi0, f0, lo1, hi1, f1, lo2, hi2, f2, lo3, hi3, f3)
-            if WIDE:  # F * rows beyond int32
+            if WIDE:  # F * rows beyond int32: the feature's offset and the row in int64
                 idx = idx.to(tl.int64)
-            vals = tl.load(table + feats[None, :] * rows + idx[:, None], mask=both, other=0.0)
+            vals = tl.load(table + feat_rows[None, :] + idx[:, None], mask=both, other=0.0)
             acc += vals * w[:, None]
         tl.store(out + offs[:, None] * (L * F) + level * F + feats[None, :], acc, mask=both)
 
@@ -146,6 +151,10 @@ if triton is not None:
         inside = offs < n
         feats = tl.arange(0, FP)
         both = inside[:, None] & (feats < F)[None, :]
+        if WIDE:
+            feat_rows = feats.to(tl.int64) * rows  # where each feature's rows start in the (F, rows) table
+        else:
+            feat_rows = feats * rows
         g = tl.load(grad + offs[:, None] * (L * F) + level * F + feats[None, :], mask=both, other=0.0)
         lo0, hi0, f0, lo1, hi1, f1, lo2, hi2, f2, lo3, hi3, f3 = _terms(
             coords, cells, mult, lmasks, offsets, offs, inside, level, L, D, F64, IDX64)
@@ -154,7 +163,7 @@ if triton is not None:
             idx, w = _corner(c, D, dense, lo0, hi0, f0, lo1, hi1, f1, lo2, hi2, f2, lo3, hi3, f3)
             if WIDE:
                 idx = idx.to(tl.int64)
-            tl.atomic_add(table_grad + feats[None, :] * rows + idx[:, None], g * w[:, None], mask=both)
+            tl.atomic_add(table_grad + feat_rows[None, :] + idx[:, None], g * w[:, None], mask=both)
 
 
 def _launch(kernel, enc, coords: torch.Tensor, first: torch.Tensor, second: torch.Tensor) -> None:
@@ -167,7 +176,7 @@ def _launch(kernel, enc, coords: torch.Tensor, first: torch.Tensor, second: torc
         coords, first, second, enc.cells, enc.mult, enc.mask, enc.offset, n, rows, enc.num_dense,
         D=enc.in_dims, L=levels, F=features, FP=triton.next_power_of_2(features),
         F64=coords.dtype == torch.float64, IDX64=enc.index_dtype == torch.int64,
-        WIDE=features * rows >= 1 << 31, BLOCK=block)
+        WIDE=features * rows >= WIDE_FROM, BLOCK=block)
 
 
 class _Encode(torch.autograd.Function):
@@ -202,13 +211,17 @@ def encode(enc, coords: torch.Tensor) -> torch.Tensor:
 CHECK_POINTS = 4096  # points of the check `auto` makes on a device before it trusts the kernels there
 
 
-def check(enc, device: torch.device) -> str:
+@torch.compiler.disable  # a check of its own, never part of a compiled graph
+def check(enc, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
     """"" when the kernels' features and table gradient match the torch ops' on `device` for random points
-    (within fp32 rounding: sums in another order, fused multiply-adds), else what failed: a compile
-    error, or the largest difference. The table and torch's random state are left as they were."""
+    with `dtype` coordinates (each dtype is a kernel of its own), within fp32 rounding (sums in another
+    order, fused multiply-adds); else what failed: a compile or launch error, or the largest difference.
+    The table and torch's random state are left as they were. A kernel that faults on the device (an
+    illegal address) leaves CUDA unusable for the process; the check cannot recover from that."""
     try:
         generator = torch.Generator(device=device).manual_seed(0)
-        coords = torch.rand(CHECK_POINTS, enc.in_dims, device=device, generator=generator) * 2 - 1
+        coords = (torch.rand(CHECK_POINTS, enc.in_dims, device=device, generator=generator,
+                             dtype=torch.float64) * 2 - 1).to(dtype)
         grad = torch.randn(CHECK_POINTS, enc.out_features, device=device, generator=generator)
         with torch.enable_grad():
             table = enc.table.detach().requires_grad_(True)
