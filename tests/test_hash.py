@@ -167,8 +167,8 @@ def test_a_run_scores_alike_with_the_kernel_and_with_the_torch_ops(signals, tmp_
     for name, env in [("native", {}), ("ops", {"DIST_INT_NATIVE": "0"})]:
         ran[name] = run_train([f"run.dir={tmp_path / name}", *args], **env)
         assert ran[name].returncode == 0, ran[name].stderr[-3000:]
-    assert "no-grad encoding: native kernel" in ran["native"].stdout + ran["native"].stderr
-    assert "no-grad encoding: torch ops (DIST_INT_NATIVE=0)" in ran["ops"].stdout + ran["ops"].stderr
+    assert "no-grad passes: native kernel" in ran["native"].stdout + ran["native"].stderr
+    assert "no-grad passes: torch ops (DIST_INT_NATIVE=0)" in ran["ops"].stdout + ran["ops"].stderr
     loss = {name: [m["loss"] for m in read_metrics(tmp_path / name) if "loss" in m] for name in ran}
     assert len(loss["native"]) == 6 and loss["native"] == loss["ops"]
     assert read_summary(tmp_path / "native")["psnr_db"] == read_summary(tmp_path / "ops")["psnr_db"]

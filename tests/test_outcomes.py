@@ -114,6 +114,11 @@ def test_the_guard_state_leaves_memory_when_it_would_crowd_the_budget():
     assert state_bytes(cpu, 1000, 1 << 30) == 1000 * 4 * (STATE_COPIES + GUARD_COPIES)
     assert state_bytes(cpu, 50_000_000, 1536 << 20) == 50_000_000 * 4 * STATE_COPIES
     assert guard_place(torch.device("cuda"), 1000, 1 << 30) == "host"
+    # The outputs' buffers count: a guard that would fit the budget alone goes to disk when the buffers and
+    # the field's own state leave too little (a 1 Gpx image's render buffers).
+    params, total = 10_000_000, 806 << 20
+    assert guard_place(cpu, params, total) == "memory" and guard_place(cpu, params, total, 291 << 20) == "disk"
+    assert state_bytes(cpu, params, total, 291 << 20) == params * 4 * STATE_COPIES
 
 
 def test_psnrs_beyond_the_data_precision_are_not_divergences():

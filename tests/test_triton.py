@@ -155,7 +155,7 @@ def test_triton_on_a_cpu_without_the_interpreter_is_refused_before_anything_is_w
 
 
 HASH = ["model.kind=hash", "model.levels=8", "model.log2_table=12", "model.hidden=32", "optim.lr=1e-2",
-        "train.log_every=20", "train.eval_every=0", "checkpoint.every=0", "train.steps=40"]
+        "train.log_every=10", "train.eval_every=0", "checkpoint.every=0", "train.steps=20"]
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +164,7 @@ def media(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("triton-media")
     return {"image": ("builtin:camera@64", ["signal.chunk=16"]),
-            "volume": (synth_volume(d / "vol.tif", size=20), ["signal.chunk=10"]),
+            "volume": (synth_volume(d / "vol.tif", size=16), ["signal.chunk=8"]),
             "audio": (synth_speech(d / "speech.wav", seconds=0.5, rate=8000), ["signal.chunk=512"])}
 
 
@@ -183,5 +183,5 @@ def test_a_run_with_the_kernels_ends_at_the_torch_paths_psnr(media, tmp_path, ki
     (torch_run, torch_log), (triton_run, triton_log) = runs["torch"], runs["triton"]
     assert "encoding: Triton kernels, interpreted (TRITON_INTERPRET=1)" in triton_log
     assert "encoding: torch ops" in torch_log
-    assert torch_run["psnr_db"] > 12 and abs(triton_run["psnr_db"] - torch_run["psnr_db"]) <= 0.01, \
+    assert torch_run["psnr_db"] > 10 and abs(triton_run["psnr_db"] - torch_run["psnr_db"]) <= 0.01, \
         (torch_run["psnr_db"], triton_run["psnr_db"])

@@ -55,19 +55,21 @@ RANK_BASE_BYTES = 512 << 20  # a rank's constant
 BUFFERS = "for the render, metric and export buffers"
 
 
-def guard_place(device: torch.device, num_params: int, total: int) -> str:
+def guard_place(device: torch.device, num_params: int, total: int, buffers: int = 0) -> str:
     """Where the divergence guard keeps its last good state (engine/guard.py): "host" memory for a field on
-    a GPU (not the GPU's), "memory" where it takes at most GUARD_SHARE of the budget, else "disk" (a file in
-    the run folder, written at each snapshot, read on a rollback)."""
+    a GPU (not the GPU's), "memory" where it takes at most GUARD_SHARE of what the budget leaves beside the
+    parts that cannot shrink (the field's own state and the outputs' `buffers`), else "disk" (a file in the
+    run folder, written at each snapshot, read on a rollback)."""
     if device.type == "cuda":
         return "host"
-    return "memory" if num_params * 4 * GUARD_COPIES <= total * GUARD_SHARE else "disk"
+    left = total - num_params * 4 * STATE_COPIES - buffers
+    return "memory" if num_params * 4 * GUARD_COPIES <= left * GUARD_SHARE else "disk"
 
 
-def state_bytes(device: torch.device, num_params: int, total: int) -> int:
+def state_bytes(device: torch.device, num_params: int, total: int, buffers: int = 0) -> int:
     """The field's training state: weights, gradients, Adam's moments, DeepSpeed's buffers, and the guard's
     copy where it is kept in the budget's memory."""
-    guard = GUARD_COPIES if guard_place(device, num_params, total) == "memory" else 0
+    guard = GUARD_COPIES if guard_place(device, num_params, total, buffers) == "memory" else 0
     return num_params * 4 * (STATE_COPIES + guard)
 
 
@@ -152,7 +154,7 @@ def plan_budget(cfg, device: torch.device, spec: FieldSpec, shard_points: int, b
         record = 2 * RECORD_BYTES * int(cells_per_chunk(extents, shift).sum())
     weighted = 2 if cfg.teacher.importance > 0 else 1
     parts = {
-        "for the field and its optimizer": state_bytes(device, spec.num_params, total),
+        "for the field and its optimizer": state_bytes(device, spec.num_params, total, buffer_bytes),
         f"for the activations of the largest pass ({max(train_points, nograd_points):,} points)": max(
             spec.activation_bytes(train_points, True), spec.activation_bytes(nograd_points, False)),
         "for the teacher's cached sets": cached * CACHE_BYTES * weighted,

@@ -67,7 +67,7 @@ def size_parts(cfg, store, world_size: int, device, total: int, spec=None,
 
     spec = spec or field_spec(cfg.model, *store.geometry)
     buffers = modality_for(store).buffer_bytes(store, cfg.render.format)
-    left = total - state_bytes(device, spec.num_params, total) - buffers
+    left = total - state_bytes(device, spec.num_params, total, buffers) - buffers
     sized, notes = copy.deepcopy(cfg), []
     t, tr = sized.teacher, sized.train
     if keep_plan is not None:

@@ -33,7 +33,7 @@ from ..teacher import Teacher
 from ..teacher.record import ErrorRecord
 from ..teacher.snapshot import Snapshots
 from .agree import agree_on_failure, everywhere
-from .budget import available, check_field, guard_place, rank_budget
+from .budget import BUFFERS, available, check_field, guard_place, rank_budget
 from .checkpoint import Checkpointer
 from .deepspeed_engine import build_engine
 from .evaluate import Evaluator
@@ -204,7 +204,8 @@ def _train(cfg: Config, comm: Comm, device: torch.device, run: RunDir, resuming:
                           cfg.train.probe_points, cfg.seed, modality.psnr_offset_db(store))
     guard = DivergenceGuard(engine, schedule, teacher, cfg.train.divergence_db, cfg.train.rollback_lr_factor,
                             cfg.train.max_rollbacks, modality.exact_psnr_db(store),
-                            guard_place(device, spec.num_params, budget.total), run.guard_state(comm.rank),
+                            guard_place(device, spec.num_params, budget.total, budget.parts.get(BUFFERS, 0)),
+                            run.guard_state(comm.rank),
                             disk_every=10 * cfg.train.log_every)
     train_step = TrainStep(engine, comm.world_size, store.out_channels, device, cfg.train.max_points_per_pass,
                            modality.error if teacher.observes else None)
