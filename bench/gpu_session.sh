@@ -13,8 +13,8 @@
 # GPU_PARTS chooses the parts, run in this order (default "1 3 2"): 1, 3, 2 (what is left), "profile"
 # (bench/profile_step.py at the paper's setting, 6x256 on 512^2 with 2^18-point steps: host against device
 # time per step kind; 120 s kept for it), "triton" (the hash encoding's Triton kernels: tests/test_triton.py's
-# quick tests on the GPU, then bench/encoding.py; 360 s at most). A session that ran part 3 before can
-# spend its minutes elsewhere.
+# quick tests on the GPU, then bench/encoding.py; 360 s at most). Where part 3's table exists already, its
+# minutes can go elsewhere.
 set -u -o pipefail
 out=${1:?usage: bash bench/gpu_session.sh OUT_DIR [PART2_STEPS] [TOTAL_SECONDS]}
 steps=${2:-5000}
