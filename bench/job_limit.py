@@ -46,14 +46,7 @@ CONFIGS = {"video4s": ("video4s", "configs/video.toml"), "video": ("video", "con
 def signals(work: Path, kinds: list[str]) -> dict:
     """kind -> (label, source path), made in `work` unless there already."""
     from dist_int.synth import synth_speech, synth_video
-    from scale import _long_signals
-
-    def made(path: Path, make) -> str:
-        if not path.exists():
-            t0 = time.time()
-            make(path)
-            print(f"made {path} in {time.time() - t0:.0f} s", flush=True)
-        return str(path)
+    from scale import _long_signals, made
 
     out = {}
     if "video4s" in kinds:  # 132 frames of 1280x720 at 33 fps: 121.7 M points

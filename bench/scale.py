@@ -144,16 +144,18 @@ LONG_COMMON = [f"train.memory_mb={LONG_BUDGET_MB}", f"teacher.window_points={1 <
                "checkpoint.every=0", "train.probe_points=4096"]
 
 
+def made(path: Path, make) -> str:
+    """`path`, made by `make(path)` unless it exists already (the long signals take minutes to write)."""
+    if not path.exists():
+        t0 = time.time()
+        make(path)
+        print(f"made {path} in {time.time() - t0:.0f} s", flush=True)
+    return str(path)
+
+
 def _long_signals(work: Path, kinds: list[str], sizes=(8192, 16384, 32768), tile_from: int = 0) -> dict:
     """kind label -> (source path, config, extra overrides), made here unless already in `work`."""
     from dist_int.synth import synth_gigapixel, synth_speech, synth_video, synth_volume
-
-    def made(path: Path, make) -> str:
-        if not path.exists():
-            t0 = time.time()
-            make(path)
-            print(f"made {path} in {time.time() - t0:.0f} s", flush=True)
-        return str(path)
 
     out = {}
     if "image" in kinds:

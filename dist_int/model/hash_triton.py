@@ -116,19 +116,26 @@ if triton is not None:
         return lo0, hi0, f0, lo1, hi1, f1, lo2, hi2, f2, lo3, hi3, f3
 
     @triton.jit
-    def _forward(coords, table, out, cells, mult, lmasks, offsets, n, rows, num_dense,
-                 D: tl.constexpr, L: tl.constexpr, F: tl.constexpr, FP: tl.constexpr, F64: tl.constexpr,
-                 IDX64: tl.constexpr, WIDE: tl.constexpr, BLOCK: tl.constexpr):
-        """out[p, level * F + f] = sum over corners c of w_c * table[f, row_c], for a block of points."""
-        level = tl.program_id(1)
+    def _block(n, rows, F: tl.constexpr, FP: tl.constexpr, WIDE: tl.constexpr, BLOCK: tl.constexpr):
+        """This program's points (int64 positions, so that position x L x F never wraps), which of them and
+        of the FP feature lanes are real, and where each feature's rows start in the (F, rows) table."""
         offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         inside = offs < n
         feats = tl.arange(0, FP)
         both = inside[:, None] & (feats < F)[None, :]
         if WIDE:
-            feat_rows = feats.to(tl.int64) * rows  # where each feature's rows start in the (F, rows) table
+            feat_rows = feats.to(tl.int64) * rows
         else:
             feat_rows = feats * rows
+        return offs, inside, feats, both, feat_rows
+
+    @triton.jit
+    def _forward(coords, table, out, cells, mult, lmasks, offsets, n, rows, num_dense,
+                 D: tl.constexpr, L: tl.constexpr, F: tl.constexpr, FP: tl.constexpr, F64: tl.constexpr,
+                 IDX64: tl.constexpr, WIDE: tl.constexpr, BLOCK: tl.constexpr):
+        """out[p, level * F + f] = sum over corners c of w_c * table[f, row_c], for a block of points."""
+        level = tl.program_id(1)
+        offs, inside, feats, both, feat_rows = _block(n, rows, F, FP, WIDE, BLOCK)
         lo0, hi0, f0, lo1, hi1, f1, lo2, hi2, f2, lo3, hi3, f3 = _terms(
             coords, cells, mult, lmasks, offsets, offs, inside, level, L, D, F64, IDX64)
         dense = level < num_dense
@@ -147,14 +154,7 @@ if triton is not None:
                   IDX64: tl.constexpr, WIDE: tl.constexpr, BLOCK: tl.constexpr):
         """table_grad[f, row_c] += w_c * grad[p, level * F + f], with fp32 atomics."""
         level = tl.program_id(1)
-        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-        inside = offs < n
-        feats = tl.arange(0, FP)
-        both = inside[:, None] & (feats < F)[None, :]
-        if WIDE:
-            feat_rows = feats.to(tl.int64) * rows  # where each feature's rows start in the (F, rows) table
-        else:
-            feat_rows = feats * rows
+        offs, inside, feats, both, feat_rows = _block(n, rows, F, FP, WIDE, BLOCK)
         g = tl.load(grad + offs[:, None] * (L * F) + level * F + feats[None, :], mask=both, other=0.0)
         lo0, hi0, f0, lo1, hi1, f1, lo2, hi2, f2, lo3, hi3, f3 = _terms(
             coords, cells, mult, lmasks, offsets, offs, inside, level, L, D, F64, IDX64)
